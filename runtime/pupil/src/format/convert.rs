@@ -1,0 +1,152 @@
+//! Converting tensor bytes to and from f32, including the block formats.
+
+use half::{bf16, f16};
+use pupil_wire::{DType, QK};
+
+/// Elements per block, as a `usize`.
+const BLOCK: usize = QK as usize;
+/// Bytes of packed nibbles in a 4-bit block.
+const NIBBLES: usize = BLOCK / 2;
+
+/// Reads the little-endian f16 at the start of `b` (0 if `b` is too short).
+fn f16_at(b: &[u8]) -> f32 {
+    match b {
+        [lo, hi, ..] => f16::from_le_bytes([*lo, *hi]).to_f32(),
+        _ => 0.0,
+    }
+}
+
+/// Decodes `bytes` of `dtype` to f32 values; integers convert by value and
+/// block formats dequantize. A trailing partial element or block is ignored.
+pub(crate) fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes.chunks_exact(2).map(f16_at).collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::I8 => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
+        DType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
+        DType::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        DType::Q8_0 => blocks(bytes, 34, |b, out| {
+            let d = f16_at(b);
+            for (o, &q) in out.iter_mut().zip(&b[2..]) {
+                *o = d * f32::from(q as i8);
+            }
+        }),
+        DType::Q4_0 => blocks(bytes, 18, |b, out| {
+            let d = f16_at(b);
+            unpack_nibbles(&b[2..], out, |q| (f32::from(q) - 8.0) * d);
+        }),
+        DType::Q4_1 => blocks(bytes, 20, |b, out| {
+            let (d, m) = (f16_at(b), f16_at(&b[2..]));
+            unpack_nibbles(&b[4..], out, |q| f32::from(q) * d + m);
+        }),
+    }
+}
+
+/// Decodes each `size`-byte block of `bytes` into [`BLOCK`] values with `decode`.
+fn blocks(bytes: &[u8], size: usize, decode: impl Fn(&[u8], &mut [f32])) -> Vec<f32> {
+    let mut out = vec![0.0; bytes.len() / size * BLOCK];
+    for (b, o) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(BLOCK)) {
+        decode(b, o);
+    }
+    out
+}
+
+/// Element `j` of a 4-bit block is the low nibble of byte `j` for `j < 16`,
+/// the high nibble of byte `j - 16` otherwise.
+fn unpack_nibbles(qs: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
+    let (lo, hi) = out.split_at_mut(NIBBLES);
+    for ((&q, l), h) in qs.iter().zip(lo).zip(hi) {
+        *l = value(q & 0x0f);
+        *h = value(q >> 4);
+    }
+}
+
+/// Encodes f32 `values` as `dtype`; `None` for integer dtypes. The value count
+/// must be a multiple of [`QK`] for block formats (the caller checks shapes).
+pub(crate) fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
+    let bytes = match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::Q8_0 => values.chunks(BLOCK).flat_map(quantize_q8_0).collect(),
+        DType::Q4_0 => values.chunks(BLOCK).flat_map(quantize_q4_0).collect(),
+        DType::Q4_1 => values.chunks(BLOCK).flat_map(quantize_q4_1).collect(),
+        DType::I8 | DType::I32 | DType::U8 => return None,
+    };
+    Some(bytes)
+}
+
+/// `1 / d`, or 0 for a zero scale.
+fn inverse(d: f32) -> f32 {
+    if d == 0.0 {
+        0.0
+    } else {
+        1.0 / d
+    }
+}
+
+/// One Q8_0 block: scale = max |x| / 127, values rounded to i8.
+fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inverse(d);
+    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
+    out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+    out
+}
+
+/// One Q4_0 block: scale = (value of largest magnitude) / -8, nibbles q with
+/// x ≈ (q - 8) × scale.
+fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
+    let max = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -8.0;
+    let id = inverse(d);
+    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
+    out.extend(pack_nibbles(x, |v| (v * id + 8.5).clamp(0.0, 15.0) as u8));
+    out
+}
+
+/// One Q4_1 block: scale = (max - min) / 15 and min, nibbles q with
+/// x ≈ q × scale + min.
+fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let d = (max - min) / 15.0;
+    let id = inverse(d);
+    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
+    out.extend(f16::from_f32(min).to_le_bytes());
+    out.extend(pack_nibbles(x, |v| {
+        ((v - min) * id + 0.5).clamp(0.0, 15.0) as u8
+    }));
+    out
+}
+
+/// Packs a block's nibbles: byte `j` holds element `j` low and `j + 16` high.
+fn pack_nibbles(x: &[f32], quantize: impl Fn(f32) -> u8) -> [u8; NIBBLES] {
+    let mut qs = [0u8; NIBBLES];
+    let (lo, hi) = x.split_at(NIBBLES.min(x.len()));
+    for (j, q) in qs.iter_mut().enumerate() {
+        let l = lo.get(j).map_or(0, |&v| quantize(v));
+        let h = hi.get(j).map_or(0, |&v| quantize(v));
+        *q = l | (h << 4);
+    }
+    qs
+}

@@ -1,0 +1,19 @@
+//! `.pupil` model files: reading with full validation, dequantizing, and
+//! building and writing them atomically.
+//!
+//! The byte layout and its limits are defined and documented in [`pupil_wire`],
+//! which also builds `no_std` for microcontrollers; this module adds owned,
+//! file-system level conveniences on top.
+
+mod atomic;
+mod builder;
+mod convert;
+mod error;
+mod file;
+
+pub use builder::ModelBuilder;
+pub use error::ModelFileError;
+pub use file::{ModelFile, TensorView};
+pub use pupil_wire::{
+    ConfigEntry, ConfigValue, DType, FormatError, Hex, Manifest, ModelInfo, ShapeError,
+};

@@ -1,0 +1,28 @@
+//! pupil: run, refine and sync small student networks on any GPU through WGSL.
+//!
+//! Layers, bottom up:
+//! - [`device`]: adapters, the wgpu device, pipeline cache, buffer pool, command recording.
+//! - [`tensor`] and [`backend`]: tensors on the GPU or on the CPU reference backend.
+//! - [`ops`]: every op's WGSL forward, WGSL backward and CPU reference, side by side.
+//! - [`graph`]: the autodiff tape; [`params`] the flat parameter store; [`nn`] layers;
+//!   [`optim`] fused optimizers.
+//! - [`format`]: the `.pupil` model file; [`data`]: data sets.
+
+pub mod backend;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod ops;
+mod shaders;
+pub mod tensor;
+
+pub use backend::Backend;
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};
+
+/// Debug verbosity from `PUPIL_DEBUG` (0 silent, 2 logs kernel compiles, 3 prints their WGSL).
+pub fn debug_level() -> u32 {
+    static LEVEL: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| std::env::var("PUPIL_DEBUG").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+}
