@@ -199,7 +199,7 @@ impl fmt::Display for FormatError {
             ),
             Self::BadMagic { found } => write!(
                 f,
-                "not a .pupil model: the file starts with {:?} instead of \"PUPILMDL\"; pass a model file written by pupil",
+                "not a .pupil model: the file starts with \"{}\" instead of \"PUPILMDL\"; pass a model file written by pupil",
                 found.escape_ascii()
             ),
             Self::UnsupportedVersion { found } => write!(

@@ -13,7 +13,9 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod format;
+pub mod graph;
 pub mod ops;
+pub mod params;
 mod shaders;
 pub mod tensor;
 

@@ -10,6 +10,14 @@ pub(crate) fn source(name: &str) -> Option<&'static str> {
         "reduce" => include_str!("../../../shaders/reduce.wgsl"),
         "loss" => include_str!("../../../shaders/loss.wgsl"),
         "optim" => include_str!("../../../shaders/optim.wgsl"),
+        "softmax" => include_str!("../../../shaders/softmax.wgsl"),
+        "norm" => include_str!("../../../shaders/norm.wgsl"),
+        "conv" => include_str!("../../../shaders/conv.wgsl"),
+        "pool" => include_str!("../../../shaders/pool.wgsl"),
+        "embedding" => include_str!("../../../shaders/embedding.wgsl"),
+        "attention" => include_str!("../../../shaders/attention.wgsl"),
+        "rope" => include_str!("../../../shaders/rope.wgsl"),
+        "distill" => include_str!("../../../shaders/distill.wgsl"),
         _ => return None,
     })
 }

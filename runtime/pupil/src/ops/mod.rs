@@ -6,10 +6,18 @@
 //! functions are named `*_backward` and take the forward's inputs and the output gradient `dy`.
 
 pub mod activation;
+pub mod attention;
+pub mod conv;
+pub mod distill;
 pub mod elementwise;
+pub mod embedding;
 pub mod loss;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
+pub mod rope;
+pub mod softmax;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
