@@ -451,12 +451,23 @@ fn rejection_messages() {
 fn random_truncations_and_flips_never_pass() {
     let file = model_bytes();
     let mut rng = StdRng::seed_from_u64(0x5eed);
-    for _ in 0..500 {
-        let cut = rng.random_range(0..file.len());
+    for cut in 0..file.len() {
         assert!(
             ModelView::parse(&file[..cut]).is_err(),
             "truncated at {cut}"
         );
+    }
+    for _ in 0..500 {
+        let cut = rng.random_range(0..file.len());
+        assert!(
+            ModelFile::from_bytes(file[..cut].to_vec()).is_err(),
+            "truncated at {cut}"
+        );
+    }
+    for at in 0..file.len() {
+        let mut f = file.clone();
+        f[at] ^= rng.random_range(1..=255u8);
+        assert!(ModelFile::from_bytes(f).is_err(), "flip at {at}");
     }
     for _ in 0..2000 {
         let mut f = file.clone();

@@ -33,9 +33,12 @@
 //!    code (varint, see [`DType::code`]), shape (varint rank ≤ [`MAX_RANK`], then
 //!    varint dims), offset and byte length (varints).
 //!
-//! Tensor offsets are relative to `data_start`, multiples of [`ALIGN`], in strictly
-//! ascending name order, non-overlapping, in ascending offset order, and the last
-//! tensor ends exactly at `D`. Each length equals [`DType::byte_len`] of the shape.
+//! Entries are sorted by name, strictly ascending bytewise (so names are unique).
+//! Their offsets are relative to `data_start`, multiples of [`ALIGN`] and
+//! ascending; tensors do not overlap, gaps between them are padding (written as
+//! zeros, covered by the hash), and the last tensor ends exactly at `D` (0 without
+//! tensors). Each byte length equals [`DType::byte_len`] of the dtype and shape,
+//! computed without overflow.
 //!
 //! The content hash is SHA-256 over every byte of the file except the hash itself:
 //! `file[0..32]` followed by `file[64..]`. It is the model's identity for sync, and

@@ -53,7 +53,10 @@ impl Gradients {
 impl Graph {
     /// An empty tape on `backend`.
     pub fn new(backend: &Backend) -> Graph {
-        Graph { backend: backend.clone(), nodes: Vec::with_capacity(256) }
+        Graph {
+            backend: backend.clone(),
+            nodes: Vec::with_capacity(256),
+        }
     }
 
     /// The backend ops run on.
@@ -61,8 +64,21 @@ impl Graph {
         &self.backend
     }
 
-    fn push(&mut self, value: Tensor, inputs: Vec<Var>, backward: Option<BackwardFn>, requires_grad: bool, sink: Option<Tensor>) -> Var {
-        self.nodes.push(Node { value, inputs, backward, requires_grad, sink });
+    fn push(
+        &mut self,
+        value: Tensor,
+        inputs: Vec<Var>,
+        backward: Option<BackwardFn>,
+        requires_grad: bool,
+        sink: Option<Tensor>,
+    ) -> Var {
+        self.nodes.push(Node {
+            value,
+            inputs,
+            backward,
+            requires_grad,
+            sink,
+        });
         Var(self.nodes.len() - 1)
     }
 
@@ -79,7 +95,11 @@ impl Graph {
     /// A parameter: trainable ones accumulate their gradient into `params`' gradient buffer.
     pub fn param(&mut self, params: &Params, id: ParamId) -> Result<Var> {
         let value = params.value(id)?;
-        let sink = if params.is_trainable(id) { Some(params.grad(id)?) } else { None };
+        let sink = if params.is_trainable(id) {
+            Some(params.grad(id)?)
+        } else {
+            None
+        };
         let requires = sink.is_some();
         Ok(self.push(value, vec![], None, requires, sink))
     }
@@ -107,7 +127,11 @@ impl Graph {
         backward: impl Fn(&[&Tensor], &Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
         let requires = inputs.iter().any(|v| self.nodes[v.0].requires_grad);
-        let rule: Option<BackwardFn> = if requires { Some(Box::new(backward)) } else { None };
+        let rule: Option<BackwardFn> = if requires {
+            Some(Box::new(backward))
+        } else {
+            None
+        };
         self.push(value, inputs.to_vec(), rule, requires, None)
     }
 
@@ -116,10 +140,20 @@ impl Graph {
     pub fn backward(&mut self, loss: Var) -> Result<Gradients> {
         let seed_value = self.value(loss);
         if seed_value.numel() != 1 {
-            return Err(Error::shape("backward", format!("loss must have one element, has shape {:?}", seed_value.shape())));
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "loss must have one element, has shape {:?}",
+                    seed_value.shape()
+                ),
+            ));
         }
         let mut grads: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
-        grads[loss.0] = Some(Tensor::from_slice(&self.backend, seed_value.shape(), &[1.0])?);
+        grads[loss.0] = Some(Tensor::from_slice(
+            &self.backend,
+            seed_value.shape(),
+            &[1.0],
+        )?);
         for i in (0..=loss.0).rev() {
             let node = &self.nodes[i];
             if !node.requires_grad {
@@ -136,10 +170,18 @@ impl Graph {
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|v| &self.nodes[v.0].value).collect();
             let dxs = rule(&inputs, &node.value, &dy)?;
             for (v, dx) in node.inputs.iter().zip(dxs) {
-                let (Some(dx), true) = (dx, self.nodes[v.0].requires_grad) else { continue };
+                let (Some(dx), true) = (dx, self.nodes[v.0].requires_grad) else {
+                    continue;
+                };
                 let expected = self.nodes[v.0].value.shape();
                 if dx.numel() != self.nodes[v.0].value.numel() {
-                    return Err(Error::shape("backward", format!("rule of node {i} gave {:?} for an input of {expected:?}", dx.shape())));
+                    return Err(Error::shape(
+                        "backward",
+                        format!(
+                            "rule of node {i} gave {:?} for an input of {expected:?}",
+                            dx.shape()
+                        ),
+                    ));
                 }
                 grads[v.0] = Some(match grads[v.0].take() {
                     None => dx,
@@ -207,19 +249,25 @@ mod basic {
         /// `alpha * x`.
         pub fn scale(&mut self, x: Var, alpha: f32) -> Result<Var> {
             let y = elementwise::scale(self.value(x), alpha)?;
-            Ok(self.record(y, &[x], move |_, _, dy| Ok(vec![Some(elementwise::scale(dy, alpha)?)])))
+            Ok(self.record(y, &[x], move |_, _, dy| {
+                Ok(vec![Some(elementwise::scale(dy, alpha)?)])
+            }))
         }
 
         /// The same values with another shape.
         pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Result<Var> {
             let y = self.value(x).reshape(shape)?;
-            Ok(self.record(y, &[x], |i, _, dy| Ok(vec![Some(dy.reshape(i[0].shape())?)])))
+            Ok(self.record(y, &[x], |i, _, dy| {
+                Ok(vec![Some(dy.reshape(i[0].shape())?)])
+            }))
         }
 
         /// A pointwise activation.
         pub fn activate(&mut self, f: Activation, x: Var) -> Result<Var> {
             let y = activation::activate(f, self.value(x))?;
-            Ok(self.record(y, &[x], move |i, _, dy| Ok(vec![Some(activation::activate_backward(f, i[0], dy)?)])))
+            Ok(self.record(y, &[x], move |i, _, dy| {
+                Ok(vec![Some(activation::activate_backward(f, i[0], dy)?)])
+            }))
         }
 
         /// ReLU.
@@ -242,14 +290,26 @@ mod basic {
             let y = reduce::sum_last(self.value(x))?;
             Ok(self.record(y, &[x], |i, _, dy| {
                 let cols = i[0].shape().last().copied().unwrap_or(1);
-                Ok(vec![Some(reduce::expand_rows(dy, i[0].shape(), cols, 1.0)?)])
+                Ok(vec![Some(reduce::expand_rows(
+                    dy,
+                    i[0].shape(),
+                    cols,
+                    1.0,
+                )?)])
             }))
         }
 
         /// Sum of all elements, `[1]`.
         pub fn sum_all(&mut self, x: Var) -> Result<Var> {
             let y = reduce::sum_all(self.value(x))?;
-            Ok(self.record(y, &[x], |i, _, dy| Ok(vec![Some(reduce::expand_rows(dy, i[0].shape(), i[0].numel(), 1.0)?)])))
+            Ok(self.record(y, &[x], |i, _, dy| {
+                Ok(vec![Some(reduce::expand_rows(
+                    dy,
+                    i[0].shape(),
+                    i[0].numel(),
+                    1.0,
+                )?)])
+            }))
         }
 
         /// Mean of all elements, `[1]`.
@@ -257,14 +317,24 @@ mod basic {
             let y = reduce::mean_all(self.value(x))?;
             Ok(self.record(y, &[x], |i, _, dy| {
                 let n = i[0].numel();
-                Ok(vec![Some(reduce::expand_rows(dy, i[0].shape(), n, 1.0 / n as f32)?)])
+                Ok(vec![Some(reduce::expand_rows(
+                    dy,
+                    i[0].shape(),
+                    n,
+                    1.0 / n as f32,
+                )?)])
             }))
         }
 
         /// Mean cross-entropy of `logits` against integer `labels` (a constant input).
         pub fn cross_entropy(&mut self, logits: Var, labels: Var) -> Result<Var> {
             let y = loss::cross_entropy(self.value(logits), self.value(labels))?;
-            Ok(self.record(y, &[logits, labels], |i, _, dy| Ok(vec![Some(loss::cross_entropy_backward(i[0], i[1], dy)?), None])))
+            Ok(self.record(y, &[logits, labels], |i, _, dy| {
+                Ok(vec![
+                    Some(loss::cross_entropy_backward(i[0], i[1], dy)?),
+                    None,
+                ])
+            }))
         }
     }
 }
@@ -284,7 +354,11 @@ mod tests {
             let loss_of = |x: &[f32], want_grad: bool| {
                 let mut g = Graph::new(&backend);
                 let xt = Tensor::from_slice(&backend, &[3, 4], x).unwrap();
-                let x = if want_grad { g.input_with_grad(xt) } else { g.input(xt) };
+                let x = if want_grad {
+                    g.input_with_grad(xt)
+                } else {
+                    g.input(xt)
+                };
                 let w = g.input(Tensor::from_slice(&backend, &[4, 3], &wv).unwrap());
                 let h = g.matmul(x, w).unwrap();
                 let h = g.gelu(h).unwrap();
@@ -293,11 +367,21 @@ mod tests {
                 let y = g.mul(h, xs).unwrap();
                 let l = g.mean_all(y).unwrap();
                 let value = g.value(l).item().unwrap();
-                let grads = if want_grad { Some(g.backward(l).unwrap().get(x).unwrap().to_vec().unwrap()) } else { None };
+                let grads = if want_grad {
+                    Some(g.backward(l).unwrap().get(x).unwrap().to_vec().unwrap())
+                } else {
+                    None
+                };
                 (value, grads)
             };
             let (_, grad) = loss_of(&xv, true);
-            crate::ops::testing::check_gradient("tape", &xv, &grad.unwrap(), |x| loss_of(x, false).0 as f64, 2e-2);
+            crate::ops::testing::check_gradient(
+                "tape",
+                &xv,
+                &grad.unwrap(),
+                |x| loss_of(x, false).0 as f64,
+                2e-2,
+            );
         }
     }
 
@@ -313,6 +397,12 @@ mod tests {
         let s = g.sum_all(y).unwrap();
         let grads = g.backward(s).unwrap();
         assert!(grads.get(x).is_none());
-        assert_close("value", g.value(s), &Tensor::scalar(&b, 1.0).unwrap(), 0.0, 0.0);
+        assert_close(
+            "value",
+            g.value(s),
+            &Tensor::scalar(&b, 1.0).unwrap(),
+            0.0,
+            0.0,
+        );
     }
 }

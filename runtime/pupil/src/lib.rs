@@ -14,10 +14,14 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod graph;
+pub mod models;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod params;
 mod shaders;
 pub mod tensor;
+pub mod train;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
@@ -26,5 +30,10 @@ pub use tensor::{DType, Tensor};
 /// Debug verbosity from `PUPIL_DEBUG` (0 silent, 2 logs kernel compiles, 3 prints their WGSL).
 pub fn debug_level() -> u32 {
     static LEVEL: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| std::env::var("PUPIL_DEBUG").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+    *LEVEL.get_or_init(|| {
+        std::env::var("PUPIL_DEBUG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }

@@ -69,12 +69,26 @@ pub struct Params {
 impl ParamsBuilder {
     /// An empty builder; `seed` makes random initialisation reproducible.
     pub fn new(seed: u64) -> Self {
-        ParamsBuilder { specs: Vec::new(), seed }
+        ParamsBuilder {
+            specs: Vec::new(),
+            seed,
+        }
     }
 
     /// Declare a parameter.
-    pub fn add(&mut self, name: impl Into<String>, shape: &[usize], init: Init, trainable: bool) -> ParamId {
-        self.specs.push(Spec { name: name.into(), shape: shape.to_vec(), init, trainable });
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        init: Init,
+        trainable: bool,
+    ) -> ParamId {
+        self.specs.push(Spec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            init,
+            trainable,
+        });
         ParamId(self.specs.len() - 1)
     }
 
@@ -103,7 +117,12 @@ impl ParamsBuilder {
                 Init::Uniform(b) => dst.iter_mut().for_each(|v| *v = rng.random_range(-b..*b)),
                 Init::Normal(std) => dst.iter_mut().for_each(|v| *v = normal(&mut rng) * std),
                 Init::Values(vals) if vals.len() == n => dst.copy_from_slice(vals),
-                Init::Values(vals) => return Err(Error::shape("param", format!("{}: {} values for shape {:?}", s.name, vals.len(), s.shape))),
+                Init::Values(vals) => {
+                    return Err(Error::shape(
+                        "param",
+                        format!("{}: {} values for shape {:?}", s.name, vals.len(), s.shape),
+                    ))
+                }
             }
         }
         let len = host.len();
@@ -111,7 +130,12 @@ impl ParamsBuilder {
             .specs
             .into_iter()
             .zip(offsets)
-            .map(|(s, offset)| ParamInfo { name: s.name, shape: s.shape, offset, trainable: s.trainable })
+            .map(|(s, offset)| ParamInfo {
+                name: s.name,
+                shape: s.shape,
+                offset,
+                trainable: s.trainable,
+            })
             .collect();
         Ok(Params {
             backend: backend.clone(),
@@ -142,7 +166,9 @@ impl Params {
     }
 
     fn info(&self, id: ParamId) -> Result<&ParamInfo> {
-        self.infos.get(id.0).ok_or_else(|| Error::Invalid(format!("no parameter #{}", id.0)))
+        self.infos
+            .get(id.0)
+            .ok_or_else(|| Error::Invalid(format!("no parameter #{}", id.0)))
     }
 
     /// The parameter called `name`.
@@ -189,7 +215,11 @@ impl Params {
 
     /// Number of parameter elements (without padding).
     pub fn count(&self, trainable_only: bool) -> usize {
-        self.infos.iter().filter(|p| p.trainable || !trainable_only).map(|p| numel(&p.shape)).sum()
+        self.infos
+            .iter()
+            .filter(|p| p.trainable || !trainable_only)
+            .map(|p| numel(&p.shape))
+            .sum()
     }
 
     /// Bytes of the value buffer (gradients take as much again).
@@ -223,15 +253,29 @@ mod tests {
             let mut b = ParamsBuilder::new(1);
             let frozen = b.add("frozen", &[3, 5], Init::Ones, false);
             let w = b.add("w", &[7, 3], Init::Uniform(0.1), true);
-            let bias = b.add("b", &[7], Init::Values((0..7).map(|i| i as f32).collect()), true);
+            let bias = b.add(
+                "b",
+                &[7],
+                Init::Values((0..7).map(|i| i as f32).collect()),
+                true,
+            );
             let p = b.build(&backend).unwrap();
             assert_eq!(p.infos()[w.0].offset, 0);
             assert_eq!(p.infos()[bias.0].offset, 64);
             assert_eq!(p.infos()[frozen.0].offset, 128);
             assert_eq!(p.trainable_len(), 128);
-            assert_eq!(p.value(bias).unwrap().to_vec().unwrap(), (0..7).map(|i| i as f32).collect::<Vec<_>>());
+            assert_eq!(
+                p.value(bias).unwrap().to_vec().unwrap(),
+                (0..7).map(|i| i as f32).collect::<Vec<_>>()
+            );
             assert_eq!(p.value(frozen).unwrap().to_vec().unwrap(), vec![1.0; 15]);
-            assert!(p.value(w).unwrap().to_vec().unwrap().iter().all(|v| v.abs() <= 0.1));
+            assert!(p
+                .value(w)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+                .iter()
+                .all(|v| v.abs() <= 0.1));
             assert_eq!(p.count(true), 28);
             assert_eq!(p.find("b"), Some(bias));
         }

@@ -76,15 +76,29 @@ impl Tensor {
         let n = numel(shape);
         let storage = match backend {
             Backend::Cpu => Storage::Cpu(Arc::new(RwLock::new(vec![0.0; n]))),
-            Backend::Gpu(gpu) => Storage::Gpu(Arc::new(gpu.alloc((n as u64 * dtype.size()).max(4))?)),
+            Backend::Gpu(gpu) => {
+                Storage::Gpu(Arc::new(gpu.alloc((n as u64 * dtype.size()).max(4))?))
+            }
         };
-        Ok(Tensor { shape: shape.to_vec(), dtype, storage, offset: 0 })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            dtype,
+            storage,
+            offset: 0,
+        })
     }
 
     /// A tensor holding `data` (f32) with `shape`.
     pub fn from_slice(backend: &Backend, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         if numel(shape) != data.len() {
-            return Err(Error::shape("from_slice", format!("shape {shape:?} holds {} elements, data has {}", numel(shape), data.len())));
+            return Err(Error::shape(
+                "from_slice",
+                format!(
+                    "shape {shape:?} holds {} elements, data has {}",
+                    numel(shape),
+                    data.len()
+                ),
+            ));
         }
         match backend {
             Backend::Cpu => Ok(Tensor {
@@ -107,7 +121,10 @@ impl Tensor {
             Backend::Cpu => Self::from_slice(backend, shape, data),
             Backend::Gpu(gpu) => {
                 if numel(shape) != data.len() {
-                    return Err(Error::shape("from_slice_f16", format!("shape {shape:?} vs {} values", data.len())));
+                    return Err(Error::shape(
+                        "from_slice_f16",
+                        format!("shape {shape:?} vs {} values", data.len()),
+                    ));
                 }
                 let t = Self::uninit(backend, shape, DType::F16)?;
                 let halfs: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
@@ -127,14 +144,25 @@ impl Tensor {
     /// Overwrite the tensor's elements with `data` (f32 tensors only).
     pub fn write(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.numel() || self.dtype != DType::F32 {
-            return Err(Error::shape("write", format!("{} values into {:?} {:?}", data.len(), self.shape, self.dtype)));
+            return Err(Error::shape(
+                "write",
+                format!(
+                    "{} values into {:?} {:?}",
+                    data.len(),
+                    self.shape,
+                    self.dtype
+                ),
+            ));
         }
         match &self.storage {
             Storage::Cpu(_) => {
                 self.cpu_write()?.copy_from_slice(data);
                 Ok(())
             }
-            Storage::Gpu(b) => b.gpu().upload(b.raw(), self.byte_offset(), bytemuck::cast_slice(data)),
+            Storage::Gpu(b) => {
+                b.gpu()
+                    .upload(b.raw(), self.byte_offset(), bytemuck::cast_slice(data))
+            }
         }
     }
 
@@ -147,18 +175,27 @@ impl Tensor {
                 let bytes = b.gpu().read(b.raw(), self.byte_offset(), self.bytes())?;
                 Ok(match self.dtype {
                     DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
-                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes).iter().map(|h| h.to_f32()).collect(),
+                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                        .iter()
+                        .map(|h| h.to_f32())
+                        .collect(),
                 })
             }
             #[cfg(target_arch = "wasm32")]
-            Storage::Gpu(_) => Err(Error::NotSupported { op: "to_vec", detail: "synchronous readback on the web".into() }),
+            Storage::Gpu(_) => Err(Error::NotSupported {
+                op: "to_vec",
+                detail: "synchronous readback on the web".into(),
+            }),
         }
     }
 
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("tensor {:?} has {} elements", self.shape, self.numel())));
+            return Err(Error::shape(
+                "item",
+                format!("tensor {:?} has {} elements", self.shape, self.numel()),
+            ));
         }
         Ok(self.to_vec()?[0])
     }
@@ -171,9 +208,15 @@ impl Tensor {
     /// The same elements viewed with another shape of equal size.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::shape("reshape", format!("{:?} -> {shape:?}", self.shape)));
+            return Err(Error::shape(
+                "reshape",
+                format!("{:?} -> {shape:?}", self.shape),
+            ));
         }
-        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
     }
 
     /// A view of `len` elements from `start` (in elements) with `shape`, sharing storage.
@@ -181,15 +224,25 @@ impl Tensor {
     pub fn view(&self, start: usize, shape: &[usize]) -> Result<Tensor> {
         let n = numel(shape);
         if start + n > self.numel() {
-            return Err(Error::shape("view", format!("{start}+{n} past {} elements", self.numel())));
+            return Err(Error::shape(
+                "view",
+                format!("{start}+{n} past {} elements", self.numel()),
+            ));
         }
         if let Storage::Gpu(b) = &self.storage {
             let align = b.gpu().capabilities().offset_alignment;
-            if ((self.offset + start) as u64 * self.dtype.size()) % align != 0 {
-                return Err(Error::NotSupported { op: "view", detail: format!("GPU view offset not aligned to {align} bytes") });
+            if !((self.offset + start) as u64 * self.dtype.size()).is_multiple_of(align) {
+                return Err(Error::NotSupported {
+                    op: "view",
+                    detail: format!("GPU view offset not aligned to {align} bytes"),
+                });
             }
         }
-        Ok(Tensor { shape: shape.to_vec(), offset: self.offset + start, ..self.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            offset: self.offset + start,
+            ..self.clone()
+        })
     }
 
     /// Shape.
@@ -239,14 +292,21 @@ impl Tensor {
     /// The GPU binding of this view at `@binding(slot)`.
     pub(crate) fn bind(&self, slot: u32) -> Result<Binding<'_>> {
         let b = self.gpu_buffer()?;
-        Ok(Binding { slot, buffer: b.raw(), offset: self.byte_offset(), size: self.bytes().max(4) })
+        Ok(Binding {
+            slot,
+            buffer: b.raw(),
+            offset: self.byte_offset(),
+            size: self.bytes().max(4),
+        })
     }
 
     /// Read access to the host elements of this view.
     pub(crate) fn cpu_read(&self) -> Result<CpuRead<'_>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(CpuRead {
-                guard: v.read().map_err(|_| Error::Invalid("tensor lock poisoned".into()))?,
+                guard: v
+                    .read()
+                    .map_err(|_| Error::Invalid("tensor lock poisoned".into()))?,
                 start: self.offset,
                 len: self.numel(),
             }),
@@ -258,7 +318,9 @@ impl Tensor {
     pub(crate) fn cpu_write(&self) -> Result<CpuWrite<'_>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(CpuWrite {
-                guard: v.write().map_err(|_| Error::Invalid("tensor lock poisoned".into()))?,
+                guard: v
+                    .write()
+                    .map_err(|_| Error::Invalid("tensor lock poisoned".into()))?,
                 start: self.offset,
                 len: self.numel(),
             }),

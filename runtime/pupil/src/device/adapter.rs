@@ -33,19 +33,42 @@ impl AdapterReport {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
             limits: vec![
                 ("max_buffer_size", l.max_buffer_size),
-                ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
-                ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage as u64),
-                ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size as u64),
-                ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),
-                ("max_compute_workgroup_size_x", l.max_compute_workgroup_size_x as u64),
-                ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension as u64),
-                ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment as u64),
+                (
+                    "max_storage_buffer_binding_size",
+                    l.max_storage_buffer_binding_size,
+                ),
+                (
+                    "max_storage_buffers_per_shader_stage",
+                    l.max_storage_buffers_per_shader_stage as u64,
+                ),
+                (
+                    "max_compute_workgroup_storage_size",
+                    l.max_compute_workgroup_storage_size as u64,
+                ),
+                (
+                    "max_compute_invocations_per_workgroup",
+                    l.max_compute_invocations_per_workgroup as u64,
+                ),
+                (
+                    "max_compute_workgroup_size_x",
+                    l.max_compute_workgroup_size_x as u64,
+                ),
+                (
+                    "max_compute_workgroups_per_dimension",
+                    l.max_compute_workgroups_per_dimension as u64,
+                ),
+                (
+                    "min_storage_buffer_offset_alignment",
+                    l.min_storage_buffer_offset_alignment as u64,
+                ),
                 ("subgroup_min_size", info.subgroup_min_size as u64),
                 ("subgroup_max_size", info.subgroup_max_size as u64),
             ],

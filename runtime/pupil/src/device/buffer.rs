@@ -14,7 +14,12 @@ pub struct GpuBuffer {
 
 impl GpuBuffer {
     pub(super) fn new(raw: wgpu::Buffer, class: u64, bytes: u64, gpu: Arc<Gpu>) -> Self {
-        GpuBuffer { raw, class, bytes, gpu }
+        GpuBuffer {
+            raw,
+            class,
+            bytes,
+            gpu,
+        }
     }
 
     /// The wgpu buffer.

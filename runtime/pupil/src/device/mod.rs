@@ -60,7 +60,11 @@ pub(crate) struct Kernel {
 impl Kernel {
     /// An untyped (f32) kernel.
     pub(crate) const fn f32(shader: &'static str, entry: &'static str) -> Self {
-        Kernel { shader, entry, dtype: None }
+        Kernel {
+            shader,
+            entry,
+            dtype: None,
+        }
     }
 }
 
@@ -112,13 +116,19 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::RequestDevice { adapter: report.name.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::RequestDevice {
+                adapter: report.name.clone(),
+                reason: e.to_string(),
+            })?;
         let fault: Arc<Mutex<Option<Error>>> = Arc::default();
         let on_error = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let err = match e {
                 wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory { bytes: 0 },
-                other => Error::Gpu { context: "an earlier GPU command".into(), message: other.to_string() },
+                other => Error::Gpu {
+                    context: "an earlier GPU command".into(),
+                    message: other.to_string(),
+                },
             };
             if let Ok(mut f) = on_error.lock() {
                 f.get_or_insert(err);
@@ -127,7 +137,9 @@ impl Gpu {
         let on_lost = fault.clone();
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut f) = on_lost.lock() {
-                *f = Some(Error::DeviceLost { reason: format!("{reason:?}: {message}") });
+                *f = Some(Error::DeviceLost {
+                    reason: format!("{reason:?}: {message}"),
+                });
             }
         });
         let caps = Capabilities {
@@ -190,10 +202,15 @@ impl Gpu {
 
     /// Fail with the first asynchronous GPU error seen since the last check, if any.
     pub(crate) fn check_fault(&self) -> Result<()> {
-        let mut fault = self.fault.lock().map_err(|_| Error::Invalid("GPU fault lock poisoned".into()))?;
+        let mut fault = self
+            .fault
+            .lock()
+            .map_err(|_| Error::Invalid("GPU fault lock poisoned".into()))?;
         match fault.take() {
             Some(e @ Error::DeviceLost { .. }) => {
-                *fault = Some(Error::DeviceLost { reason: "lost earlier".into() });
+                *fault = Some(Error::DeviceLost {
+                    reason: "lost earlier".into(),
+                });
                 Err(e)
             }
             Some(e) => Err(e),
@@ -203,7 +220,10 @@ impl Gpu {
 
     /// The compiled pipeline for `kernel`, compiling it on first use.
     fn pipeline(&self, kernel: Kernel) -> Result<wgpu::ComputePipeline> {
-        let mut cache = self.pipelines.lock().map_err(|_| Error::Invalid("pipeline cache poisoned".into()))?;
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::Invalid("pipeline cache poisoned".into()))?;
         if let Some(p) = cache.get(&kernel) {
             return Ok(p.clone());
         }
@@ -213,34 +233,46 @@ impl Gpu {
         })?;
         let source = match kernel.dtype {
             None => body.to_string(),
-            Some(DType::F16) if self.caps.shader_f16 => format!("enable f16;\nalias T = f16;\n{body}"),
+            Some(DType::F16) if self.caps.shader_f16 => {
+                format!("enable f16;\nalias T = f16;\n{body}")
+            }
             Some(DType::F16) => {
                 return Err(Error::NotSupported {
                     op: kernel.entry,
-                    detail: format!("f16 storage needs SHADER_F16, which {} lacks; use f32", self.report.name),
+                    detail: format!(
+                        "f16 storage needs SHADER_F16, which {} lacks; use f32",
+                        self.report.name
+                    ),
                 })
             }
             Some(DType::F32) => format!("alias T = f32;\n{body}"),
         };
         if crate::debug_level() >= 2 {
-            eprintln!("[pupil] compiling {}::{} ({:?})", kernel.shader, kernel.entry, kernel.dtype);
+            eprintln!(
+                "[pupil] compiling {}::{} ({:?})",
+                kernel.shader, kernel.entry, kernel.dtype
+            );
         }
         if crate::debug_level() >= 3 {
             eprintln!("{source}");
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.shader),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.shader),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         if let Some(e) = block_on_scope(scope.pop()) {
             return Err(Error::Gpu {
                 context: format!("compiling {}::{}", kernel.shader, kernel.entry),
@@ -262,35 +294,59 @@ impl Gpu {
         self.flush()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "waiting for the GPU".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                context: "waiting for the GPU".into(),
+                message: e.to_string(),
+            })?;
         self.check_fault()
     }
 
     fn recorder(&self) -> Result<std::sync::MutexGuard<'_, Recorder>> {
-        self.recorder.lock().map_err(|_| Error::Invalid("GPU recorder lock poisoned".into()))
+        self.recorder
+            .lock()
+            .map_err(|_| Error::Invalid("GPU recorder lock poisoned".into()))
     }
 
     /// Record one kernel launch. `params` fills the shader's uniform at binding 0; each buffer
     /// binds at its own slot.
-    pub(crate) fn dispatch(&self, kernel: Kernel, params: &[u8], buffers: &[Binding<'_>], groups: [u32; 3]) -> Result<()> {
+    pub(crate) fn dispatch(
+        &self,
+        kernel: Kernel,
+        params: &[u8],
+        buffers: &[Binding<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
         let pipeline = self.pipeline(kernel)?;
         if groups.iter().any(|&g| g > self.caps.max_workgroups) {
             return Err(Error::NotSupported {
                 op: kernel.entry,
-                detail: format!("dispatch {groups:?} exceeds {} workgroups per dimension", self.caps.max_workgroups),
+                detail: format!(
+                    "dispatch {groups:?} exceeds {} workgroups per dimension",
+                    self.caps.max_workgroups
+                ),
             });
         }
         if groups.contains(&0) {
             return Ok(());
         }
-        self.recorder()?.dispatch(&self.device, &self.queue, &pipeline, params, buffers, groups);
+        self.recorder()?.dispatch(
+            &self.device,
+            &self.queue,
+            &pipeline,
+            params,
+            buffers,
+            groups,
+        );
         Ok(())
     }
 
     /// Allocate an uninitialised buffer of at least `bytes` bytes (from the pool when possible).
     pub fn alloc(self: &Arc<Self>, bytes: u64) -> Result<GpuBuffer> {
         if bytes > self.caps.max_binding {
-            return Err(Error::BindingTooLarge { bytes, maximum: self.caps.max_binding });
+            return Err(Error::BindingTooLarge {
+                bytes,
+                maximum: self.caps.max_binding,
+            });
         }
         let class = pool::size_class(bytes);
         let raw = match self.pool.take(class) {
@@ -307,7 +363,9 @@ impl Gpu {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         match block_on_scope(scope.pop()) {
@@ -324,7 +382,8 @@ impl Gpu {
 
     /// Copy `data` into `dst` at `offset` bytes, ordered after everything recorded so far.
     pub(crate) fn upload(&self, dst: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
-        self.recorder()?.upload(&self.device, &self.queue, dst, offset, data);
+        self.recorder()?
+            .upload(&self.device, &self.queue, dst, offset, data);
         Ok(())
     }
 
@@ -355,14 +414,23 @@ impl Gpu {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu { context: "reading back".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Gpu {
+                context: "reading back".into(),
+                message: e.to_string(),
+            })?;
         self.check_fault()?;
         rx.recv()
-            .map_err(|_| Error::DeviceLost { reason: "readback never completed".into() })?
-            .map_err(|e| Error::Gpu { context: "mapping a readback buffer".into(), message: e.to_string() })?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| Error::Gpu { context: "mapping a readback buffer".into(), message: e.to_string() })?;
+            .map_err(|_| Error::DeviceLost {
+                reason: "readback never completed".into(),
+            })?
+            .map_err(|e| Error::Gpu {
+                context: "mapping a readback buffer".into(),
+                message: e.to_string(),
+            })?;
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
+            context: "mapping a readback buffer".into(),
+            message: e.to_string(),
+        })?;
         let out = view[..bytes as usize].to_vec();
         drop(view);
         staging.unmap();
@@ -371,13 +439,17 @@ impl Gpu {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(f: F) -> Option<wgpu::Error> {
+fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(
+    f: F,
+) -> Option<wgpu::Error> {
     pollster::block_on(f)
 }
 
 /// On the web an error scope cannot be awaited synchronously; errors arrive through the
 /// uncaptured-error handler and surface at the next synchronisation instead.
 #[cfg(target_arch = "wasm32")]
-fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(_f: F) -> Option<wgpu::Error> {
+fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(
+    _f: F,
+) -> Option<wgpu::Error> {
     None
 }

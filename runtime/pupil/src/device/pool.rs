@@ -56,10 +56,25 @@ mod tests {
 
     #[test]
     fn classes_cover_the_request_with_bounded_waste() {
-        for bytes in [1u64, 4, 255, 256, 257, 4096, 4097, 10_000, 1 << 20, (1 << 20) + 1, 3 << 28] {
+        for bytes in [
+            1u64,
+            4,
+            255,
+            256,
+            257,
+            4096,
+            4097,
+            10_000,
+            1 << 20,
+            (1 << 20) + 1,
+            3 << 28,
+        ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
-            assert!(c as f64 <= (bytes.max(256) as f64) * 1.125 + 256.0, "{bytes} -> {c}");
+            assert!(
+                c as f64 <= (bytes.max(256) as f64) * 1.125 + 256.0,
+                "{bytes} -> {c}"
+            );
         }
     }
 }

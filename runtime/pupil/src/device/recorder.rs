@@ -36,7 +36,9 @@ impl Recorder {
             arena: device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging arena"),
                 size: ARENA as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::UNIFORM
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
         }
@@ -44,8 +46,11 @@ impl Recorder {
 
     fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
         self.pass = None;
-        self.encoder
-            .get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pupil step") }))
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("pupil step"),
+            })
+        })
     }
 
     fn pass(&mut self, device: &wgpu::Device) -> &mut wgpu::ComputePass<'static> {
@@ -53,18 +58,21 @@ impl Recorder {
             Some(p) => p,
             None => self
                 .encoder(device)
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                })
                 .forget_lifetime(),
         };
         self.pass.insert(pass)
     }
 
-    /// Reserve `len` bytes of the arena (aligned to a slot), flushing first if it is full.
-    fn stage(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, bytes: &[u8]) -> u64 {
-        let start = self.staged.len().div_ceil(SLOT) * SLOT;
+    /// Copy `bytes` into the arena at a fresh slot, submitting first if the arena is full.
+    fn stage(&mut self, queue: &wgpu::Queue, bytes: &[u8]) -> u64 {
+        let mut start = self.staged.len().div_ceil(SLOT) * SLOT;
         if start + bytes.len() > ARENA {
             self.flush(queue);
-            return self.stage(device, queue, bytes);
+            start = 0;
         }
         self.staged.resize(start, 0);
         self.staged.extend_from_slice(bytes);
@@ -80,7 +88,7 @@ impl Recorder {
         buffers: &[Binding<'_>],
         groups: [u32; 3],
     ) {
-        let at = self.stage(device, queue, params);
+        let at = self.stage(queue, params);
         let mut entries = Vec::with_capacity(buffers.len() + 1);
         entries.push(wgpu::BindGroupEntry {
             binding: 0,
@@ -111,13 +119,21 @@ impl Recorder {
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
 
-    pub(super) fn upload(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, dst: &wgpu::Buffer, offset: u64, data: &[u8]) {
+    pub(super) fn upload(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        dst: &wgpu::Buffer,
+        offset: u64,
+        data: &[u8],
+    ) {
         if data.len() <= ARENA / 4 {
-            let at = self.stage(device, queue, data);
+            let at = self.stage(queue, data);
             let len = (data.len() as u64).div_ceil(4) * 4;
             self.staged.resize(at as usize + len as usize, 0);
             let arena = self.arena.clone();
-            self.encoder(device).copy_buffer_to_buffer(&arena, at, dst, offset, len);
+            self.encoder(device)
+                .copy_buffer_to_buffer(&arena, at, dst, offset, len);
         } else {
             // Large: submit what is recorded so the direct write cannot overtake it.
             self.flush(queue);
@@ -125,12 +141,33 @@ impl Recorder {
         }
     }
 
-    pub(super) fn zero(&mut self, device: &wgpu::Device, dst: &wgpu::Buffer, offset: u64, bytes: u64) {
-        self.encoder(device).clear_buffer(dst, offset, Some(bytes.div_ceil(4) * 4));
+    pub(super) fn zero(
+        &mut self,
+        device: &wgpu::Device,
+        dst: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) {
+        self.encoder(device)
+            .clear_buffer(dst, offset, Some(bytes.div_ceil(4) * 4));
     }
 
-    pub(super) fn copy(&mut self, device: &wgpu::Device, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
-        self.encoder(device).copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes.div_ceil(4) * 4);
+    pub(super) fn copy(
+        &mut self,
+        device: &wgpu::Device,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
+        self.encoder(device).copy_buffer_to_buffer(
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            bytes.div_ceil(4) * 4,
+        );
     }
 
     pub(super) fn flush(&mut self, queue: &wgpu::Queue) {

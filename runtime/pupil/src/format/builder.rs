@@ -93,6 +93,7 @@ impl ModelBuilder {
                 .map_err(|_| ModelFileError::TooMany {
                     what: "config entries",
                     max: MAX_CONFIG_ENTRIES,
+                    hint: "drop unused settings or combine some into integer lists",
                 })?,
         }
         Ok(self)
@@ -108,13 +109,9 @@ impl ModelBuilder {
         self.config(key, ConfigValue::Float(value))
     }
 
-    /// Sets config `key` to a string of at most [`MAX_STR_LEN`] bytes.
+    /// Sets config `key` to a string of 1 to [`MAX_STR_LEN`] bytes.
     pub fn config_str(&mut self, key: &str, value: &str) -> Result<&mut Self, ModelFileError> {
-        let value = BoundedString::try_from(value).map_err(|_| ModelFileError::BadLength {
-            what: "config string",
-            value: value.to_owned(),
-            max: MAX_STR_LEN,
-        })?;
+        let value = bounded::<MAX_STR_LEN>("config string", value)?;
         self.config(key, ConfigValue::Str(value))
     }
 
@@ -123,6 +120,7 @@ impl ModelBuilder {
         let values = BoundedVec::from_slice(values).map_err(|()| ModelFileError::TooMany {
             what: "integers in one config list",
             max: MAX_INTS,
+            hint: "shorten the list or split it over several keys",
         })?;
         self.config(key, ConfigValue::Ints(values))
     }
@@ -220,11 +218,13 @@ impl ModelBuilder {
             return Err(ModelFileError::TooMany {
                 what: "tensors",
                 max: MAX_TENSORS as usize,
+                hint: "merge tensors or split the model into several files",
             });
         }
         let checked = Shape::from_slice(shape).map_err(|()| ModelFileError::TooMany {
             what: "dimensions in one shape",
             max: MAX_RANK,
+            hint: "reshape the tensor to fewer dimensions",
         })?;
         let bytes = dtype
             .byte_len(shape)

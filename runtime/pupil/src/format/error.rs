@@ -41,7 +41,7 @@ pub enum ModelFileError {
         available: String,
     },
     /// A string is empty where it must not be, or longer than the format allows.
-    #[error("{what} {value:?} must be 1 to {max} bytes long; shorten it")]
+    #[error("{what} {value:?} is {} bytes but must be 1 to {max}; use a shorter, non-empty one", .value.len())]
     BadLength {
         /// What the string is, e.g. `tensor name`.
         what: &'static str,
@@ -51,12 +51,14 @@ pub enum ModelFileError {
         max: usize,
     },
     /// More items than the format allows.
-    #[error("too many {what}: the limit is {max}; merge or drop some")]
+    #[error("too many {what}: the limit is {max}; {hint}")]
     TooMany {
         /// What there are too many of.
         what: &'static str,
         /// The limit.
         max: usize,
+        /// What to do about it.
+        hint: &'static str,
     },
     /// Two tensors share a name.
     #[error("tensor {name:?} is added twice; tensor names must be unique")]

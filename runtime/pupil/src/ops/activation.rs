@@ -53,9 +53,17 @@ pub fn activate(f: Activation, x: &Tensor) -> Result<Tensor> {
             }
         }
         Backend::Gpu(gpu) => {
-            let params = Params { n: u32_len("activation", x.numel())?, _pad: [0; 3] };
+            let params = Params {
+                n: u32_len("activation", x.numel())?,
+                _pad: [0; 3],
+            };
             let kernel = Kernel::f32("activation", f.entries().0);
-            gpu.dispatch(kernel, bytemuck::bytes_of(&params), &[x.bind(1)?, out.bind(3)?], grid(x.numel(), 256))?;
+            gpu.dispatch(
+                kernel,
+                bytemuck::bytes_of(&params),
+                &[x.bind(1)?, out.bind(3)?],
+                grid(x.numel(), 256),
+            )?;
         }
     }
     Ok(out)
@@ -65,7 +73,10 @@ pub fn activate(f: Activation, x: &Tensor) -> Result<Tensor> {
 pub fn activate_backward(f: Activation, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     require_f32("activation", &[x, dy])?;
     if x.shape() != dy.shape() {
-        return Err(Error::shape("activation backward", format!("x {:?} vs dy {:?}", x.shape(), dy.shape())));
+        return Err(Error::shape(
+            "activation backward",
+            format!("x {:?} vs dy {:?}", x.shape(), dy.shape()),
+        ));
     }
     let backend = super::common_backend("activation", &[x, dy])?;
     let out = Tensor::uninit(&backend, x.shape(), DType::F32)?;
@@ -77,9 +88,17 @@ pub fn activate_backward(f: Activation, x: &Tensor, dy: &Tensor) -> Result<Tenso
             }
         }
         Backend::Gpu(gpu) => {
-            let params = Params { n: u32_len("activation", x.numel())?, _pad: [0; 3] };
+            let params = Params {
+                n: u32_len("activation", x.numel())?,
+                _pad: [0; 3],
+            };
             let kernel = Kernel::f32("activation", f.entries().1);
-            gpu.dispatch(kernel, bytemuck::bytes_of(&params), &[x.bind(1)?, dy.bind(2)?, out.bind(3)?], grid(x.numel(), 256))?;
+            gpu.dispatch(
+                kernel,
+                bytemuck::bytes_of(&params),
+                &[x.bind(1)?, dy.bind(2)?, out.bind(3)?],
+                grid(x.numel(), 256),
+            )?;
         }
     }
     Ok(out)
@@ -112,7 +131,9 @@ pub(crate) mod cpu {
         let x = x as f64;
         (match f {
             Activation::Relu => f64::from(u8::from(x > 0.0)),
-            Activation::Gelu => normal_cdf(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
+            Activation::Gelu => {
+                normal_cdf(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+            }
             Activation::Silu => {
                 let s = sigmoid(x);
                 s * (1.0 + x * (1.0 - s))
@@ -137,8 +158,20 @@ mod tests {
             let (dc, dg) = pair(&[*n], 40 + i as u64);
             for f in ALL {
                 // erf approximation (1.5e-7 absolute) and f32 exp: 1e-5 relative + 1e-6 absolute.
-                assert_close(&format!("{f:?} n={n}"), &activate(f, &xg).unwrap(), &activate(f, &xc).unwrap(), 1e-5, 1e-6);
-                assert_close(&format!("{f:?}' n={n}"), &activate_backward(f, &xg, &dg).unwrap(), &activate_backward(f, &xc, &dc).unwrap(), 1e-5, 1e-6);
+                assert_close(
+                    &format!("{f:?} n={n}"),
+                    &activate(f, &xg).unwrap(),
+                    &activate(f, &xc).unwrap(),
+                    1e-5,
+                    1e-6,
+                );
+                assert_close(
+                    &format!("{f:?}' n={n}"),
+                    &activate_backward(f, &xg, &dg).unwrap(),
+                    &activate_backward(f, &xc, &dc).unwrap(),
+                    1e-5,
+                    1e-6,
+                );
             }
         }
     }
@@ -147,13 +180,24 @@ mod tests {
     fn backward_matches_finite_differences() {
         let cpu = Backend::Cpu;
         // Keep away from ReLU's kink at 0.
-        let xv: Vec<f32> = random(16, 1, 3.0).iter().map(|v| if v.abs() < 0.05 { v + 0.1 } else { *v }).collect();
+        let xv: Vec<f32> = random(16, 1, 3.0)
+            .iter()
+            .map(|v| if v.abs() < 0.05 { v + 0.1 } else { *v })
+            .collect();
         let w = random(16, 2, 1.0);
         let x = Tensor::from_slice(&cpu, &[16], &xv).unwrap();
         let dy = Tensor::from_slice(&cpu, &[16], &w).unwrap();
         for f in ALL {
             let dx = activate_backward(f, &x, &dy).unwrap().to_vec().unwrap();
-            let loss = |v: &[f32]| probe(&activate(f, &Tensor::from_slice(&cpu, &[16], v).unwrap()).unwrap().to_vec().unwrap(), &w);
+            let loss = |v: &[f32]| {
+                probe(
+                    &activate(f, &Tensor::from_slice(&cpu, &[16], v).unwrap())
+                        .unwrap()
+                        .to_vec()
+                        .unwrap(),
+                    &w,
+                )
+            };
             check_gradient(&format!("{f:?}"), &xv, &dx, loss, 1e-2);
         }
     }

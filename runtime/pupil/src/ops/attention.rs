@@ -1,0 +1,493 @@
+//! Scaled dot-product attention with grouped-query heads, a causal mask that works with a KV
+//! cache, and a key padding mask.
+//!
+//! Shape key: q `[B, H, Tq, Dh]`, k and v `[B, Hkv, Tk, Dh]` with `g = H / Hkv` an integer
+//! (query head h uses kv head `h / g`), padding mask `[B, Tk]` (1 keep, 0 masked), output
+//! `[B, H, Tq, Dh]`. Causal: query i sees key j when `j <= i + (Tk - Tq)`.
+//!   `S = scale q k^T` (scale `1/sqrt(Dh)` by default), `P = softmax(S)` over visible keys
+//!   (0 on hidden keys; a query that sees no key gets P = 0, hence output 0), `O = P v`.
+//! Backward (dO given; P saved from the forward):
+//!   `dv = P^T dO`, `dP = dO v^T`, `dS = scale P (dP - rowsum(dP P))`, `dq = dS k`,
+//!   `dk = dS^T q`; dk and dv sum over the g query heads that share a kv head.
+//! The GPU path composes the batched matmul with the kernels of `attention.wgsl` (kv head
+//! expansion for GQA, masked softmax, softmax backward); the CPU reference is plain loops.
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::matmul_t;
+use super::{common_backend, grid, groups_for, require_f32, u32_len};
+use crate::backend::Backend;
+use crate::device::{Gpu, Kernel};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    tq: u32,
+    heads: u32,
+    causal: u32,
+    group: u32,
+    inner: u32,
+    scale: f32,
+}
+
+/// Resolved sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    b: usize,
+    h: usize,
+    hkv: usize,
+    tq: usize,
+    tk: usize,
+    dh: usize,
+}
+
+impl Dims {
+    fn group(&self) -> usize {
+        self.h / self.hkv
+    }
+}
+
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
+    let bad = |why: &str| {
+        Error::shape(
+            "attention",
+            format!(
+                "q {:?}, k {:?}, v {:?}: {why}",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            ),
+        )
+    };
+    let (&[b, h, tq, dh], &[kb, hkv, tk, kdh]) = (q.shape(), k.shape()) else {
+        return Err(bad("need q [B, H, Tq, Dh] and k, v [B, Hkv, Tk, Dh]"));
+    };
+    if v.shape() != k.shape() {
+        return Err(bad("k and v must have the same shape"));
+    }
+    if kb != b || kdh != dh {
+        return Err(bad("batch and head size must agree"));
+    }
+    if dh == 0 || hkv == 0 || h % hkv != 0 {
+        return Err(bad(
+            "need Dh > 0 and H a multiple of Hkv > 0 (grouped-query heads)",
+        ));
+    }
+    let d = Dims {
+        b,
+        h,
+        hkv,
+        tq,
+        tk,
+        dh,
+    };
+    let op = "attention";
+    u32_len(op, b * h * tq * tk)?;
+    u32_len(op, b * h * tq.max(tk) * dh)?;
+    Ok(d)
+}
+
+fn check_mask(mask: Option<&Tensor>, d: Dims) -> Result<()> {
+    match mask {
+        Some(m) if m.shape() != [d.b, d.tk] => Err(Error::shape(
+            "attention",
+            format!(
+                "padding mask must be [B, Tk] = [{}, {}], got {:?}",
+                d.b,
+                d.tk,
+                m.shape()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The default score scale `1 / sqrt(Dh)`.
+pub fn default_scale(dh: usize) -> f32 {
+    (1.0 / (dh as f64).sqrt()) as f32
+}
+
+/// Attention output `[B, H, Tq, Dh]` and the probabilities `P` `[B, H, Tq, Tk]` (keep them
+/// for [`attention_backward`]), with an explicit score `scale`.
+pub fn attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    let mut all = vec![q, k, v];
+    all.extend(mask);
+    let backend = common_backend("attention", &all)?;
+    require_f32("attention", &all)?;
+    let d = dims(q, k, v)?;
+    check_mask(mask, d)?;
+    match &backend {
+        Backend::Cpu => {
+            let out = Tensor::uninit(&backend, q.shape(), DType::F32)?;
+            let probs = Tensor::uninit(&backend, &[d.b, d.h, d.tq, d.tk], DType::F32)?;
+            let m = mask.map(|m| m.cpu_read()).transpose()?;
+            cpu::forward(
+                &q.cpu_read()?,
+                &k.cpu_read()?,
+                &v.cpu_read()?,
+                m.as_deref(),
+                d,
+                causal,
+                scale,
+                &mut out.cpu_write()?,
+                &mut probs.cpu_write()?,
+            );
+            Ok((out, probs))
+        }
+        Backend::Gpu(gpu) => {
+            let (ke, ve) = (expand_kv(gpu, k, d)?, expand_kv(gpu, v, d)?);
+            let scores = matmul_t(q, &ke, false, true)?;
+            let probs = Tensor::uninit(&backend, scores.shape(), DType::F32)?;
+            let params = Params {
+                n: (d.b * d.h * d.tq) as u32,
+                cols: d.tk as u32,
+                tq: d.tq as u32,
+                heads: d.h as u32,
+                causal: causal as u32,
+                group: d.group() as u32,
+                inner: 0,
+                scale,
+            };
+            let (entry, mut bindings) = match mask {
+                Some(m) => ("softmax_fwd_masked", vec![m.bind(4)?]),
+                None => ("softmax_fwd", vec![]),
+            };
+            bindings.extend([scores.bind(1)?, probs.bind(3)?]);
+            gpu.dispatch(
+                Kernel::f32("attention", entry),
+                bytemuck::bytes_of(&params),
+                &bindings,
+                groups_for(d.b * d.h * d.tq),
+            )?;
+            let out = matmul_t(&probs, &ve, false, false)?;
+            Ok((out, probs))
+        }
+    }
+}
+
+/// `softmax(q k^T / sqrt(Dh)) v` with optional causal and padding masks (see the module
+/// documentation for shapes); output `[B, H, Tq, Dh]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor> {
+    let scale = default_scale(q.shape().last().copied().unwrap_or(1));
+    Ok(attention_forward(q, k, v, mask, causal, scale)?.0)
+}
+
+/// Gradients `(dq, dk, dv)` of attention given the forward's inputs, its probabilities
+/// `probs` (from [`attention_forward`], which already encode both masks), its `scale` and
+/// the output gradient `dy` (`[B, H, Tq, Dh]`).
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    probs: &Tensor,
+    dy: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let all = [q, k, v, probs, dy];
+    let backend = common_backend("attention", &all)?;
+    require_f32("attention", &all)?;
+    let d = dims(q, k, v)?;
+    if probs.shape() != [d.b, d.h, d.tq, d.tk] || dy.shape() != q.shape() {
+        return Err(Error::shape(
+            "attention backward",
+            format!(
+                "q {:?} and k {:?} need probs [{}, {}, {}, {}] and dy like q, got {:?} and {:?}",
+                q.shape(),
+                k.shape(),
+                d.b,
+                d.h,
+                d.tq,
+                d.tk,
+                probs.shape(),
+                dy.shape()
+            ),
+        ));
+    }
+    match &backend {
+        Backend::Cpu => {
+            let dq = Tensor::uninit(&backend, q.shape(), DType::F32)?;
+            let dk = Tensor::uninit(&backend, k.shape(), DType::F32)?;
+            let dv = Tensor::uninit(&backend, v.shape(), DType::F32)?;
+            cpu::backward(
+                &q.cpu_read()?,
+                &k.cpu_read()?,
+                &v.cpu_read()?,
+                &probs.cpu_read()?,
+                &dy.cpu_read()?,
+                d,
+                scale,
+                [
+                    &mut dq.cpu_write()?,
+                    &mut dk.cpu_write()?,
+                    &mut dv.cpu_write()?,
+                ],
+            );
+            Ok((dq, dk, dv))
+        }
+        Backend::Gpu(gpu) => {
+            let (ke, ve) = (expand_kv(gpu, k, d)?, expand_kv(gpu, v, d)?);
+            let dv = reduce_kv(gpu, &matmul_t(probs, dy, true, false)?, d)?;
+            let dp = matmul_t(dy, &ve, false, true)?;
+            let ds = Tensor::uninit(&backend, dp.shape(), DType::F32)?;
+            let params = Params {
+                n: (d.b * d.h * d.tq) as u32,
+                cols: d.tk as u32,
+                tq: d.tq as u32,
+                heads: d.h as u32,
+                causal: 0,
+                group: d.group() as u32,
+                inner: 0,
+                scale,
+            };
+            gpu.dispatch(
+                Kernel::f32("attention", "softmax_bwd"),
+                bytemuck::bytes_of(&params),
+                &[probs.bind(1)?, dp.bind(2)?, ds.bind(3)?],
+                groups_for(d.b * d.h * d.tq),
+            )?;
+            let dq = matmul_t(&ds, &ke, false, false)?;
+            let dk = reduce_kv(gpu, &matmul_t(&ds, q, true, false)?, d)?;
+            Ok((dq, dk, dv))
+        }
+    }
+}
+
+/// `[B, Hkv, Tk, Dh] -> [B, H, Tk, Dh]`, each kv head repeated for its g query heads (the
+/// input itself when g = 1).
+fn expand_kv(gpu: &Arc<Gpu>, x: &Tensor, d: Dims) -> Result<Tensor> {
+    if d.group() == 1 {
+        return Ok(x.clone());
+    }
+    let out = Tensor::uninit(
+        &Backend::Gpu(gpu.clone()),
+        &[d.b, d.h, d.tk, d.dh],
+        DType::F32,
+    )?;
+    let params = Params {
+        n: out.numel() as u32,
+        cols: 0,
+        tq: 0,
+        heads: d.h as u32,
+        causal: 0,
+        group: d.group() as u32,
+        inner: (d.tk * d.dh) as u32,
+        scale: 1.0,
+    };
+    gpu.dispatch(
+        Kernel::f32("attention", "expand_kv"),
+        bytemuck::bytes_of(&params),
+        &[x.bind(1)?, out.bind(3)?],
+        grid(out.numel(), 256),
+    )?;
+    Ok(out)
+}
+
+/// `[B, H, Tk, Dh] -> [B, Hkv, Tk, Dh]`, summing each kv head's g query heads (the
+/// transpose of [`expand_kv`]).
+fn reduce_kv(gpu: &Arc<Gpu>, x: &Tensor, d: Dims) -> Result<Tensor> {
+    if d.group() == 1 {
+        return Ok(x.clone());
+    }
+    let out = Tensor::uninit(
+        &Backend::Gpu(gpu.clone()),
+        &[d.b, d.hkv, d.tk, d.dh],
+        DType::F32,
+    )?;
+    let params = Params {
+        n: out.numel() as u32,
+        cols: 0,
+        tq: 0,
+        heads: d.hkv as u32,
+        causal: 0,
+        group: d.group() as u32,
+        inner: (d.tk * d.dh) as u32,
+        scale: 1.0,
+    };
+    gpu.dispatch(
+        Kernel::f32("attention", "reduce_kv"),
+        bytemuck::bytes_of(&params),
+        &[x.bind(1)?, out.bind(3)?],
+        grid(out.numel(), 256),
+    )?;
+    Ok(out)
+}
+
+/// The CPU reference: plain loops in f64.
+pub(crate) mod cpu {
+    use super::Dims;
+
+    fn visible(d: Dims, mask: Option<&[f32]>, causal: bool, b: usize, i: usize, j: usize) -> bool {
+        (!causal || j + d.tq <= i + d.tk) && mask.is_none_or(|m| m[b * d.tk + j] > 0.5)
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: Option<&[f32]>,
+        d: Dims,
+        causal: bool,
+        scale: f32,
+        out: &mut [f32],
+        probs: &mut [f32],
+    ) {
+        let (g, dh, tk) = (d.group(), d.dh, d.tk);
+        let mut s = vec![0.0f64; tk];
+        for b in 0..d.b {
+            for h in 0..d.h {
+                let kv = (b * d.hkv + h / g) * tk * dh;
+                for i in 0..d.tq {
+                    let row = (b * d.h + h) * d.tq + i;
+                    let qi = &q[row * dh..(row + 1) * dh];
+                    let mut m = f64::NEG_INFINITY;
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        *sj = if visible(d, mask, causal, b, i, j) {
+                            let kj = &k[kv + j * dh..kv + (j + 1) * dh];
+                            scale as f64 * dot(qi, kj)
+                        } else {
+                            f64::NEG_INFINITY
+                        };
+                        m = m.max(*sj);
+                    }
+                    let total: f64 = if m == f64::NEG_INFINITY {
+                        0.0
+                    } else {
+                        s.iter().map(|x| (x - m).exp()).sum()
+                    };
+                    let pr = &mut probs[row * tk..(row + 1) * tk];
+                    let o = &mut out[row * dh..(row + 1) * dh];
+                    let mut acc = vec![0.0f64; dh];
+                    for (j, (pj, sj)) in pr.iter_mut().zip(&s).enumerate() {
+                        let p = if total > 0.0 {
+                            (sj - m).exp() / total
+                        } else {
+                            0.0
+                        };
+                        *pj = p as f32;
+                        for (a, x) in acc.iter_mut().zip(&v[kv + j * dh..kv + (j + 1) * dh]) {
+                            *a += p * *x as f64;
+                        }
+                    }
+                    for (o, a) in o.iter_mut().zip(&acc) {
+                        *o = *a as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        probs: &[f32],
+        dy: &[f32],
+        d: Dims,
+        scale: f32,
+        [dq, dk, dv]: [&mut [f32]; 3],
+    ) {
+        let (g, dh, tk) = (d.group(), d.dh, d.tk);
+        let mut dk_acc = vec![0.0f64; dk.len()];
+        let mut dv_acc = vec![0.0f64; dv.len()];
+        let mut ds = vec![0.0f64; tk];
+        for b in 0..d.b {
+            for h in 0..d.h {
+                let kv = (b * d.hkv + h / g) * tk * dh;
+                for i in 0..d.tq {
+                    let row = (b * d.h + h) * d.tq + i;
+                    let (qi, gi) = (&q[row * dh..(row + 1) * dh], &dy[row * dh..(row + 1) * dh]);
+                    let pr = &probs[row * tk..(row + 1) * tk];
+                    let mut rowsum = 0.0;
+                    for (j, dsj) in ds.iter_mut().enumerate() {
+                        *dsj = dot(gi, &v[kv + j * dh..kv + (j + 1) * dh]);
+                        rowsum += pr[j] as f64 * *dsj;
+                    }
+                    let mut dqi = vec![0.0f64; dh];
+                    for (j, dsj) in ds.iter_mut().enumerate() {
+                        let p = pr[j] as f64;
+                        *dsj = scale as f64 * p * (*dsj - rowsum);
+                        let at = kv + j * dh;
+                        for e in 0..dh {
+                            dqi[e] += *dsj * k[at + e] as f64;
+                            dk_acc[at + e] += *dsj * qi[e] as f64;
+                            dv_acc[at + e] += p * gi[e] as f64;
+                        }
+                    }
+                    for (o, a) in dq[row * dh..(row + 1) * dh].iter_mut().zip(&dqi) {
+                        *o = *a as f32;
+                    }
+                }
+            }
+        }
+        for (o, a) in dk.iter_mut().zip(&dk_acc) {
+            *o = *a as f32;
+        }
+        for (o, a) in dv.iter_mut().zip(&dv_acc) {
+            *o = *a as f32;
+        }
+    }
+}
+
+mod tape {
+    use super::*;
+    use crate::graph::{Graph, Var};
+
+    impl Graph {
+        /// Scaled dot-product attention `softmax(q k^T / sqrt(Dh)) v`: q `[B, H, Tq, Dh]`,
+        /// k and v `[B, Hkv, Tk, Dh]` (grouped-query when Hkv < H), an optional key padding
+        /// `mask` `[B, Tk]` (1 keep, 0 masked; a constant, no gradient) and an optional causal
+        /// mask (query i sees keys `j <= i + Tk - Tq`, right for a KV cache). Output
+        /// `[B, H, Tq, Dh]`; the probabilities are kept on the tape for the backward.
+        pub fn attention(
+            &mut self,
+            q: Var,
+            k: Var,
+            v: Var,
+            mask: Option<Var>,
+            causal: bool,
+        ) -> Result<Var> {
+            let scale = default_scale(self.shape(q).last().copied().unwrap_or(1));
+            let (y, probs) = attention_forward(
+                self.value(q),
+                self.value(k),
+                self.value(v),
+                mask.map(|m| self.value(m)),
+                causal,
+                scale,
+            )?;
+            let mut inputs = vec![q, k, v];
+            inputs.extend(mask);
+            Ok(self.record(y, &inputs, move |i, _, dy| {
+                let (dq, dk, dv) = attention_backward(i[0], i[1], i[2], &probs, dy, scale)?;
+                let mut grads = vec![Some(dq), Some(dk), Some(dv)];
+                grads.resize(i.len(), None);
+                Ok(grads)
+            }))
+        }
+    }
+}

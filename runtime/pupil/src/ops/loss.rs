@@ -22,10 +22,20 @@ struct Params {
 }
 
 fn rows_cols(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
-    let c = *logits.shape().last().ok_or_else(|| Error::shape("cross_entropy", "rank-0 logits"))?;
+    let c = *logits
+        .shape()
+        .last()
+        .ok_or_else(|| Error::shape("cross_entropy", "rank-0 logits"))?;
     let n = logits.numel() / c.max(1);
     if labels.numel() != n {
-        return Err(Error::shape("cross_entropy", format!("logits {:?} need {n} labels, got {:?}", logits.shape(), labels.shape())));
+        return Err(Error::shape(
+            "cross_entropy",
+            format!(
+                "logits {:?} need {n} labels, got {:?}",
+                logits.shape(),
+                labels.shape()
+            ),
+        ));
     }
     Ok((n, c))
 }
@@ -37,10 +47,25 @@ pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (n, c) = rows_cols(logits, labels)?;
     let out = Tensor::uninit(&backend, &[n], DType::F32)?;
     match &backend {
-        Backend::Cpu => cpu::forward(&logits.cpu_read()?, &labels.cpu_read()?, &mut out.cpu_write()?, c),
+        Backend::Cpu => cpu::forward(
+            &logits.cpu_read()?,
+            &labels.cpu_read()?,
+            &mut out.cpu_write()?,
+            c,
+        ),
         Backend::Gpu(gpu) => {
-            let params = Params { rows: u32_len("cross_entropy", n)?, cols: u32_len("cross_entropy", c)?, scale: 1.0, _pad: 0 };
-            gpu.dispatch(Kernel::f32("loss", "cross_entropy_fwd"), bytemuck::bytes_of(&params), &[logits.bind(1)?, labels.bind(2)?, out.bind(3)?], groups_for(n))?;
+            let params = Params {
+                rows: u32_len("cross_entropy", n)?,
+                cols: u32_len("cross_entropy", c)?,
+                scale: 1.0,
+                _pad: 0,
+            };
+            gpu.dispatch(
+                Kernel::f32("loss", "cross_entropy_fwd"),
+                bytemuck::bytes_of(&params),
+                &[logits.bind(1)?, labels.bind(2)?, out.bind(3)?],
+                groups_for(n),
+            )?;
         }
     }
     Ok(out)
@@ -59,9 +84,20 @@ pub fn cross_entropy_backward(logits: &Tensor, labels: &Tensor, dy: &Tensor) -> 
     let out = Tensor::uninit(&backend, logits.shape(), DType::F32)?;
     let scale = 1.0 / n.max(1) as f32;
     match &backend {
-        Backend::Cpu => cpu::backward(&logits.cpu_read()?, &labels.cpu_read()?, dy.cpu_read()?[0] * scale, &mut out.cpu_write()?, c),
+        Backend::Cpu => cpu::backward(
+            &logits.cpu_read()?,
+            &labels.cpu_read()?,
+            dy.cpu_read()?[0] * scale,
+            &mut out.cpu_write()?,
+            c,
+        ),
         Backend::Gpu(gpu) => {
-            let params = Params { rows: u32_len("cross_entropy", n)?, cols: u32_len("cross_entropy", c)?, scale, _pad: 0 };
+            let params = Params {
+                rows: u32_len("cross_entropy", n)?,
+                cols: u32_len("cross_entropy", c)?,
+                scale,
+                _pad: 0,
+            };
             gpu.dispatch(
                 Kernel::f32("loss", "cross_entropy_bwd"),
                 bytemuck::bytes_of(&params),
@@ -101,7 +137,10 @@ pub(crate) mod cpu {
             for j in 0..c {
                 out[r * c + j] = match t {
                     None => 0.0,
-                    Some(t) => (g as f64 * ((row[j] as f64 - m).exp() / s - f64::from(u8::from(j == t)))) as f32,
+                    Some(t) => {
+                        (g as f64 * ((row[j] as f64 - m).exp() / s - f64::from(u8::from(j == t))))
+                            as f32
+                    }
                 };
             }
         }
@@ -114,12 +153,25 @@ mod tests {
     use crate::ops::testing::{assert_close, check_gradient, gpu, pair, random};
 
     fn labels(n: usize, c: usize, seed: u64) -> Vec<f32> {
-        random(n, seed, 1.0).iter().enumerate().map(|(i, v)| if i == 3 { -1.0 } else { ((v + 1.0) * 0.5 * c as f32).floor().min(c as f32 - 1.0) }).collect()
+        random(n, seed, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i == 3 {
+                    -1.0
+                } else {
+                    ((v + 1.0) * 0.5 * c as f32).floor().min(c as f32 - 1.0)
+                }
+            })
+            .collect()
     }
 
     #[test]
     fn gpu_matches_cpu() {
-        for (i, &(n, c)) in [(1usize, 1usize), (7, 10), (33, 257), (5, 1000), (300, 3)].iter().enumerate() {
+        for (i, &(n, c)) in [(1usize, 1usize), (7, 10), (33, 257), (5, 1000), (300, 3)]
+            .iter()
+            .enumerate()
+        {
             let (zc, zg) = pair(&[n, c], i as u64);
             let zc = crate::ops::elementwise::scale(&zc, 5.0).unwrap();
             let zg = zc.to_backend(&zg.backend()).unwrap();
@@ -127,10 +179,23 @@ mod tests {
             let yc = Tensor::from_slice(&Backend::Cpu, &[n], &y).unwrap();
             let yg = Tensor::from_slice(&gpu(), &[n], &y).unwrap();
             // f32 exp/log sums over up to 1000 classes: 1e-5 relative, 1e-5 absolute.
-            assert_close("ce rows", &cross_entropy_rows(&zg, &yg).unwrap(), &cross_entropy_rows(&zc, &yc).unwrap(), 1e-5, 1e-5);
+            assert_close(
+                "ce rows",
+                &cross_entropy_rows(&zg, &yg).unwrap(),
+                &cross_entropy_rows(&zc, &yc).unwrap(),
+                1e-5,
+                1e-5,
+            );
             let dy = [0.7f32];
-            let dc = cross_entropy_backward(&zc, &yc, &Tensor::from_slice(&Backend::Cpu, &[1], &dy).unwrap()).unwrap();
-            let dg = cross_entropy_backward(&zg, &yg, &Tensor::from_slice(&gpu(), &[1], &dy).unwrap()).unwrap();
+            let dc = cross_entropy_backward(
+                &zc,
+                &yc,
+                &Tensor::from_slice(&Backend::Cpu, &[1], &dy).unwrap(),
+            )
+            .unwrap();
+            let dg =
+                cross_entropy_backward(&zg, &yg, &Tensor::from_slice(&gpu(), &[1], &dy).unwrap())
+                    .unwrap();
             assert_close("ce grad", &dg, &dc, 1e-4, 1e-7);
         }
     }
@@ -142,8 +207,14 @@ mod tests {
         let zv = random(n * c, 1, 2.0);
         let y = Tensor::from_slice(&cpu, &[n], &labels(n, c, 2)).unwrap();
         let one = Tensor::scalar(&cpu, 1.0).unwrap();
-        let dz = cross_entropy_backward(&Tensor::from_slice(&cpu, &[n, c], &zv).unwrap(), &y, &one).unwrap();
-        let loss = |v: &[f32]| cross_entropy(&Tensor::from_slice(&cpu, &[n, c], v).unwrap(), &y).unwrap().item().unwrap() as f64;
+        let dz = cross_entropy_backward(&Tensor::from_slice(&cpu, &[n, c], &zv).unwrap(), &y, &one)
+            .unwrap();
+        let loss = |v: &[f32]| {
+            cross_entropy(&Tensor::from_slice(&cpu, &[n, c], v).unwrap(), &y)
+                .unwrap()
+                .item()
+                .unwrap() as f64
+        };
         check_gradient("cross_entropy", &zv, &dz.to_vec().unwrap(), loss, 1e-2);
     }
 

@@ -24,7 +24,16 @@ pub(crate) struct Dims {
 }
 
 fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(Dims, Vec<usize>)> {
-    let bad = || Error::shape("matmul", format!("A {a:?}{} x B {b:?}{}", if ta { "^T" } else { "" }, if tb { "^T" } else { "" }));
+    let bad = || {
+        Error::shape(
+            "matmul",
+            format!(
+                "A {a:?}{} x B {b:?}{}",
+                if ta { "^T" } else { "" },
+                if tb { "^T" } else { "" }
+            ),
+        )
+    };
     if a.len() < 2 || b.len() < 2 {
         return Err(bad());
     }
@@ -42,9 +51,19 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(Dims, Vec<usize
             return Err(bad());
         }
         // Fold A's leading dims into M.
-        Dims { batch: 1, m: m * a_lead, k: ka, n }
+        Dims {
+            batch: 1,
+            m: m * a_lead,
+            k: ka,
+            n,
+        }
     } else if a[..a.len() - 2] == b[..b.len() - 2] {
-        Dims { batch: a_lead, m, k: ka, n }
+        Dims {
+            batch: a_lead,
+            m,
+            k: ka,
+            n,
+        }
     } else {
         return Err(bad());
     };
@@ -58,7 +77,14 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (d, out_shape) = dims(a.shape(), b.shape(), ta, tb)?;
     let c = Tensor::uninit(&backend, &out_shape, DType::F32)?;
     match &backend {
-        Backend::Cpu => cpu::matmul(&a.cpu_read()?, &b.cpu_read()?, &mut c.cpu_write()?, d, ta, tb),
+        Backend::Cpu => cpu::matmul(
+            &a.cpu_read()?,
+            &b.cpu_read()?,
+            &mut c.cpu_write()?,
+            d,
+            ta,
+            tb,
+        ),
         Backend::Gpu(_) => gpu_matmul(a, b, &c, d, ta, tb)?,
     }
     Ok(c)
@@ -70,17 +96,34 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Gradients of `C = op(A) op(B)` with respect to A and B, given dC.
-pub fn matmul_backward(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dc: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn matmul_backward(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    dc: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     // With B 2-D and A batched, A folds to (lead*M) x K, so work on the folded views.
     let (a2, dc2) = if b.shape().len() == 2 && a.shape().len() > 2 {
         let k = a.shape()[a.shape().len() - 1];
         let n = dc.shape()[dc.shape().len() - 1];
-        (a.reshape(&[a.numel() / k, k])?, dc.reshape(&[dc.numel() / n, n])?)
+        (
+            a.reshape(&[a.numel() / k, k])?,
+            dc.reshape(&[dc.numel() / n, n])?,
+        )
     } else {
         (a.clone(), dc.clone())
     };
-    let da = if ta { matmul_t(b, &dc2, tb, true)? } else { matmul_t(&dc2, b, false, !tb)? };
-    let db = if tb { matmul_t(&dc2, &a2, true, ta)? } else { matmul_t(&a2, &dc2, !ta, false)? };
+    let da = if ta {
+        matmul_t(b, &dc2, tb, true)?
+    } else {
+        matmul_t(&dc2, b, false, !tb)?
+    };
+    let db = if tb {
+        matmul_t(&dc2, &a2, true, ta)?
+    } else {
+        matmul_t(&a2, &dc2, !ta, false)?
+    };
     Ok((da.reshape(a.shape())?, db))
 }
 
@@ -102,7 +145,10 @@ struct Params {
 fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -> Result<()> {
     let gpu = a.gpu_buffer()?.gpu().clone();
     if a.dtype() != b.dtype() {
-        return Err(Error::NotSupported { op: "matmul", detail: format!("mixed operand dtypes {:?} and {:?}", a.dtype(), b.dtype()) });
+        return Err(Error::NotSupported {
+            op: "matmul",
+            detail: format!("mixed operand dtypes {:?} and {:?}", a.dtype(), b.dtype()),
+        });
     }
     u32_len("matmul", a.numel().max(b.numel()).max(c.numel()))?;
     let batched = d.batch > 1;
@@ -118,9 +164,22 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -
         accumulate: 0,
         _pad: [0; 3],
     };
-    let kernel = Kernel { shader: "matmul", entry: "matmul", dtype: Some(a.dtype()) };
-    let groups = [d.n.div_ceil(64) as u32, d.m.div_ceil(64) as u32, d.batch as u32];
-    gpu.dispatch(kernel, bytemuck::bytes_of(&params), &[a.bind(1)?, b.bind(2)?, c.bind(3)?], groups)
+    let kernel = Kernel {
+        shader: "matmul",
+        entry: "matmul",
+        dtype: Some(a.dtype()),
+    };
+    let groups = [
+        d.n.div_ceil(64) as u32,
+        d.m.div_ceil(64) as u32,
+        d.batch as u32,
+    ];
+    gpu.dispatch(
+        kernel,
+        bytemuck::bytes_of(&params),
+        &[a.bind(1)?, b.bind(2)?, c.bind(3)?],
+        groups,
+    )
 }
 
 /// The CPU reference.
@@ -131,7 +190,10 @@ pub(crate) mod cpu {
         let Dims { batch, m, k, n, .. } = d;
         c.fill(0.0);
         for bi in 0..batch {
-            let (a, b) = (&a[bi * m * k..(bi + 1) * m * k], &b[bi * k * n..(bi + 1) * k * n]);
+            let (a, b) = (
+                &a[bi * m * k..(bi + 1) * m * k],
+                &b[bi * k * n..(bi + 1) * k * n],
+            );
             let c = &mut c[bi * m * n..(bi + 1) * m * n];
             for i in 0..m {
                 for kk in 0..k {
@@ -161,7 +223,14 @@ mod tests {
     #[test]
     fn gpu_matches_cpu_on_awkward_shapes() {
         let mut seed = 0;
-        for &(m, k, n) in &[(1, 1, 1), (7, 33, 5), (33, 7, 65), (64, 64, 64), (65, 257, 31), (130, 17, 129)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 33, 5),
+            (33, 7, 65),
+            (64, 64, 64),
+            (65, 257, 31),
+            (130, 17, 129),
+        ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 seed += 1;
                 let ash = if ta { [k, m] } else { [m, k] };
@@ -170,7 +239,13 @@ mod tests {
                 let (bc, bg) = pair(&bsh, seed + 100);
                 let want = matmul_t(&ac, &bc, ta, tb).unwrap();
                 let got = matmul_t(&ag, &bg, ta, tb).unwrap();
-                assert_close(&format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"), &got, &want, 1e-4, 1e-5);
+                assert_close(
+                    &format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"),
+                    &got,
+                    &want,
+                    1e-4,
+                    1e-5,
+                );
             }
         }
     }
@@ -179,16 +254,34 @@ mod tests {
     fn batched_and_folded_shapes() {
         let (ac, ag) = pair(&[3, 17, 9], 1);
         let (bc, bg) = pair(&[3, 9, 70], 2);
-        assert_close("batched", &matmul(&ag, &bg).unwrap(), &matmul(&ac, &bc).unwrap(), 1e-4, 1e-5);
+        assert_close(
+            "batched",
+            &matmul(&ag, &bg).unwrap(),
+            &matmul(&ac, &bc).unwrap(),
+            1e-4,
+            1e-5,
+        );
         let (wc, wg) = pair(&[9, 5], 3);
         let folded = matmul(&ag, &wg).unwrap();
         assert_eq!(folded.shape(), &[3, 17, 5]);
         assert_close("folded", &folded, &matmul(&ac, &wc).unwrap(), 1e-4, 1e-5);
         let (qc, qg) = pair(&[2, 3, 6, 4], 4);
         let (kc, kg) = pair(&[2, 3, 7, 4], 5);
-        assert_close("attention scores", &matmul_t(&qg, &kg, false, true).unwrap(), &matmul_t(&qc, &kc, false, true).unwrap(), 1e-4, 1e-5);
-        assert!(matmul(&ag, &pair(&[2, 9, 70], 6).1).is_err(), "batch mismatch must fail");
-        assert!(matmul(&ag, &pair(&[8, 5], 7).1).is_err(), "K mismatch must fail");
+        assert_close(
+            "attention scores",
+            &matmul_t(&qg, &kg, false, true).unwrap(),
+            &matmul_t(&qc, &kc, false, true).unwrap(),
+            1e-4,
+            1e-5,
+        );
+        assert!(
+            matmul(&ag, &pair(&[2, 9, 70], 6).1).is_err(),
+            "batch mismatch must fail"
+        );
+        assert!(
+            matmul(&ag, &pair(&[8, 5], 7).1).is_err(),
+            "K mismatch must fail"
+        );
     }
 
     #[test]
@@ -205,9 +298,19 @@ mod tests {
         let bv = random(k * n, 2, 1.0);
         let a16 = Tensor::from_slice_f16(&b, &[m, k], &av).unwrap();
         let b16 = Tensor::from_slice_f16(&b, &[k, n], &bv).unwrap();
-        let want = matmul(&Tensor::from_slice(&Backend::Cpu, &[m, k], &av).unwrap(), &Tensor::from_slice(&Backend::Cpu, &[k, n], &bv).unwrap()).unwrap();
+        let want = matmul(
+            &Tensor::from_slice(&Backend::Cpu, &[m, k], &av).unwrap(),
+            &Tensor::from_slice(&Backend::Cpu, &[k, n], &bv).unwrap(),
+        )
+        .unwrap();
         // Inputs rounded to 11-bit mantissas: relative error per product ~1e-3, sums of 65.
-        assert_close("f16 matmul", &matmul(&a16, &b16).unwrap(), &want, 1e-2, 2e-2);
+        assert_close(
+            "f16 matmul",
+            &matmul(&a16, &b16).unwrap(),
+            &want,
+            1e-2,
+            2e-2,
+        );
     }
 
     /// Backward against finite differences on the CPU reference, every transpose combination.
@@ -225,13 +328,36 @@ mod tests {
             let b = Tensor::from_slice(&cpu, &bsh, &bv).unwrap();
             let dc = Tensor::from_slice(&cpu, &[m, n], &w).unwrap();
             let (da, db) = matmul_backward(&a, &b, ta, tb, &dc).unwrap();
-            let loss_a = |x: &[f32]| probe(&matmul_t(&Tensor::from_slice(&cpu, &ash, x).unwrap(), &b, ta, tb).unwrap().to_vec().unwrap(), &w);
+            let loss_a = |x: &[f32]| {
+                probe(
+                    &matmul_t(&Tensor::from_slice(&cpu, &ash, x).unwrap(), &b, ta, tb)
+                        .unwrap()
+                        .to_vec()
+                        .unwrap(),
+                    &w,
+                )
+            };
             check_gradient("dA", &av, &da.to_vec().unwrap(), loss_a, 1e-2);
-            let loss_b = |x: &[f32]| probe(&matmul_t(&a, &Tensor::from_slice(&cpu, &bsh, x).unwrap(), ta, tb).unwrap().to_vec().unwrap(), &w);
+            let loss_b = |x: &[f32]| {
+                probe(
+                    &matmul_t(&a, &Tensor::from_slice(&cpu, &bsh, x).unwrap(), ta, tb)
+                        .unwrap()
+                        .to_vec()
+                        .unwrap(),
+                    &w,
+                )
+            };
             check_gradient("dB", &bv, &db.to_vec().unwrap(), loss_b, 1e-2);
             // The GPU backward agrees with the CPU backward.
             let g = gpu();
-            let (dag, dbg) = matmul_backward(&a.to_backend(&g).unwrap(), &b.to_backend(&g).unwrap(), ta, tb, &dc.to_backend(&g).unwrap()).unwrap();
+            let (dag, dbg) = matmul_backward(
+                &a.to_backend(&g).unwrap(),
+                &b.to_backend(&g).unwrap(),
+                ta,
+                tb,
+                &dc.to_backend(&g).unwrap(),
+            )
+            .unwrap();
             assert_close("dA gpu", &dag, &da, 1e-4, 1e-5);
             assert_close("dB gpu", &dbg, &db, 1e-4, 1e-5);
         }

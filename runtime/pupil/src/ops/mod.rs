@@ -55,14 +55,20 @@ pub(crate) fn common_backend(op: &'static str, tensors: &[&Tensor]) -> Result<Ba
 /// Refuse non-f32 operands for ops that compute and store in f32 only.
 pub(crate) fn require_f32(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
     match tensors.iter().find(|t| t.dtype() != DType::F32) {
-        Some(t) => Err(Error::NotSupported { op, detail: format!("{:?} operand; convert to f32", t.dtype()) }),
+        Some(t) => Err(Error::NotSupported {
+            op,
+            detail: format!("{:?} operand; convert to f32", t.dtype()),
+        }),
         None => Ok(()),
     }
 }
 
 /// Element counts are passed to kernels as u32.
 pub(crate) fn u32_len(op: &'static str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::NotSupported { op, detail: format!("{n} elements exceed u32 indexing; split the tensor") })
+    u32::try_from(n).map_err(|_| Error::NotSupported {
+        op,
+        detail: format!("{n} elements exceed u32 indexing; split the tensor"),
+    })
 }
 
 #[cfg(test)]

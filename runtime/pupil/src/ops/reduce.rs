@@ -6,7 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{groups_for, grid, require_f32, u32_len};
+use super::{grid, groups_for, require_f32, u32_len};
 use crate::backend::Backend;
 use crate::device::Kernel;
 use crate::error::{Error, Result};
@@ -27,7 +27,14 @@ struct Params {
 }
 
 /// `alpha * sum_j f(x[r, j])` per row of a `rows x cols` view; f squares when `square`.
-fn rows(x: &Tensor, rows: usize, cols: usize, square: bool, alpha: f32, out_shape: &[usize]) -> Result<Tensor> {
+fn rows(
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    square: bool,
+    alpha: f32,
+    out_shape: &[usize],
+) -> Result<Tensor> {
     let backend = x.backend();
     let out = Tensor::uninit(&backend, out_shape, DType::F32)?;
     match &backend {
@@ -41,7 +48,12 @@ fn rows(x: &Tensor, rows: usize, cols: usize, square: bool, alpha: f32, out_shap
                 alpha,
                 _pad: [0; 3],
             };
-            gpu.dispatch(Kernel::f32("reduce", "sum_rows"), bytemuck::bytes_of(&params), &[x.bind(1)?, out.bind(2)?], groups_for(rows))?;
+            gpu.dispatch(
+                Kernel::f32("reduce", "sum_rows"),
+                bytemuck::bytes_of(&params),
+                &[x.bind(1)?, out.bind(2)?],
+                groups_for(rows),
+            )?;
         }
     }
     Ok(out)
@@ -51,7 +63,9 @@ fn rows(x: &Tensor, rows: usize, cols: usize, square: bool, alpha: f32, out_shap
 pub fn sum_last(x: &Tensor) -> Result<Tensor> {
     require_f32("sum", &[x])?;
     let shape = x.shape();
-    let cols = *shape.last().ok_or_else(|| Error::shape("sum", "rank-0 tensor"))?;
+    let cols = *shape
+        .last()
+        .ok_or_else(|| Error::shape("sum", "rank-0 tensor"))?;
     let mut out: Vec<usize> = shape[..shape.len() - 1].to_vec();
     if out.is_empty() {
         out.push(1);
@@ -92,7 +106,10 @@ pub fn expand_rows(dy: &Tensor, shape: &[usize], cols: usize, alpha: f32) -> Res
     let backend = dy.backend();
     let out = Tensor::uninit(&backend, shape, DType::F32)?;
     if out.numel() != dy.numel() * cols {
-        return Err(Error::shape("expand_rows", format!("dy {:?} x {cols} vs {shape:?}", dy.shape())));
+        return Err(Error::shape(
+            "expand_rows",
+            format!("dy {:?} x {cols} vs {shape:?}", dy.shape()),
+        ));
     }
     match &backend {
         Backend::Cpu => {
@@ -102,8 +119,20 @@ pub fn expand_rows(dy: &Tensor, shape: &[usize], cols: usize, alpha: f32) -> Res
             }
         }
         Backend::Gpu(gpu) => {
-            let params = Params { rows: 0, cols: u32_len("expand", cols)?, n: u32_len("expand", out.numel())?, square: 0, alpha, _pad: [0; 3] };
-            gpu.dispatch(Kernel::f32("reduce", "expand_rows"), bytemuck::bytes_of(&params), &[dy.bind(1)?, out.bind(2)?], grid(out.numel(), 256))?;
+            let params = Params {
+                rows: 0,
+                cols: u32_len("expand", cols)?,
+                n: u32_len("expand", out.numel())?,
+                square: 0,
+                alpha,
+                _pad: [0; 3],
+            };
+            gpu.dispatch(
+                Kernel::f32("reduce", "expand_rows"),
+                bytemuck::bytes_of(&params),
+                &[dy.bind(1)?, out.bind(2)?],
+                grid(out.numel(), 256),
+            )?;
         }
     }
     Ok(out)
@@ -114,7 +143,16 @@ pub(crate) mod cpu {
     pub(crate) fn sum_rows(x: &[f32], out: &mut [f32], cols: usize, square: bool, alpha: f32) {
         for (r, o) in out.iter_mut().enumerate() {
             let row = &x[r * cols..((r + 1) * cols).min(x.len())];
-            let s: f64 = row.iter().map(|&v| if square { v as f64 * v as f64 } else { v as f64 }).sum();
+            let s: f64 = row
+                .iter()
+                .map(|&v| {
+                    if square {
+                        v as f64 * v as f64
+                    } else {
+                        v as f64
+                    }
+                })
+                .sum();
             *o = (alpha as f64 * s) as f32;
         }
     }
@@ -127,13 +165,47 @@ mod tests {
 
     #[test]
     fn gpu_matches_cpu() {
-        for (i, shape) in [&[1usize][..], &[7], &[33, 7], &[3, 257], &[5, 1000], &[100_003]].iter().enumerate() {
+        for (i, shape) in [
+            &[1usize][..],
+            &[7],
+            &[33, 7],
+            &[3, 257],
+            &[5, 1000],
+            &[100_003],
+        ]
+        .iter()
+        .enumerate()
+        {
             let (c, g) = pair(shape, i as u64);
             // f32 tree sums vs f64 sums of up to 1e5 terms: 1e-4 relative, 1e-4 absolute.
-            assert_close(&format!("sum_last {shape:?}"), &sum_last(&g).unwrap(), &sum_last(&c).unwrap(), 1e-4, 1e-4);
-            assert_close(&format!("sum_all {shape:?}"), &sum_all(&g).unwrap(), &sum_all(&c).unwrap(), 1e-4, 1e-3);
-            assert_close(&format!("mean {shape:?}"), &mean_all(&g).unwrap(), &mean_all(&c).unwrap(), 1e-4, 1e-6);
-            assert_close(&format!("sumsq {shape:?}"), &sum_squares(&g).unwrap(), &sum_squares(&c).unwrap(), 1e-4, 1e-4);
+            assert_close(
+                &format!("sum_last {shape:?}"),
+                &sum_last(&g).unwrap(),
+                &sum_last(&c).unwrap(),
+                1e-4,
+                1e-4,
+            );
+            assert_close(
+                &format!("sum_all {shape:?}"),
+                &sum_all(&g).unwrap(),
+                &sum_all(&c).unwrap(),
+                1e-4,
+                1e-3,
+            );
+            assert_close(
+                &format!("mean {shape:?}"),
+                &mean_all(&g).unwrap(),
+                &mean_all(&c).unwrap(),
+                1e-4,
+                1e-6,
+            );
+            assert_close(
+                &format!("sumsq {shape:?}"),
+                &sum_squares(&g).unwrap(),
+                &sum_squares(&c).unwrap(),
+                1e-4,
+                1e-4,
+            );
         }
     }
 
@@ -147,6 +219,12 @@ mod tests {
         for (i, x) in v.iter().enumerate() {
             assert_eq!(*x, 0.5 * d[i / 5]);
         }
-        assert_close("expand", &expand_rows(&dg, &[3, 5], 5, 0.5).unwrap(), &want, 0.0, 0.0);
+        assert_close(
+            "expand",
+            &expand_rows(&dg, &[3, 5], 5, 0.5).unwrap(),
+            &want,
+            0.0,
+            0.0,
+        );
     }
 }

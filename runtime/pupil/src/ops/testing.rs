@@ -14,8 +14,13 @@ pub(crate) fn gpu() -> Backend {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     let g = GPU.get_or_init(|| {
         let wanted = std::env::var("PUPIL_ADAPTER").ok();
-        let g = Gpu::new(wanted.as_deref()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-        eprintln!("GPU tests run on: {} | {}", g.adapter().name, g.adapter().backend);
+        let g = Gpu::new(wanted.as_deref())
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        eprintln!(
+            "GPU tests run on: {} | {}",
+            g.adapter().name,
+            g.adapter().backend
+        );
         g
     });
     Backend::Gpu(g.clone())
@@ -51,13 +56,24 @@ pub(crate) fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32, ab
         }
     }
     let i = worst.0;
-    assert!(worst.1 <= 0.0, "{what}: element {i} got {} want {} (rel {rel}, abs {abs})", g[i], w[i]);
+    assert!(
+        worst.1 <= 0.0,
+        "{what}: element {i} got {} want {} (rel {rel}, abs {abs})",
+        g[i],
+        w[i]
+    );
 }
 
 /// Central finite difference of a scalar function of `x`'s elements, compared with `grad`.
 /// Runs in f64 on the CPU reference to keep the check about the rule, not about rounding.
 #[track_caller]
-pub(crate) fn check_gradient(what: &str, x: &[f32], grad: &[f32], f: impl Fn(&[f32]) -> f64, tol: f64) {
+pub(crate) fn check_gradient(
+    what: &str,
+    x: &[f32],
+    grad: &[f32],
+    f: impl Fn(&[f32]) -> f64,
+    tol: f64,
+) {
     let eps = 1e-3f32;
     let mut xp = x.to_vec();
     for i in 0..x.len() {
@@ -68,7 +84,11 @@ pub(crate) fn check_gradient(what: &str, x: &[f32], grad: &[f32], f: impl Fn(&[f
         xp[i] = x[i];
         let numeric = (up - down) / (2.0 * eps as f64);
         let err = (numeric - grad[i] as f64).abs();
-        assert!(err <= tol * (1.0 + numeric.abs()), "{what}: d/dx[{i}] numeric {numeric} analytic {}", grad[i]);
+        assert!(
+            err <= tol * (1.0 + numeric.abs()),
+            "{what}: d/dx[{i}] numeric {numeric} analytic {}",
+            grad[i]
+        );
     }
 }
 

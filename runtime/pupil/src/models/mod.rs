@@ -1,0 +1,3 @@
+//! Architectures, each written once as a forward pass over the tape.
+
+pub mod classifier;

@@ -1,0 +1,153 @@
+//! Supervised training and evaluation loops for classifiers over in-memory examples.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::models::classifier::Classifier;
+use crate::optim::Optimizer;
+use crate::params::Params;
+use crate::tensor::Tensor;
+
+/// Labelled examples: `features` holds `n * dim` floats, `labels` `n` class indices.
+pub trait Examples {
+    /// Number of examples.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `features` (`indices.len() * dim`) and `labels` (as f32) for `indices`, reusing
+    /// the buffers.
+    fn batch(
+        &self,
+        indices: &[usize],
+        features: &mut Vec<f32>,
+        labels: &mut Vec<f32>,
+    ) -> Result<()>;
+    /// Features per example.
+    fn dim(&self) -> usize;
+    /// The class of example `i`.
+    fn label(&self, i: usize) -> Result<usize>;
+}
+
+impl Examples for crate::data::mnist::Split {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn dim(&self) -> usize {
+        crate::data::mnist::PIXELS
+    }
+    fn label(&self, i: usize) -> Result<usize> {
+        self.labels
+            .get(i)
+            .map(|&y| y as usize)
+            .ok_or_else(|| Error::Invalid(format!("example {i} out of {}", self.n)))
+    }
+    fn batch(
+        &self,
+        indices: &[usize],
+        features: &mut Vec<f32>,
+        labels: &mut Vec<f32>,
+    ) -> Result<()> {
+        features.clear();
+        labels.clear();
+        for &i in indices {
+            let (Some(img), Some(&y)) = (self.image(i), self.labels.get(i)) else {
+                return Err(Error::Invalid(format!("example {i} out of {}", self.n)));
+            };
+            features.extend(img.iter().map(|&p| f32::from(p) / 255.0));
+            labels.push(f32::from(y));
+        }
+        Ok(())
+    }
+}
+
+/// One pass over `data` in shuffled mini-batches; calls `progress(examples_done, loss)`
+/// every `report_every` steps with the mean loss since the last report (each report is a
+/// synchronisation). Returns the epoch's mean loss.
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch(
+    net: &Classifier,
+    params: &Params,
+    opt: &mut Optimizer,
+    data: &dyn Examples,
+    batch: usize,
+    seed: u64,
+    report_every: usize,
+    mut progress: impl FnMut(usize, f32),
+) -> Result<f32> {
+    let backend = params.backend().clone();
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let loss_sum = Tensor::zeros(&backend, &[1])?;
+    let (mut since, mut total, mut steps) = (0usize, 0.0f64, 0usize);
+    let report_every = report_every.max(1);
+    for (i, idx) in order.chunks(batch).enumerate() {
+        data.batch(idx, &mut xs, &mut ys)?;
+        let mut g = Graph::new(&backend);
+        let x = g.input(Tensor::from_slice(&backend, &[idx.len(), data.dim()], &xs)?);
+        let y = g.input(Tensor::from_slice(&backend, &[idx.len()], &ys)?);
+        let logits = net.logits(&mut g, params, x)?;
+        let loss = g.cross_entropy(logits, y)?;
+        crate::ops::elementwise::axpy(&loss_sum, 1.0, g.value(loss))?;
+        params.zero_grad()?;
+        g.backward(loss)?;
+        opt.step(params)?;
+        since += 1;
+        if since == report_every || (i + 1) * batch >= data.len() {
+            let v = loss_sum.item()? as f64;
+            loss_sum.write(&[0.0])?;
+            progress(((i + 1) * batch).min(data.len()), (v / since as f64) as f32);
+            total += v;
+            steps += since;
+            since = 0;
+        }
+    }
+    Ok((total / steps.max(1) as f64) as f32)
+}
+
+/// Predicted class of every example (argmax of the logits), in batches.
+pub fn predict(
+    net: &Classifier,
+    params: &Params,
+    data: &dyn Examples,
+    batch: usize,
+) -> Result<Vec<usize>> {
+    let backend: Backend = params.backend().clone();
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(data.len());
+    let all: Vec<usize> = (0..data.len()).collect();
+    for idx in all.chunks(batch) {
+        data.batch(idx, &mut xs, &mut ys)?;
+        let mut g = Graph::new(&backend);
+        let x = g.input(Tensor::from_slice(&backend, &[idx.len(), data.dim()], &xs)?);
+        let logits = net.logits(&mut g, params, x)?;
+        let z = g.value(logits).to_vec()?;
+        let classes = z.len() / idx.len();
+        out.extend(z.chunks(classes).map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(0, |best, (j, v)| if *v > row[best] { j } else { best })
+        }));
+    }
+    Ok(out)
+}
+
+/// Fraction of examples classified correctly.
+pub fn accuracy(
+    net: &Classifier,
+    params: &Params,
+    data: &dyn Examples,
+    batch: usize,
+) -> Result<f32> {
+    let pred = predict(net, params, data, batch)?;
+    let mut correct = 0usize;
+    for (i, p) in pred.iter().enumerate() {
+        correct += usize::from(data.label(i)? == *p);
+    }
+    Ok(correct as f32 / data.len().max(1) as f32)
+}
