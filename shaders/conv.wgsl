@@ -1,12 +1,14 @@
 // 2-D convolution helpers around the tiled matmul (NCHW layout).
 // Shape key: x [N, C, H, W], weight [OC, C, KH, KW], y [N, OC, OH, OW], K = C*KH*KW.
-// Rows r = (n, oh, ow) and columns k = (c, kh, kw); a chunk covers images n0 .. n0 + count's images.
+// Rows r = (n, oh, ow) and columns k = (c, kh, kw); n counts from the chunk's first image n0.
 //   im2col:           cols[r, k] = x[n0 + n, c, oh*S - P + kh, ow*S - P + kw]   (0 in the padding)
+//                     (count = rows * C: one thread per row and channel)
 //   rows_to_nchw(_bias): y[n0 + n, oc, oh, ow] = rows[r, oc] (+ bias[oc])
 //   nchw_to_rows:     rows[r, oc] = dy[n0 + n, oc, oh, ow]
 //   col2im:           dx[n0 + n, c, h, w] = sum of dcols[r, k] over the (r, k) that read (h, w)
 //   bias_grad:        db[oc] = sum over n, oh, ow of dy[n, oc, oh, ow] (one workgroup per oc)
-// Flat kernels use 256 threads and i = gid.x + gid.y * nwg.x * 256; `count` bounds i.
+// Flat kernels use 256 threads and i = gid.x + gid.y * nwg.x * 256; `count` bounds i (one
+// thread per output element, except im2col).
 
 struct Params {
     count: u32, n0: u32, n: u32, c: u32,
@@ -26,27 +28,34 @@ fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
+// One thread per (row, channel): writes that channel's KH*KW taps of the row.
 @compute @workgroup_size(256)
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
     if (i >= p.count) { return; }
-    let kwin = p.kh * p.kw;
-    let kk = p.c * kwin;
-    let r = i / kk;
-    let k = i % kk;
+    let r = i / p.c;
+    let ci = i % p.c;
     let ohw = p.oh * p.ow;
     let n = r / ohw;
     let s = r % ohw;
-    let ci = k / kwin;
-    let t = k % kwin;
-    // Padded coordinates: the input pixel is (yy - P, xx - P) when inside the image.
-    let yy = (s / p.ow) * p.stride + t / p.kw;
-    let xx = (s % p.ow) * p.stride + t % p.kw;
-    var v = 0.0;
-    if (yy >= p.pad && yy - p.pad < p.h && xx >= p.pad && xx - p.pad < p.w) {
-        v = src[(((p.n0 + n) * p.c + ci) * p.h + yy - p.pad) * p.w + xx - p.pad];
+    // Padded coordinates of the window's corner: input pixel (yy - P, xx - P) when inside.
+    let y0 = (s / p.ow) * p.stride;
+    let x0 = (s % p.ow) * p.stride;
+    let plane = ((p.n0 + n) * p.c + ci) * p.h;
+    var out = (r * p.c + ci) * p.kh * p.kw;
+    for (var ky = 0u; ky < p.kh; ky = ky + 1u) {
+        let yy = y0 + ky;
+        let row_in = yy >= p.pad && yy - p.pad < p.h;
+        for (var kx = 0u; kx < p.kw; kx = kx + 1u) {
+            let xx = x0 + kx;
+            var v = 0.0;
+            if (row_in && xx >= p.pad && xx - p.pad < p.w) {
+                v = src[(plane + yy - p.pad) * p.w + xx - p.pad];
+            }
+            dst[out] = v;
+            out = out + 1u;
+        }
     }
-    dst[i] = v;
 }
 
 @compute @workgroup_size(256)
@@ -81,7 +90,8 @@ fn nchw_to_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     dst[i] = src[((p.n0 + r / ohw) * p.oc + o) * ohw + r % ohw];
 }
 
-// Gather: output row (oh, ow) reads (h, w) through tap (kh, kw) when oh*S + kh = h + P.
+// Gather: output (oh, ow) reads padded (yy, xx) through tap (kh, kw) when oh*S + kh = yy,
+// i.e. for ceil((yy + 1 - KH) / S) <= oh <= yy / S with kh = yy - oh*S (likewise ow).
 @compute @workgroup_size(256)
 fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg);
@@ -91,17 +101,20 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let ci = (i / hw) % p.c;
     let yy = (i % hw) / p.w + p.pad;
     let xx = (i % hw) % p.w + p.pad;
+    var y_lo = 0u;
+    if (yy + 1u > p.kh) { y_lo = (yy + 1u - p.kh + p.stride - 1u) / p.stride; }
+    var x_lo = 0u;
+    if (xx + 1u > p.kw) { x_lo = (xx + 1u - p.kw + p.stride - 1u) / p.stride; }
+    let y_hi = min(yy / p.stride + 1u, p.oh);
+    let x_hi = min(xx / p.stride + 1u, p.ow);
     let kk = p.c * p.kh * p.kw;
+    let tap0 = ci * p.kh * p.kw;
     var acc = 0.0;
-    for (var ky = 0u; ky < p.kh && ky <= yy; ky = ky + 1u) {
-        let ty = yy - ky;
-        let oy = ty / p.stride;
-        if (ty % p.stride != 0u || oy >= p.oh) { continue; }
-        for (var kx = 0u; kx < p.kw && kx <= xx; kx = kx + 1u) {
-            let tx = xx - kx;
-            let ox = tx / p.stride;
-            if (tx % p.stride != 0u || ox >= p.ow) { continue; }
-            acc = acc + src[((n * p.oh + oy) * p.ow + ox) * kk + (ci * p.kh + ky) * p.kw + kx];
+    for (var oy = y_lo; oy < y_hi; oy = oy + 1u) {
+        let tap_row = tap0 + (yy - oy * p.stride) * p.kw;
+        let row0 = (n * p.oh + oy) * p.ow;
+        for (var ox = x_lo; ox < x_hi; ox = ox + 1u) {
+            acc = acc + src[(row0 + ox) * kk + tap_row + xx - ox * p.stride];
         }
     }
     dst[p.n0 * p.c * hw + i] = acc;

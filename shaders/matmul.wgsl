@@ -86,3 +86,51 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         }
     }
 }
+
+// The same product without workgroup memory or barriers, for CPU-emulated adapters
+// (lavapipe, SwiftShader, WARP), where "shared" memory is ordinary memory and every barrier
+// splits the kernel: each invocation computes a 4 x 4 block straight from the operands.
+@compute @workgroup_size(8, 8, 1)
+fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let batch = gid.z;
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    // Element strides of rows/k in A and of k/columns in B, whichever way they are stored.
+    var a_row = p.k;
+    var a_k = 1u;
+    if (p.ta == 1u) { a_row = 1u; a_k = p.m; }
+    var b_k = p.n;
+    var b_col = 1u;
+    if (p.tb == 1u) { b_k = 1u; b_col = p.k; }
+    // Edge blocks re-read the last row/column instead of branching in the loop.
+    let ra = vec4<u32>(min(row0, p.m - 1u), min(row0 + 1u, p.m - 1u), min(row0 + 2u, p.m - 1u), min(row0 + 3u, p.m - 1u)) * a_row + batch * p.stride_a;
+    let cb = vec4<u32>(min(col0, p.n - 1u), min(col0 + 1u, p.n - 1u), min(col0 + 2u, p.n - 1u), min(col0 + 3u, p.n - 1u)) * b_col + batch * p.stride_b;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk = kk + 1u) {
+        let ka = kk * a_k;
+        let kb = kk * b_k;
+        let bv = vec4<f32>(f32(b[cb.x + kb]), f32(b[cb.y + kb]), f32(b[cb.z + kb]), f32(b[cb.w + kb]));
+        acc0 = fma(vec4<f32>(f32(a[ra.x + ka])), bv, acc0);
+        acc1 = fma(vec4<f32>(f32(a[ra.y + ka])), bv, acc1);
+        acc2 = fma(vec4<f32>(f32(a[ra.z + ka])), bv, acc2);
+        acc3 = fma(vec4<f32>(f32(a[ra.w + ka])), bv, acc3);
+    }
+    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    let base_c = batch * p.stride_c;
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let row = row0 + i;
+        if (row >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let col = col0 + j;
+            if (col >= p.n) { continue; }
+            let at = base_c + row * p.n + col;
+            var v = acc[i][j];
+            if (p.accumulate == 1u) { v = v + c[at]; }
+            c[at] = v;
+        }
+    }
+}

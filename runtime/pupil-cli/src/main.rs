@@ -1,1 +1,49 @@
-fn main() {}
+//! `pupil`: the command-line tool of the pupil runtime.
+
+mod bench;
+mod info;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pupil",
+    version,
+    about = "Run, refine and sync small student networks on any GPU through WGSL",
+    long_about = "pupil runs small distilled (\"student\") networks on any GPU through WGSL compute \
+shaders (Vulkan, Metal, DX12, WebGPU), with a CPU reference backend as the fallback.\n\n\
+Choose the adapter with --adapter or PUPIL_ADAPTER: a part of its name (\"llvmpipe\", \"H100\"), \
+a backend (vulkan, metal, dx12, gl) or `cpu` for the reference backend. `pupil info` lists them."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter with its backend, type, features and limits.
+    Info(info::Args),
+    /// Measure kernels and training steps (GFLOP/s, ms per step).
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    /// Print a .pupil model file's manifest (validating the whole file).
+    Inspect(inspect::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Bench(b) => bench::run(b),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("pupil: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Errors of the CLI: anything printable.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;

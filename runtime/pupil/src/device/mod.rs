@@ -44,6 +44,9 @@ pub struct Capabilities {
     pub offset_alignment: u64,
     /// Most workgroups per dispatch dimension.
     pub max_workgroups: u32,
+    /// The adapter emulates a GPU on the CPU (lavapipe, SwiftShader, WARP): kernels that
+    /// rely on workgroup memory and barriers have barrier-free variants for it.
+    pub software: bool,
 }
 
 /// Which compiled kernel: shader file, entry point and storage dtype variant.
@@ -149,6 +152,7 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
             max_workgroups: limits.max_compute_workgroups_per_dimension,
+            software: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
         };
         let recorder = Recorder::new(&device);
         Ok(Arc::new(Gpu {

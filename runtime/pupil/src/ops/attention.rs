@@ -87,9 +87,9 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
         tk,
         dh,
     };
-    let op = "attention";
-    u32_len(op, b * h * tq * tk)?;
-    u32_len(op, b * h * tq.max(tk) * dh)?;
+    // Kernels index scores [B, H, Tq, Tk] and expanded [B, H, Tk, Dh] tensors in u32.
+    let rows = b * h * tq.max(tk);
+    u32_len("attention", rows.saturating_mul(tk.max(dh)))?;
     Ok(d)
 }
 
@@ -488,6 +488,411 @@ mod tape {
                 grads.resize(i.len(), None);
                 Ok(grads)
             }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use crate::ops::testing::{assert_close, check_gradient, gpu, random};
+
+    /// One test configuration: sizes, whether to use a padding mask, causal.
+    #[derive(Clone, Copy, Debug)]
+    struct Case {
+        b: usize,
+        h: usize,
+        hkv: usize,
+        tq: usize,
+        tk: usize,
+        dh: usize,
+        masked: bool,
+        causal: bool,
+    }
+
+    /// A padding mask that keeps a prefix of each sequence: batch entry b keeps all but
+    /// `1 + 3 b` keys (at least one), except that the last of several keeps nothing, so its
+    /// rows are fully masked.
+    fn padding(b: usize, tk: usize) -> Vec<f32> {
+        (0..b * tk)
+            .map(|i| {
+                let (bi, j) = (i / tk, i % tk);
+                let keep = if bi + 1 == b && b > 1 {
+                    0
+                } else {
+                    tk.saturating_sub(1 + 3 * bi).max(1)
+                };
+                f32::from(u8::from(j < keep))
+            })
+            .collect()
+    }
+
+    /// q, k, v, mask and dy of a case on `backend`, from fixed seeds (scores of order 1-3).
+    fn inputs(c: Case, seed: u64, backend: &Backend) -> [Option<Tensor>; 5] {
+        let t = |shape: &[usize], s: u64, scale: f32| {
+            Some(
+                Tensor::from_slice(backend, shape, &random(shape.iter().product(), s, scale))
+                    .unwrap(),
+            )
+        };
+        let kv = [c.b, c.hkv, c.tk, c.dh];
+        let mask = c
+            .masked
+            .then(|| Tensor::from_slice(backend, &[c.b, c.tk], &padding(c.b, c.tk)).unwrap());
+        [
+            t(&[c.b, c.h, c.tq, c.dh], seed, 2.0),
+            t(&kv, seed + 1, 2.0),
+            t(&kv, seed + 2, 1.0),
+            mask,
+            t(&[c.b, c.h, c.tq, c.dh], seed + 3, 1.0),
+        ]
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            b: 1,
+            h: 1,
+            hkv: 1,
+            tq: 1,
+            tk: 1,
+            dh: 1,
+            masked: false,
+            causal: false,
+        },
+        Case {
+            b: 2,
+            h: 3,
+            hkv: 1,
+            tq: 7,
+            tk: 7,
+            dh: 8,
+            masked: false,
+            causal: true,
+        },
+        Case {
+            b: 3,
+            h: 4,
+            hkv: 2,
+            tq: 33,
+            tk: 33,
+            dh: 32,
+            masked: true,
+            causal: true,
+        },
+        // Keys split across the 256 threads of a row; KV-cache style Tq < Tk.
+        Case {
+            b: 1,
+            h: 2,
+            hkv: 2,
+            tq: 5,
+            tk: 257,
+            dh: 16,
+            masked: true,
+            causal: true,
+        },
+        // SmolLM2-like grouped-query heads, a longer cache.
+        Case {
+            b: 2,
+            h: 9,
+            hkv: 3,
+            tq: 3,
+            tk: 300,
+            dh: 64,
+            masked: false,
+            causal: true,
+        },
+        // MiniLM-like: 12 heads, padding mask, not causal.
+        Case {
+            b: 2,
+            h: 12,
+            hkv: 12,
+            tq: 17,
+            tk: 17,
+            dh: 32,
+            masked: true,
+            causal: false,
+        },
+        // More queries than keys under the causal rule: the first queries see nothing.
+        Case {
+            b: 1,
+            h: 2,
+            hkv: 1,
+            tq: 6,
+            tk: 4,
+            dh: 4,
+            masked: false,
+            causal: true,
+        },
+    ];
+
+    #[test]
+    fn gpu_matches_cpu() {
+        for (n, &c) in CASES.iter().enumerate() {
+            let seed = 10 * n as u64;
+            let [qc, kc, vc, mc, dc] = inputs(c, seed, &Backend::Cpu);
+            let [qg, kg, vg, mg, dg] = inputs(c, seed, &gpu());
+            let (qc, kc, vc, dc) = (qc.unwrap(), kc.unwrap(), vc.unwrap(), dc.unwrap());
+            let (qg, kg, vg, dg) = (qg.unwrap(), kg.unwrap(), vg.unwrap(), dg.unwrap());
+            let scale = default_scale(c.dh);
+            let (oc, pc) = attention_forward(&qc, &kc, &vc, mc.as_ref(), c.causal, scale).unwrap();
+            let (og, pg) = attention_forward(&qg, &kg, &vg, mg.as_ref(), c.causal, scale).unwrap();
+            // Scores are f32 sums of up to 64 products of order 4 (abs error ~1e-5), exp
+            // amplifies that relatively in P, and O sums up to 300 P v terms:
+            // 1e-4 relative, 1e-5 absolute for P and O.
+            assert_close(&format!("P {c:?}"), &pg, &pc, 1e-4, 1e-5);
+            assert_close(&format!("O {c:?}"), &og, &oc, 1e-4, 1e-5);
+            for x in og.to_vec().unwrap() {
+                assert!(
+                    x.is_finite(),
+                    "{c:?}: fully masked rows must give 0, not NaN"
+                );
+            }
+            let (dqc, dkc, dvc) = attention_backward(&qc, &kc, &vc, &pc, &dc, scale).unwrap();
+            let (dqg, dkg, dvg) = attention_backward(&qg, &kg, &vg, &pg, &dg, scale).unwrap();
+            // The GPU backward starts from its own P (1e-4 relative off) and chains three f32
+            // matmuls with sums of up to 300 terms with cancellation (dP - rowsum):
+            // 1e-3 relative, 1e-4 absolute.
+            assert_close(&format!("dq {c:?}"), &dqg, &dqc, 1e-3, 1e-4);
+            assert_close(&format!("dk {c:?}"), &dkg, &dkc, 1e-3, 1e-4);
+            assert_close(&format!("dv {c:?}"), &dvg, &dvc, 1e-3, 1e-4);
+        }
+    }
+
+    /// Masked keys get probability 0; a query that sees no key outputs 0; the causal rule
+    /// with a KV cache gives the last rows of the full causal computation.
+    #[test]
+    fn mask_semantics() {
+        for backend in [Backend::Cpu, gpu()] {
+            let c = Case {
+                b: 2,
+                h: 2,
+                hkv: 1,
+                tq: 6,
+                tk: 6,
+                dh: 4,
+                masked: true,
+                causal: true,
+            };
+            let [q, k, v, m, _] = inputs(c, 5, &backend);
+            let (q, k, v, m) = (q.unwrap(), k.unwrap(), v.unwrap(), m.unwrap());
+            let (o, p) = attention_forward(&q, &k, &v, Some(&m), true, 0.5).unwrap();
+            let (o, p, mv) = (
+                o.to_vec().unwrap(),
+                p.to_vec().unwrap(),
+                m.to_vec().unwrap(),
+            );
+            for (r, row) in p.chunks(6).enumerate() {
+                let (b, i) = (r / 12, r % 6);
+                for (j, pj) in row.iter().enumerate() {
+                    if j > i || mv[b * 6 + j] == 0.0 {
+                        assert_eq!(*pj, 0.0, "row {r} key {j}");
+                    }
+                }
+                let total: f32 = row.iter().sum();
+                let any = (0..=i).any(|j| mv[b * 6 + j] > 0.0);
+                assert!(
+                    (total - f32::from(u8::from(any))).abs() < 1e-5,
+                    "row {r} sums to {total}"
+                );
+            }
+            // Batch 1 keeps no key: all its outputs are exactly 0.
+            assert!(o[o.len() / 2..].iter().all(|x| *x == 0.0));
+
+            // KV cache: the last 2 queries against all 6 keys = rows 4, 5 of the full run.
+            let full = attention(&q, &k, &v, None, true).unwrap().to_vec().unwrap();
+            let qv = q.to_vec().unwrap();
+            let last: Vec<f32> = qv
+                .chunks(4)
+                .enumerate()
+                .filter(|(r, _)| r % 6 >= 4)
+                .flat_map(|(_, x)| x.to_vec())
+                .collect();
+            let q2 = Tensor::from_slice(&backend, &[2, 2, 2, 4], &last).unwrap();
+            let cached = attention(&q2, &k, &v, None, true)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let want: Vec<f32> = full
+                .chunks(4)
+                .enumerate()
+                .filter(|(r, _)| r % 6 >= 4)
+                .flat_map(|(_, x)| x.to_vec())
+                .collect();
+            for (a, b) in cached.iter().zip(&want) {
+                // The same sums in the same order on each backend.
+                assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let cpu = Backend::Cpu;
+        let c = Case {
+            b: 2,
+            h: 4,
+            hkv: 2,
+            tq: 3,
+            tk: 4,
+            dh: 3,
+            masked: true,
+            causal: true,
+        };
+        let [q, k, v, m, dy] = inputs(c, 3, &cpu);
+        let (q, k, v, dy) = (q.unwrap(), k.unwrap(), v.unwrap(), dy.unwrap());
+        let m = m.as_ref();
+        let w = dy.to_vec().unwrap();
+        let scale = 0.7;
+        let (_, p) = attention_forward(&q, &k, &v, m, true, scale).unwrap();
+        let (dq, dk, dv) = attention_backward(&q, &k, &v, &p, &dy, scale).unwrap();
+        let loss = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            crate::ops::testing::probe(
+                &attention_forward(q, k, v, m, true, scale)
+                    .unwrap()
+                    .0
+                    .to_vec()
+                    .unwrap(),
+                &w,
+            )
+        };
+        let with = |x: &Tensor, vals: &[f32]| Tensor::from_slice(&cpu, x.shape(), vals).unwrap();
+        check_gradient(
+            "dq",
+            &q.to_vec().unwrap(),
+            &dq.to_vec().unwrap(),
+            |x| loss(&with(&q, x), &k, &v),
+            1e-2,
+        );
+        check_gradient(
+            "dk",
+            &k.to_vec().unwrap(),
+            &dk.to_vec().unwrap(),
+            |x| loss(&q, &with(&k, x), &v),
+            1e-2,
+        );
+        check_gradient(
+            "dv",
+            &v.to_vec().unwrap(),
+            &dv.to_vec().unwrap(),
+            |x| loss(&q, &k, &with(&v, x)),
+            1e-2,
+        );
+    }
+
+    /// `sum(attention(q, k, v) * w)` on the tape: the same loss and gradients on both
+    /// backends, matching the direct backward.
+    #[test]
+    fn graph_method_on_both_backends() {
+        let c = Case {
+            b: 1,
+            h: 4,
+            hkv: 2,
+            tq: 5,
+            tk: 5,
+            dh: 8,
+            masked: true,
+            causal: true,
+        };
+        let mut results = vec![];
+        for backend in [Backend::Cpu, gpu()] {
+            let [q, k, v, m, w] = inputs(c, 7, &backend);
+            let mut g = Graph::new(&backend);
+            let q = g.input_with_grad(q.unwrap());
+            let k = g.input_with_grad(k.unwrap());
+            let v = g.input_with_grad(v.unwrap());
+            let m = g.input(m.unwrap());
+            let w = g.input(w.unwrap());
+            let o = g.attention(q, k, v, Some(m), true).unwrap();
+            let y = g.mul(o, w).unwrap();
+            let l = g.sum_all(y).unwrap();
+            let grads = g.backward(l).unwrap();
+            let cpu = |t: &Tensor| t.to_backend(&Backend::Cpu).unwrap();
+            results.push([
+                cpu(g.value(l)),
+                cpu(grads.get(q).unwrap()),
+                cpu(grads.get(k).unwrap()),
+                cpu(grads.get(v).unwrap()),
+            ]);
+        }
+        // As in gpu_matches_cpu: 1e-3 relative, 1e-4 absolute.
+        for (what, (a, b)) in ["loss", "dq", "dk", "dv"]
+            .iter()
+            .zip(results[1].iter().zip(&results[0]))
+        {
+            assert_close(what, a, b, 1e-3, 1e-4);
+        }
+        let [q, k, v, m, w] = inputs(c, 7, &Backend::Cpu);
+        let (q, k, v) = (q.unwrap(), k.unwrap(), v.unwrap());
+        let (_, p) = attention_forward(&q, &k, &v, m.as_ref(), true, default_scale(8)).unwrap();
+        let (dq, _, _) = attention_backward(&q, &k, &v, &p, &w.unwrap(), default_scale(8)).unwrap();
+        assert_close("tape dq", &results[0][1], &dq, 0.0, 0.0);
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        for backend in [Backend::Cpu, gpu()] {
+            let z = |shape: &[usize]| Tensor::zeros(&backend, shape).unwrap();
+            let (q, k) = (z(&[1, 4, 3, 8]), z(&[1, 2, 5, 8]));
+            let shape_err = |r: Result<Tensor>| matches!(r, Err(Error::Shape { .. }));
+            assert!(attention(&q, &k, &k, None, false).is_ok());
+            assert!(
+                shape_err(attention(
+                    &q,
+                    &z(&[1, 3, 5, 8]),
+                    &z(&[1, 3, 5, 8]),
+                    None,
+                    false
+                )),
+                "H % Hkv"
+            );
+            assert!(
+                shape_err(attention(
+                    &q,
+                    &z(&[1, 2, 5, 4]),
+                    &z(&[1, 2, 5, 4]),
+                    None,
+                    false
+                )),
+                "Dh"
+            );
+            assert!(
+                shape_err(attention(&q, &k, &z(&[1, 2, 6, 8]), None, false)),
+                "v"
+            );
+            assert!(
+                shape_err(attention(
+                    &q,
+                    &z(&[2, 2, 5, 8]),
+                    &z(&[2, 2, 5, 8]),
+                    None,
+                    false
+                )),
+                "B"
+            );
+            assert!(
+                shape_err(attention(&z(&[4, 3, 8]), &k, &k, None, false)),
+                "rank"
+            );
+            assert!(
+                shape_err(attention(&q, &k, &k, Some(&z(&[1, 4])), false)),
+                "mask"
+            );
+            assert!(
+                shape_err(attention(
+                    &q,
+                    &z(&[1, 0, 5, 8]),
+                    &z(&[1, 0, 5, 8]),
+                    None,
+                    false
+                )),
+                "Hkv 0"
+            );
+            let p = z(&[1, 4, 3, 5]);
+            let bad = attention_backward(&q, &k, &k, &z(&[1, 4, 3, 4]), &q, 1.0);
+            assert!(matches!(bad, Err(Error::Shape { .. })), "probs");
+            let bad = attention_backward(&q, &k, &k, &p, &z(&[1, 4, 3, 7]), 1.0);
+            assert!(matches!(bad, Err(Error::Shape { .. })), "dy");
         }
     }
 }

@@ -246,12 +246,14 @@ pub fn conv2d_backward(
 fn im2col(gpu: &Gpu, x: &Tensor, g: &Geom, n0: usize, nb: usize) -> Result<Tensor> {
     let rows = nb * g.oh * g.ow;
     let cols = Tensor::uninit(&x.backend(), &[rows, g.k()], DType::F32)?;
-    let params = g.params(cols.numel(), n0)?;
+    // One thread per (row, channel).
+    let threads = rows * g.c;
+    let params = g.params(threads, n0)?;
     gpu.dispatch(
         Kernel::f32("conv", "im2col"),
         bytemuck::bytes_of(&params),
         &[x.bind(1)?, cols.bind(3)?],
-        grid(cols.numel(), 256),
+        grid(threads, 256),
     )?;
     Ok(cols)
 }
@@ -692,39 +694,5 @@ mod tests {
             shape_err(conv2d(&zg(&[1, 3, 8, 8]), &zg(&[2, 2, 3, 3]), None, 1, 0)),
             "channel mismatch on the GPU"
         );
-    }
-}
-#[cfg(test)]
-mod zz_bench {
-    use super::*;
-    use crate::ops::testing::{gpu, pair};
-    #[test]
-    fn zz_bench() {
-        let b = gpu();
-        let g = b.gpu().unwrap().clone();
-        for nb in [64usize, 128, 256] {
-            let x = pair(&[nb, 1, 28, 28], 1).1;
-            let w1 = pair(&[32, 1, 5, 5], 2).1;
-            let b1 = pair(&[32], 3).1;
-            let w2 = pair(&[64, 32, 5, 5], 4).1;
-            let b2 = pair(&[64], 5).1;
-            for it in 0..3 {
-                let t = std::time::Instant::now();
-                let y1 = conv2d(&x, &w1, Some(&b1), 1, 2).unwrap();
-                let (p1, a1) = crate::ops::pool::max_pool2d(&y1, 2, 2).unwrap();
-                let y2 = conv2d(&p1, &w2, Some(&b2), 1, 2).unwrap();
-                let (p2, a2) = crate::ops::pool::max_pool2d(&y2, 2, 2).unwrap();
-                g.synchronize().unwrap();
-                let tf = t.elapsed();
-                let dp2 = p2.clone();
-                let dy2 = crate::ops::pool::max_pool2d_backward(&y2, &a2, &dp2, 2, 2).unwrap();
-                let [dp1, _dw2, _db2] = conv2d_backward(&p1, &w2, &dy2, 1, 2, [true; 3]).unwrap();
-                let dy1 =
-                    crate::ops::pool::max_pool2d_backward(&y1, &a1, &dp1.unwrap(), 2, 2).unwrap();
-                let _ = conv2d_backward(&x, &w1, &dy1, 1, 2, [false, true, true]).unwrap();
-                g.synchronize().unwrap();
-                eprintln!("batch {nb} it {it}: fwd {:?} total {:?}", tf, t.elapsed());
-            }
-        }
     }
 }
