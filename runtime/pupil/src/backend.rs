@@ -17,15 +17,22 @@ pub enum Backend {
 impl Backend {
     /// Open the backend the user asked for: `cpu`, or a GPU adapter matched by name, backend
     /// or type (see [`crate::device::matches`]); `None` picks the best GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(wanted: Option<&str>) -> Result<Backend> {
+        pollster::block_on(Self::open_async(wanted))
+    }
+
+    /// [`Backend::open`] for the web, where waiting must be asynchronous.
+    pub async fn open_async(wanted: Option<&str>) -> Result<Backend> {
         match wanted {
             Some(w) if w.eq_ignore_ascii_case("cpu") => Ok(Backend::Cpu),
-            _ => Ok(Backend::Gpu(Gpu::new(wanted)?)),
+            _ => Ok(Backend::Gpu(Gpu::new_async(wanted).await?)),
         }
     }
 
     /// The backend `PUPIL_ADAPTER` (or `wanted`, when given) names; with neither, the best GPU,
     /// or the CPU with a notice on stderr when no adapter exists.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn auto(wanted: Option<&str>) -> Result<Backend> {
         let env = std::env::var("PUPIL_ADAPTER").ok();
         match wanted.or(env.as_deref()) {

@@ -10,6 +10,7 @@ pub(crate) fn source(name: &str) -> Option<&'static str> {
         "reduce" => include_str!("../../../shaders/reduce.wgsl"),
         "loss" => include_str!("../../../shaders/loss.wgsl"),
         "optim" => include_str!("../../../shaders/optim.wgsl"),
+        "layout" => include_str!("../../../shaders/layout.wgsl"),
         "softmax" => include_str!("../../../shaders/softmax.wgsl"),
         "norm" => include_str!("../../../shaders/norm.wgsl"),
         "conv" => include_str!("../../../shaders/conv.wgsl"),

@@ -2,8 +2,14 @@
 //! Each block declares its parameters in a [`ParamsBuilder`](crate::params::ParamsBuilder)
 //! under a dotted name and keeps their ids.
 
+mod attention;
+mod embedding;
 mod linear;
 mod mlp;
+mod norm;
 
+pub use attention::{AttentionConfig, MultiHeadAttention};
+pub use embedding::Embedding;
 pub use linear::{Linear, Lora};
 pub use mlp::Mlp;
+pub use norm::{LayerNorm, RmsNorm};

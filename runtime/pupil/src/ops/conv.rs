@@ -72,6 +72,13 @@ impl Geom {
             ));
         }
         let (oh, ow) = ((ph - kh) / stride + 1, (pw - kw) / stride + 1);
+        let product = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if product(&[n, oc, oh, ow]).is_none() || product(&[oh, ow, c, kh, kw, 4]).is_none() {
+            return Err(Error::shape(
+                "conv2d",
+                format!("a {oh}x{ow} output (padding {pad}) is too large to address"),
+            ));
+        }
         Ok(Geom {
             n,
             c,
@@ -488,8 +495,8 @@ mod tests {
         (1, 1, 7, 7, 1, 3, 1, 0),
         (2, 3, 7, 9, 5, 3, 2, 1),
         (3, 1, 28, 28, 32, 5, 1, 2),
-        (1, 3, 33, 33, 5, 5, 2, 0),
-        (2, 3, 33, 28, 32, 3, 1, 2),
+        (1, 3, 33, 33, 5, 5, 2, 1),
+        (2, 3, 33, 28, 32, 3, 3, 2),
         (3, 1, 7, 7, 5, 5, 2, 2),
         (2, 32, 14, 14, 64, 5, 1, 2),
         (1, 1, 5, 5, 3, 7, 1, 1),
@@ -500,7 +507,7 @@ mod tests {
         let (xc, xg) = pair(&[n, c, h, w], seed);
         let (wc, wg) = pair(&[oc, c, k, k], seed + 1);
         let (bc, bg) = pair(&[oc], seed + 2);
-        let with_bias = i % 2 == 0;
+        let with_bias = i.is_multiple_of(2);
         let (bc, bg) = (with_bias.then_some(&bc), with_bias.then_some(&bg));
         let name = format!("conv N{n} C{c} {h}x{w} OC{oc} K{k} S{s} P{p}");
         let want = conv2d(&xc, &wc, bc, s, p).unwrap();
@@ -550,28 +557,50 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let cpu = Backend::Cpu;
-        let (n, c, h, w, oc, k, s, p) = (2, 2, 5, 6, 3, 3, 2, 1);
-        let (xs, ws, bs) = ([n, c, h, w], [oc, c, k, k], [oc]);
-        let xv = random(n * c * h * w, 1, 1.0);
-        let wv = random(oc * c * k * k, 2, 1.0);
-        let bv = random(oc, 3, 1.0);
-        let t = |shape: &[usize], v: &[f32]| Tensor::from_slice(&cpu, shape, v).unwrap();
-        let (x, wt, b) = (t(&xs, &xv), t(&ws, &wv), t(&bs, &bv));
-        let y = conv2d(&x, &wt, Some(&b), s, p).unwrap();
-        let probe_w = random(y.numel(), 4, 1.0);
-        let dy = t(y.shape(), &probe_w);
-        let [dx, dw, db] = conv2d_backward(&x, &wt, &dy, s, p, [true; 3])
-            .unwrap()
-            .map(|g| g.unwrap().to_vec().unwrap());
-        let loss = |x: &Tensor, w: &Tensor, b: &Tensor| {
-            probe(
-                &conv2d(x, w, Some(b), s, p).unwrap().to_vec().unwrap(),
-                &probe_w,
-            )
-        };
-        check_gradient("conv dx", &xv, &dx, |v| loss(&t(&xs, v), &wt, &b), 1e-2);
-        check_gradient("conv dw", &wv, &dw, |v| loss(&x, &t(&ws, v), &b), 1e-2);
-        check_gradient("conv db", &bv, &db, |v| loss(&x, &wt, &t(&bs, v)), 1e-2);
+        for (i, &(s, p)) in [(2, 1), (1, 2), (3, 0)].iter().enumerate() {
+            let (n, c, h, w, oc, k) = (2, 2, 5, 6, 3, 3);
+            let (xs, ws, bs) = ([n, c, h, w], [oc, c, k, k], [oc]);
+            let seed = 10 * i as u64;
+            let xv = random(n * c * h * w, seed + 1, 1.0);
+            let wv = random(oc * c * k * k, seed + 2, 1.0);
+            let bv = random(oc, seed + 3, 1.0);
+            let t = |shape: &[usize], v: &[f32]| Tensor::from_slice(&cpu, shape, v).unwrap();
+            let (x, wt, b) = (t(&xs, &xv), t(&ws, &wv), t(&bs, &bv));
+            let y = conv2d(&x, &wt, Some(&b), s, p).unwrap();
+            let probe_w = random(y.numel(), seed + 4, 1.0);
+            let dy = t(y.shape(), &probe_w);
+            let [dx, dw, db] = conv2d_backward(&x, &wt, &dy, s, p, [true; 3])
+                .unwrap()
+                .map(|g| g.unwrap().to_vec().unwrap());
+            let loss = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                probe(
+                    &conv2d(x, w, Some(b), s, p).unwrap().to_vec().unwrap(),
+                    &probe_w,
+                )
+            };
+            let name = format!("conv S{s} P{p}");
+            check_gradient(
+                &format!("{name} dx"),
+                &xv,
+                &dx,
+                |v| loss(&t(&xs, v), &wt, &b),
+                1e-2,
+            );
+            check_gradient(
+                &format!("{name} dw"),
+                &wv,
+                &dw,
+                |v| loss(&x, &t(&ws, v), &b),
+                1e-2,
+            );
+            check_gradient(
+                &format!("{name} db"),
+                &bv,
+                &db,
+                |v| loss(&x, &wt, &t(&bs, v)),
+                1e-2,
+            );
+        }
     }
 
     /// `mean(relu(conv(x, w, b)) * probe)` through the tape: both backends agree, and the
@@ -609,7 +638,7 @@ mod tests {
             .zip(cpu_grads.iter().zip(&gpu_grads))
         {
             let t = |v: &[f32]| Tensor::from_slice(&Backend::Cpu, &[v.len()], v).unwrap();
-            // Sums of at most 27 products, then a mean over 72 outputs.
+            // f32 sums of at most 27 products (against f64), then a mean over 72 outputs.
             assert_close(&format!("graph {name}"), &t(g), &t(c), 1e-4, 1e-6);
         }
         check_gradient(
@@ -678,6 +707,16 @@ mod tests {
         assert!(
             shape_err(conv2d(&z(&[1, 3, 4, 8]), &z(&[2, 3, 7, 3]), None, 1, 1)),
             "kernel taller than padded input"
+        );
+        assert!(
+            shape_err(conv2d(
+                &z(&[1, 3, 8, 8]),
+                &z(&[2, 3, 3, 3]),
+                None,
+                1,
+                usize::MAX / 4
+            )),
+            "padding too large to address"
         );
         let r = conv2d_backward(
             &z(&[1, 3, 8, 8]),

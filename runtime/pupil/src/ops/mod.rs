@@ -11,6 +11,7 @@ pub mod conv;
 pub mod distill;
 pub mod elementwise;
 pub mod embedding;
+pub mod layout;
 pub mod loss;
 pub mod matmul;
 pub mod norm;

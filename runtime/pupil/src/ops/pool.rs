@@ -238,7 +238,7 @@ mod tests {
     use super::*;
     use crate::ops::testing::{assert_close, check_gradient, gpu, pair, probe, random};
 
-    /// `(N, C, H, W, K, S)`: non-overlapping, overlapping and ragged windows.
+    /// `(N, C, H, W, K, S)`: non-overlapping, overlapping, gapped and ragged windows.
     const CASES: &[(usize, usize, usize, usize, usize, usize)] = &[
         (1, 1, 7, 7, 2, 2),
         (2, 3, 7, 9, 3, 1),
@@ -248,6 +248,7 @@ mod tests {
         (3, 3, 33, 28, 5, 3),
         (2, 1, 7, 7, 7, 1),
         (1, 2, 17, 300, 3, 1),
+        (2, 3, 9, 11, 2, 3),
     ];
 
     #[test]
