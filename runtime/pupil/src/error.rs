@@ -88,6 +88,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A model file is unreadable or does not fit.
+    #[error(transparent)]
+    Model(#[from] crate::format::ModelFileError),
     /// Invalid argument.
     #[error("{0}")]
     Invalid(String),

@@ -6,6 +6,7 @@
 use rand::{Rng, SeedableRng};
 
 use crate::backend::Backend;
+use crate::format::{ModelBuilder, ModelFile};
 use crate::error::{Error, Result};
 use crate::tensor::{numel, Tensor};
 
@@ -227,6 +228,35 @@ impl Params {
         self.values.bytes()
     }
 
+    /// Add every parameter to a model file being built, as f32 tensors under their names.
+    pub fn export(&self, builder: &mut ModelBuilder) -> Result<()> {
+        let all = self.values.to_vec()?;
+        for p in &self.infos {
+            let shape: Vec<u64> = p.shape.iter().map(|&d| d as u64).collect();
+            builder.add_f32(&p.name, &shape, &all[p.offset..p.offset + numel(&p.shape)])?;
+        }
+        Ok(())
+    }
+
+    /// Load every parameter that `file` holds (by name, converting its dtype to f32);
+    /// returns the names of the parameters the file lacks, which keep their initial values
+    /// (a LoRA adapter on a base model, say). A shape mismatch is an error.
+    pub fn load(&self, file: &ModelFile) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for (i, p) in self.infos.iter().enumerate() {
+            let Ok(t) = file.tensor(&p.name) else {
+                missing.push(p.name.clone());
+                continue;
+            };
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            if shape != p.shape {
+                return Err(Error::shape("load", format!("{}: file has {:?}, model expects {:?}", p.name, shape, p.shape)));
+            }
+            self.set(ParamId(i), &t.to_f32())?;
+        }
+        Ok(missing)
+    }
+
     /// Reset every gradient to zero (one clear on the GPU).
     pub fn zero_grad(&self) -> Result<()> {
         match &self.backend {
@@ -278,6 +308,29 @@ mod tests {
                 .all(|v| v.abs() <= 0.1));
             assert_eq!(p.count(true), 28);
             assert_eq!(p.find("b"), Some(bias));
+        }
+    }
+
+    /// Export to a model file and load into a fresh store: values round-trip exactly, and
+    /// parameters the file lacks are reported.
+    #[test]
+    fn export_and_load_round_trip() {
+        let mut b = ParamsBuilder::new(1);
+        b.add("w", &[7, 3], Init::Uniform(0.5), true);
+        let p = b.build(&Backend::Cpu).unwrap();
+        let mut mb = ModelBuilder::new("t", "test").unwrap();
+        p.export(&mut mb).unwrap();
+        let file = ModelFile::from_bytes(mb.to_bytes().unwrap()).unwrap();
+        for backend in [Backend::Cpu, gpu()] {
+            let mut b = ParamsBuilder::new(2);
+            let w = b.add("w", &[7, 3], Init::Zeros, true);
+            b.add("extra", &[2], Init::Zeros, true);
+            let q = b.build(&backend).unwrap();
+            assert_eq!(q.load(&file).unwrap(), vec!["extra".to_string()]);
+            assert_eq!(q.value(w).unwrap().to_vec().unwrap(), p.value(w).unwrap().to_vec().unwrap());
+            let mut b = ParamsBuilder::new(2);
+            b.add("w", &[3, 7], Init::Zeros, true);
+            assert!(matches!(b.build(&backend).unwrap().load(&file), Err(Error::Shape { .. })));
         }
     }
 }
