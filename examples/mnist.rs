@@ -29,6 +29,9 @@ struct Args {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// Multiply the learning rate by this after every epoch.
+    #[arg(long, default_value_t = 1.0)]
+    lr_decay: f32,
     /// Adapter (name, backend or `cpu`); default: PUPIL_ADAPTER or the best GPU.
     #[arg(long)]
     adapter: Option<String>,
@@ -67,6 +70,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .progress_chars("=> "),
         );
         bar.set_message(format!("{epoch}/{}", args.epochs));
+        if let Rule::AdamW(c) = opt.rule_mut() {
+            c.lr = args.lr * args.lr_decay.powi(epoch as i32 - 1);
+        }
         let start = Instant::now();
         let loss = train::train_epoch(
             &net,

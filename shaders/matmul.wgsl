@@ -93,7 +93,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 @compute @workgroup_size(8, 8, 1)
 fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     let batch = gid.z;
-    let row0 = gid.y * 4u;
+    let row0 = gid.y * 8u;
     let col0 = gid.x * 4u;
     if (row0 >= p.m || col0 >= p.n) { return; }
     // Element strides of rows/k in A and of k/columns in B, whichever way they are stored.
@@ -104,24 +104,27 @@ fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     var b_col = 1u;
     if (p.tb == 1u) { b_k = 1u; b_col = p.k; }
     // Edge blocks re-read the last row/column instead of branching in the loop.
-    let ra = vec4<u32>(min(row0, p.m - 1u), min(row0 + 1u, p.m - 1u), min(row0 + 2u, p.m - 1u), min(row0 + 3u, p.m - 1u)) * a_row + batch * p.stride_a;
+    let last = p.m - 1u;
+    let base_a = batch * p.stride_a;
+    let ra0 = vec4<u32>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last), min(row0 + 3u, last)) * a_row + base_a;
+    let ra1 = vec4<u32>(min(row0 + 4u, last), min(row0 + 5u, last), min(row0 + 6u, last), min(row0 + 7u, last)) * a_row + base_a;
     let cb = vec4<u32>(min(col0, p.n - 1u), min(col0 + 1u, p.n - 1u), min(col0 + 2u, p.n - 1u), min(col0 + 3u, p.n - 1u)) * b_col + batch * p.stride_b;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc: array<vec4<f32>, 8>;
     for (var kk = 0u; kk < p.k; kk = kk + 1u) {
         let ka = kk * a_k;
         let kb = kk * b_k;
         let bv = vec4<f32>(f32(b[cb.x + kb]), f32(b[cb.y + kb]), f32(b[cb.z + kb]), f32(b[cb.w + kb]));
-        acc0 = fma(vec4<f32>(f32(a[ra.x + ka])), bv, acc0);
-        acc1 = fma(vec4<f32>(f32(a[ra.y + ka])), bv, acc1);
-        acc2 = fma(vec4<f32>(f32(a[ra.z + ka])), bv, acc2);
-        acc3 = fma(vec4<f32>(f32(a[ra.w + ka])), bv, acc3);
+        acc[0] = acc[0] + vec4<f32>(f32(a[ra0.x + ka])) * bv;
+        acc[1] = acc[1] + vec4<f32>(f32(a[ra0.y + ka])) * bv;
+        acc[2] = acc[2] + vec4<f32>(f32(a[ra0.z + ka])) * bv;
+        acc[3] = acc[3] + vec4<f32>(f32(a[ra0.w + ka])) * bv;
+        acc[4] = acc[4] + vec4<f32>(f32(a[ra1.x + ka])) * bv;
+        acc[5] = acc[5] + vec4<f32>(f32(a[ra1.y + ka])) * bv;
+        acc[6] = acc[6] + vec4<f32>(f32(a[ra1.z + ka])) * bv;
+        acc[7] = acc[7] + vec4<f32>(f32(a[ra1.w + ka])) * bv;
     }
-    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     let base_c = batch * p.stride_c;
-    for (var i = 0u; i < 4u; i = i + 1u) {
+    for (var i = 0u; i < 8u; i = i + 1u) {
         let row = row0 + i;
         if (row >= p.m) { continue; }
         for (var j = 0u; j < 4u; j = j + 1u) {

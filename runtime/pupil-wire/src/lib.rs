@@ -4,7 +4,8 @@
 //! microcontroller can read a model in place: the manifest is bounded by heapless
 //! types and the tensor table is decoded lazily, entries borrowing their names
 //! from the file bytes. The `alloc` feature (part of the default `std`) adds
-//! [`encode_file`]. The crate re-exports [`heapless`], whose bounded strings and
+//! [`encode_file`] and the update encoders. Update messages, signed by devices
+//! and sent upstream, are in [`update`]. The crate re-exports [`heapless`], whose bounded strings and
 //! vectors appear in its types.
 //!
 //! # Byte layout (format version 1)
@@ -58,6 +59,7 @@ mod hash;
 mod header;
 mod manifest;
 mod table;
+pub mod update;
 mod view;
 
 pub use config::{
@@ -72,6 +74,10 @@ pub use header::Header;
 pub use heapless;
 pub use manifest::{Manifest, ModelInfo, MAX_ARCH_LEN, MAX_CREATED_BY_LEN, MAX_ID_LEN};
 pub use table::{Shape, TensorEntry, TensorIter, TensorTable};
+pub use update::{
+    key_id, Delta, Encoding, Envelope, KeyId, Metric, Update, UpdateError, MAX_DEVICE_ID_LEN,
+    MAX_ENVELOPE_LEN, MAX_UPDATE_LEN,
+};
 pub use view::ModelView;
 
 /// The 8 bytes every `.pupil` file starts with.

@@ -3,12 +3,14 @@
 //! under a dotted name and keeps their ids.
 
 mod attention;
+mod conv;
 mod embedding;
 mod linear;
 mod mlp;
 mod norm;
 
 pub use attention::{AttentionConfig, MultiHeadAttention};
+pub use conv::Conv2d;
 pub use embedding::Embedding;
 pub use linear::{Linear, Lora};
 pub use mlp::Mlp;

@@ -1,0 +1,94 @@
+//! Errors of the sync crate's device side and store. Messages say what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can go wrong outside an HTTP handler: keys, the store, the
+/// outbox and talking to the server.
+#[derive(Debug, Error)]
+pub enum SyncError {
+    /// The operating system refused a file operation.
+    #[error("cannot {action} {}: {source}; check the path, its permissions and the free space", .path.display())]
+    Io {
+        /// What was being done, e.g. `read`.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A key file is not a 32-byte Ed25519 secret key.
+    #[error("key file {} is {len} bytes, not a 32-byte Ed25519 secret key; delete it to create a new key (a device must then register again)", .path.display())]
+    BadKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
+    /// A key file can be read by other users.
+    #[error("key file {} has mode {mode:o}, readable by others; run `chmod 600` on it", .path.display())]
+    KeyFileMode {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The embedded database failed.
+    #[error("store error: {0}; check the store directory's disk and permissions, or restore it from a backup")]
+    Store(#[from] redb::Error),
+    /// A stored record does not decode.
+    #[error("store record {what} is corrupt: {detail}; restore the store from a backup")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A model file is invalid.
+    #[error(transparent)]
+    Model(#[from] pupil::format::ModelFileError),
+    /// An update could not be built.
+    #[error("cannot build the update: {0}")]
+    Update(#[from] pupil_wire::UpdateError),
+    /// The server could not be reached.
+    #[error("cannot reach the server at {url}: {detail}; check the address and that `pupil serve` runs")]
+    Network {
+        /// The URL requested.
+        url: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// The server answered with an error.
+    #[error("server rejected {what} with {status} ({kind}): {message}")]
+    Rejected {
+        /// What was sent, e.g. `update 7`.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// The error kind, e.g. `bad_signature`.
+        kind: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server's answer cannot be trusted or understood.
+    #[error("server answer is unusable: {0}; check that the server key is the right one and try again")]
+    BadAnswer(String),
+}
+
+/// Maps an I/O error of `action` on `path`.
+pub(crate) fn io_err(action: &'static str, path: &std::path::Path) -> impl FnOnce(io::Error) -> SyncError {
+    let path = path.to_path_buf();
+    move |source| SyncError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Maps any redb error into [`SyncError::Store`].
+pub(crate) fn db<E: Into<redb::Error>>(e: E) -> SyncError {
+    SyncError::Store(e.into())
+}
