@@ -144,7 +144,7 @@ impl Optimizer {
             Rule::Sgd(c) => c.max_grad_norm,
         };
         if let Some(m) = max_norm {
-            if !(m > 0.0) {
+            if m.is_nan() || m <= 0.0 {
                 return Err(Error::Invalid(format!(
                     "max_grad_norm must be positive, got {m}"
                 )));

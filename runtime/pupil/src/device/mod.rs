@@ -457,3 +457,56 @@ fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(
 ) -> Option<wgpu::Error> {
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::ops::testing::gpu;
+    use crate::tensor::Tensor;
+
+    /// A tensor larger than one binding may be is refused with the sizes, not truncated.
+    #[test]
+    fn oversized_tensor_is_refused_with_a_clear_error() {
+        let backend = gpu();
+        let max = backend.gpu().map(|g| g.capabilities().max_binding).unwrap_or(0);
+        let elements = (max / 4 + 1) as usize;
+        match Tensor::uninit(&backend, &[elements], DType::F32) {
+            Err(Error::BindingTooLarge { bytes, maximum }) => {
+                assert_eq!(maximum, max);
+                assert!(bytes > max);
+                let msg = Error::BindingTooLarge { bytes, maximum }.to_string();
+                assert!(msg.contains("split the work"), "{msg}");
+            }
+            other => panic!("expected BindingTooLarge, got {other:?}"),
+        }
+    }
+
+    /// Asking for an adapter that does not exist names it and says how to recover.
+    #[test]
+    fn unknown_adapter_is_a_typed_error() {
+        match Backend::open(Some("no-such-gpu-anywhere")) {
+            Err(e @ Error::NoAdapter { .. }) => assert!(e.to_string().contains("PUPIL_ADAPTER=cpu"), "{e}"),
+            other => panic!("expected NoAdapter, got {other:?}"),
+        }
+        assert!(matches!(Backend::open(Some("cpu")), Ok(Backend::Cpu)));
+    }
+
+    /// Freed buffers are reused: a second identical step allocates nothing new. (Its own
+    /// device, so that tests running alongside cannot change the counts.)
+    #[test]
+    fn pool_reuses_buffers_across_steps() {
+        let _ = gpu();
+        let g = Gpu::new(std::env::var("PUPIL_ADAPTER").ok().as_deref()).unwrap();
+        let backend = Backend::Gpu(g.clone());
+        let step = || {
+            let a = Tensor::from_slice(&backend, &[300, 7], &vec![1.0; 2100]).unwrap();
+            let b = crate::ops::elementwise::scale(&a, 2.0).unwrap();
+            b.to_vec().unwrap()
+        };
+        step();
+        let pooled = g.pooled_bytes() + g.live_bytes();
+        step();
+        assert_eq!(g.pooled_bytes() + g.live_bytes(), pooled, "the second step must not grow device memory");
+    }
+}

@@ -40,7 +40,7 @@ pub struct MultiHeadAttention {
 impl MultiHeadAttention {
     /// Declare the four projections (trainable unless LoRA is configured).
     pub fn new(b: &mut ParamsBuilder, name: &str, cfg: AttentionConfig) -> Result<MultiHeadAttention> {
-        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.dim % cfg.heads != 0 || cfg.heads % cfg.kv_heads != 0 {
+        if cfg.heads == 0 || cfg.kv_heads == 0 || !cfg.dim.is_multiple_of(cfg.heads) || !cfg.heads.is_multiple_of(cfg.kv_heads) {
             return Err(Error::Invalid(format!("attention: dim {} / heads {} / kv heads {} do not divide", cfg.dim, cfg.heads, cfg.kv_heads)));
         }
         let (d, kv) = (cfg.dim, cfg.dim / cfg.heads * cfg.kv_heads);
