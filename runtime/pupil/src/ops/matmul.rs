@@ -288,9 +288,9 @@ mod tests {
     fn f16_storage_matches_f32_within_half_precision() {
         let b = gpu();
         if !b.gpu().unwrap().capabilities().shader_f16 {
-            eprintln!("adapter lacks SHADER_F16: checking the refusal instead");
+            eprintln!("adapter lacks SHADER_F16: checking the f32 fallback instead");
             let x = Tensor::from_slice_f16(&b, &[4, 4], &random(16, 1, 1.0)).unwrap();
-            assert!(matches!(matmul(&x, &x), Err(Error::NotSupported { .. })));
+            assert_eq!(x.dtype(), DType::F32);
             return;
         }
         let (m, k, n) = (33, 65, 17);
