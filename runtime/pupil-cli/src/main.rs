@@ -1,8 +1,11 @@
 //! `pupil`: the command-line tool of the pupil runtime.
 
 mod bench;
+mod convert;
+mod embed;
 mod info;
 mod inspect;
+mod sync;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +33,15 @@ enum Command {
     Bench(bench::Bench),
     /// Print a .pupil model file's manifest (validating the whole file).
     Inspect(inspect::Args),
+    /// Import a safetensors or GGUF model into a .pupil file.
+    Convert(convert::Args),
+    /// Embed texts with a sentence encoder (BERT, e.g. all-MiniLM-L6-v2).
+    Embed(embed::Args),
+    /// Run the sync server: device registration, signed updates, rounds, signed versions.
+    Serve(pupil_sync::cli::ServeArgs),
+    /// Device-side sync: register, push queued updates, pull verified versions, status.
+    #[command(subcommand)]
+    Sync(sync::Sync),
 }
 
 fn main() {
@@ -38,6 +50,10 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Serve(a) => sync::serve(a),
+        Command::Sync(c) => sync::run(c),
     };
     if let Err(e) = result {
         eprintln!("pupil: {e}");

@@ -28,7 +28,9 @@ pub enum AggregateError {
         detail: String,
     },
     /// The trim fraction is not in `[0, 0.5)`.
-    #[error("trim fraction {0} is outside [0, 0.5); trim less than half of the updates from each side")]
+    #[error(
+        "trim fraction {0} is outside [0, 0.5); trim less than half of the updates from each side"
+    )]
     BadTrim(f32),
 }
 
@@ -94,7 +96,10 @@ pub fn fedavg(deltas: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, AggregateE
 
 /// The L2 norm of `x`, accumulated in f64.
 pub fn l2_norm(x: &[f32]) -> f64 {
-    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+    x.iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Scales `delta` down so its L2 norm is at most `max_norm`; returns the factor.
@@ -129,10 +134,7 @@ fn per_coordinate(
     let mut column = vec![0.0f32; deltas.len()];
     Ok((0..n)
         .map(|i| {
-            column
-                .iter_mut()
-                .zip(deltas)
-                .for_each(|(c, d)| *c = d[i]);
+            column.iter_mut().zip(deltas).for_each(|(c, d)| *c = d[i]);
             column.sort_unstable_by(f32::total_cmp);
             f(&column)
         })
@@ -165,7 +167,11 @@ pub fn median(deltas: &[&[f32]]) -> Result<Vec<f32>, AggregateError> {
 }
 
 /// Combines `deltas` by `rule`; `weights` are used by FedAvg only.
-pub fn aggregate(rule: Rule, deltas: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, AggregateError> {
+pub fn aggregate(
+    rule: Rule,
+    deltas: &[&[f32]],
+    weights: &[f64],
+) -> Result<Vec<f32>, AggregateError> {
     match rule {
         Rule::FedAvg => fedavg(deltas, weights),
         Rule::TrimmedMean { clip_norm, trim } => {
@@ -252,7 +258,14 @@ impl ServerOpt {
                     })
                     .collect()
             }
-            ServerOpt::Adam { lr, beta1, beta2, eps, m, v } => {
+            ServerOpt::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                m,
+                v,
+            } => {
                 reset(m);
                 reset(v);
                 m.iter_mut()
@@ -280,7 +293,11 @@ mod tests {
         for i in 0..honest + bad {
             let noise = ((i * 7919) % 21) as f32 / 100.0 - 0.1;
             let d: Vec<f32> = center.iter().map(|c| c + noise).collect();
-            out.push(if i < honest { d } else { d.iter().map(|&v| attack(v)).collect() });
+            out.push(if i < honest {
+                d
+            } else {
+                d.iter().map(|&v| attack(v)).collect()
+            });
         }
         out
     }
@@ -309,9 +326,18 @@ mod tests {
             fedavg(&[&[1.0], &[1.0, 2.0]], &[1.0, 1.0]),
             Err(AggregateError::LengthMismatch { index: 1, .. })
         ));
-        assert!(matches!(fedavg(&[&[1.0]], &[0.0]), Err(AggregateError::BadWeights { .. })));
-        assert!(matches!(fedavg(&[&[1.0]], &[]), Err(AggregateError::BadWeights { .. })));
-        assert_eq!(trimmed_mean(&[&[1.0]], 0.5), Err(AggregateError::BadTrim(0.5)));
+        assert!(matches!(
+            fedavg(&[&[1.0]], &[0.0]),
+            Err(AggregateError::BadWeights { .. })
+        ));
+        assert!(matches!(
+            fedavg(&[&[1.0]], &[]),
+            Err(AggregateError::BadWeights { .. })
+        ));
+        assert_eq!(
+            trimmed_mean(&[&[1.0]], 0.5),
+            Err(AggregateError::BadTrim(0.5))
+        );
     }
 
     #[test]
@@ -326,7 +352,8 @@ mod tests {
 
     #[test]
     fn robust_rules_resist_scaled_and_sign_flipped_updates() {
-        let attacks: [(&str, fn(f32) -> f32); 2] = [("x100", |v| v * 100.0), ("flip", |v| -100.0 * v)];
+        type Attack = fn(f32) -> f32;
+        let attacks: [(&str, Attack); 2] = [("x100", |v| v * 100.0), ("flip", |v| -100.0 * v)];
         for (name, attack) in attacks {
             for bad in [2usize, 4] {
                 // 10% and 20% of 20 updates are poisoned.
@@ -334,9 +361,23 @@ mod tests {
                 let deltas = refs(&pop);
                 let weights = vec![1.0; deltas.len()];
                 let avg = aggregate(Rule::FedAvg, &deltas, &weights).unwrap();
-                assert!(!within(&avg, 0.5), "{name}/{bad}: FedAvg should be dragged away");
-                let trimmed = aggregate(Rule::TrimmedMean { clip_norm: 5.0, trim: 0.2 }, &deltas, &weights).unwrap();
-                assert!(within(&trimmed, 0.15), "{name}/{bad}: trimmed mean {trimmed:?}");
+                assert!(
+                    !within(&avg, 0.5),
+                    "{name}/{bad}: FedAvg should be dragged away"
+                );
+                let trimmed = aggregate(
+                    Rule::TrimmedMean {
+                        clip_norm: 5.0,
+                        trim: 0.2,
+                    },
+                    &deltas,
+                    &weights,
+                )
+                .unwrap();
+                assert!(
+                    within(&trimmed, 0.15),
+                    "{name}/{bad}: trimmed mean {trimmed:?}"
+                );
                 let med = aggregate(Rule::Median { clip_norm: 5.0 }, &deltas, &weights).unwrap();
                 assert!(within(&med, 0.15), "{name}/{bad}: median {med:?}");
             }
@@ -359,7 +400,11 @@ mod tests {
     fn server_optimizers_step() {
         let mut plain = ServerOpt::Plain;
         assert_eq!(plain.step(&[1.0, -1.0]), [1.0, -1.0]);
-        let mut mom = ServerOpt::Momentum { lr: 1.0, beta: 0.5, velocity: Vec::new() };
+        let mut mom = ServerOpt::Momentum {
+            lr: 1.0,
+            beta: 0.5,
+            velocity: Vec::new(),
+        };
         assert_eq!(mom.step(&[1.0]), [1.0]);
         assert_eq!(mom.step(&[1.0]), [1.5]);
         let mut adam = ServerOpt::adam(0.1);

@@ -38,7 +38,7 @@ pub enum SyncError {
     },
     /// The embedded database failed.
     #[error("store error: {0}; check the store directory's disk and permissions, or restore it from a backup")]
-    Store(#[from] redb::Error),
+    Store(Box<redb::Error>),
     /// A stored record does not decode.
     #[error("store record {what} is corrupt: {detail}; restore the store from a backup")]
     Corrupt {
@@ -54,7 +54,9 @@ pub enum SyncError {
     #[error("cannot build the update: {0}")]
     Update(#[from] pupil_wire::UpdateError),
     /// The server could not be reached.
-    #[error("cannot reach the server at {url}: {detail}; check the address and that `pupil serve` runs")]
+    #[error(
+        "cannot reach the server at {url}: {detail}; check the address and that `pupil serve` runs"
+    )]
     Network {
         /// The URL requested.
         url: String,
@@ -73,13 +75,21 @@ pub enum SyncError {
         /// The server's message.
         message: String,
     },
+    /// A command-line or configuration value is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The server's answer cannot be trusted or understood.
-    #[error("server answer is unusable: {0}; check that the server key is the right one and try again")]
+    #[error(
+        "server answer is unusable: {0}; check that the server key is the right one and try again"
+    )]
     BadAnswer(String),
 }
 
 /// Maps an I/O error of `action` on `path`.
-pub(crate) fn io_err(action: &'static str, path: &std::path::Path) -> impl FnOnce(io::Error) -> SyncError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(io::Error) -> SyncError {
     let path = path.to_path_buf();
     move |source| SyncError::Io {
         action,
@@ -90,5 +100,5 @@ pub(crate) fn io_err(action: &'static str, path: &std::path::Path) -> impl FnOnc
 
 /// Maps any redb error into [`SyncError::Store`].
 pub(crate) fn db<E: Into<redb::Error>>(e: E) -> SyncError {
-    SyncError::Store(e.into())
+    SyncError::Store(Box::new(e.into()))
 }

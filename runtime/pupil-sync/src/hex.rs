@@ -13,8 +13,8 @@ pub fn decode<const N: usize>(s: &str) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        *o = u8::from_str_radix(text, 16).ok()?;
+        let digit = |c: u8| char::from(c).to_digit(16);
+        *o = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
     }
     Some(out)
 }

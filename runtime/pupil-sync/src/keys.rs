@@ -82,8 +82,10 @@ impl KeyPair {
 /// Whether `signature` is `public`'s valid signature of `message` (strict
 /// verification: no malleable or small-order forgeries).
 pub fn verify(public: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
-    VerifyingKey::from_bytes(public)
-        .is_ok_and(|k| k.verify_strict(message, &Signature::from_bytes(signature)).is_ok())
+    VerifyingKey::from_bytes(public).is_ok_and(|k| {
+        k.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
+    })
 }
 
 /// Refuses a key file with group or other permission bits.

@@ -8,10 +8,14 @@
 //! model versions that devices verify before use.
 
 pub mod aggregate;
+pub mod cli;
+pub mod client;
 pub mod error;
 mod fsutil;
 pub mod hex;
 pub mod keys;
+pub mod server;
+pub mod store;
 
 pub use error::SyncError;
 pub use keys::KeyPair;

@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod graph;
+pub mod import;
 pub mod models;
 pub mod nn;
 pub mod ops;

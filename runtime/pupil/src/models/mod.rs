@@ -1,3 +1,5 @@
 //! Architectures, each written once as a forward pass over the tape.
 
+pub mod bert;
 pub mod classifier;
+pub mod tokenizer;

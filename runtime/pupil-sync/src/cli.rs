@@ -1,0 +1,124 @@
+//! `pupil serve`: the server's command-line arguments and entry point, shared
+//! by the `pupil-sync-server` binary and the `pupil` CLI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::aggregate::Rule;
+use crate::error::io_err;
+use crate::server::{self, finite_gate, Server, ServerConfig};
+use crate::SyncError;
+
+/// Arguments of `pupil serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Directory of the durable store (created if missing).
+    #[arg(long, default_value = "pupil-store")]
+    pub store: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub addr: String,
+    /// Model file to publish as version 1 when the store has none.
+    #[arg(long)]
+    pub init_model: Option<PathBuf>,
+    /// Aggregate once this many updates are pending.
+    #[arg(long, default_value_t = 8)]
+    pub min_updates: u64,
+    /// ... or this many milliseconds after the last round, with at least one pending.
+    #[arg(long, default_value_t = 60_000)]
+    pub deadline_ms: u64,
+    /// Most versions an update's base may lag behind.
+    #[arg(long, default_value_t = 4)]
+    pub max_staleness: u64,
+    /// Largest L2 norm of one update.
+    #[arg(long, default_value_t = 1e3)]
+    pub max_norm: f64,
+    /// Aggregation rule: fedavg, trimmed (clip + 20% trimmed mean) or median (clip + median).
+    #[arg(long, default_value = "fedavg")]
+    pub rule: String,
+    /// Clip norm of the robust rules.
+    #[arg(long, default_value_t = 10.0)]
+    pub clip_norm: f32,
+    /// Admin token (registration, rollback).
+    #[arg(long, env = "PUPIL_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Let devices register without the admin token.
+    #[arg(long)]
+    pub open_registration: bool,
+}
+
+impl ServeArgs {
+    /// The server settings these arguments describe.
+    pub fn config(&self) -> Result<ServerConfig, SyncError> {
+        let rule = match self.rule.as_str() {
+            "fedavg" => Rule::FedAvg,
+            "trimmed" => Rule::TrimmedMean {
+                clip_norm: self.clip_norm,
+                trim: 0.2,
+            },
+            "median" => Rule::Median {
+                clip_norm: self.clip_norm,
+            },
+            other => {
+                return Err(SyncError::InvalidArgument(format!(
+                    "unknown rule {other:?}; use fedavg, trimmed or median"
+                )))
+            }
+        };
+        Ok(ServerConfig {
+            min_updates: self.min_updates,
+            deadline: Duration::from_millis(self.deadline_ms),
+            max_staleness: self.max_staleness,
+            max_norm: self.max_norm,
+            rule,
+            admin_token: self.admin_token.clone(),
+            open_registration: self.open_registration,
+            ..ServerConfig::default()
+        })
+    }
+}
+
+/// Runs the server until Ctrl-C or SIGTERM; prints `listening on ADDR` once bound.
+pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
+    let server = Server::open(&args.store, args.config()?, finite_gate())?;
+    if let Some(path) = &args.init_model {
+        let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+        server.import_model(bytes)?;
+    }
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(io_err("start the async runtime for", &args.store))?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(&args.addr)
+            .await
+            .map_err(io_err("listen on", args.addr.as_ref()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_err("listen on", args.addr.as_ref()))?;
+        println!("listening on {addr}");
+        server::serve(server, listener, shutdown()).await
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let ctrl_c = async {
+        // Without a signal handler the server runs until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}

@@ -1,0 +1,348 @@
+//! Talking to the server: register, push the outbox, pull models.
+
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use pupil::format::ModelFile;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use ureq::http::Response;
+use ureq::Body;
+
+use super::Outbox;
+use crate::server::model_signing_message;
+use crate::store::VersionMeta;
+use crate::{fsutil, hex, keys, SyncError};
+
+/// Largest model file a pull accepts, in bytes.
+const MAX_MODEL_LEN: u64 = 4 << 30;
+
+/// How uploads are retried: exponential backoff from `base`, capped at `max`,
+/// each wait randomly shortened by up to half (jitter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries per update before giving up for this push.
+    pub attempts: u32,
+    /// The first wait.
+    pub base: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 8,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry `attempt` (0-based), with jitter from `rng`.
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let full = self
+            .base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        full.mul_f64(rng.random_range(0.5..=1.0))
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Updates the server stored.
+    pub accepted: Vec<u64>,
+    /// Updates the server had already.
+    pub duplicates: Vec<u64>,
+    /// Updates refused for good, with the error kind; moved out of the queue.
+    pub rejected: Vec<(u64, String)>,
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PullOutcome {
+    /// The local model is the current version.
+    UpToDate(VersionMeta),
+    /// The local model was replaced by this version.
+    Updated(VersionMeta),
+}
+
+/// The server's JSON error.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+/// A connection to a sync server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    url: String,
+    agent: ureq::Agent,
+    retry: RetryPolicy,
+}
+
+/// The outcome of one attempt.
+enum Attempt {
+    /// 2xx, with the body.
+    Done(Vec<u8>),
+    /// A refusal that retrying cannot fix.
+    Refused(u16, ErrorBody),
+    /// A failure worth retrying.
+    Retry(SyncError),
+}
+
+impl Client {
+    /// A client of the server at `url`, e.g. `http://127.0.0.1:7070`.
+    pub fn new(url: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client {
+            url: url.trim_end_matches('/').to_owned(),
+            agent,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Classifies a response or transport error of a request to `url`.
+    fn classify(url: &str, result: Result<Response<Body>, ureq::Error>) -> Attempt {
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Retry(SyncError::Network {
+                    url: url.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = match resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_MODEL_LEN)
+            .read_to_vec()
+        {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Retry(SyncError::Network {
+                    url: url.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+        };
+        if (200..300).contains(&status) {
+            return Attempt::Done(body);
+        }
+        let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+            error: "unknown".into(),
+            message: String::from_utf8_lossy(&body).into_owned(),
+        });
+        if status >= 500 || status == 408 || status == 429 {
+            Attempt::Retry(SyncError::Rejected {
+                what: url.to_owned(),
+                status,
+                kind: err.error,
+                message: err.message,
+            })
+        } else {
+            Attempt::Refused(status, err)
+        }
+    }
+
+    /// A refusal as an error about `what`.
+    fn refused(what: String, status: u16, err: ErrorBody) -> SyncError {
+        SyncError::Rejected {
+            what,
+            status,
+            kind: err.error,
+            message: err.message,
+        }
+    }
+
+    /// GETs `path` once.
+    fn get(&self, path: &str) -> Result<(Vec<u8>, Option<Response<()>>), SyncError> {
+        let url = format!("{}{path}", self.url);
+        let result = self.agent.get(&url).call();
+        let headers = result.as_ref().ok().map(|r| {
+            let mut h = Response::new(());
+            *h.headers_mut() = r.headers().clone();
+            h
+        });
+        match Self::classify(&url, result) {
+            Attempt::Done(body) => Ok((body, headers)),
+            Attempt::Refused(status, err) => Err(Self::refused(url, status, err)),
+            Attempt::Retry(e) => Err(e),
+        }
+    }
+
+    /// Registers `device_id` with `public_key`; `admin_token` is needed
+    /// unless the server allows open registration.
+    pub fn register(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        admin_token: Option<&str>,
+    ) -> Result<(), SyncError> {
+        let url = format!("{}/v1/devices", self.url);
+        let body =
+            serde_json::json!({ "device_id": device_id, "public_key": hex::encode(public_key) })
+                .to_string();
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/json");
+        if let Some(t) = admin_token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        match Self::classify(&url, req.send(body.as_bytes())) {
+            Attempt::Done(_) => Ok(()),
+            Attempt::Refused(status, err) => Err(Self::refused(
+                format!("registration of {device_id:?}"),
+                status,
+                err,
+            )),
+            Attempt::Retry(e) => Err(e),
+        }
+    }
+
+    /// Uploads every queued update in order, retrying transient failures with
+    /// backoff. An update leaves the outbox only once the server acknowledged
+    /// it (accepted or duplicate) or refused it for good (moved aside). Stops
+    /// with an error, keeping the rest queued, when retries run out.
+    pub fn push(&self, outbox: &Outbox) -> Result<PushReport, SyncError> {
+        let url = format!("{}/v1/updates", self.url);
+        let mut rng = StdRng::from_os_rng();
+        let mut report = PushReport::default();
+        for seq in outbox.queued()? {
+            let bytes = outbox.read(seq)?;
+            let mut attempt = 0;
+            loop {
+                let result = self
+                    .agent
+                    .post(&url)
+                    .header("content-type", "application/octet-stream")
+                    .send(bytes.as_slice());
+                match Self::classify(&url, result) {
+                    Attempt::Done(body) => {
+                        let duplicate = String::from_utf8_lossy(&body).contains("\"duplicate\"");
+                        outbox.remove(seq)?;
+                        if duplicate {
+                            report.duplicates.push(seq)
+                        } else {
+                            report.accepted.push(seq)
+                        }
+                        break;
+                    }
+                    Attempt::Refused(_, err) => {
+                        outbox.reject(seq)?;
+                        report.rejected.push((seq, err.error));
+                        break;
+                    }
+                    Attempt::Retry(e) => {
+                        attempt += 1;
+                        if attempt >= self.retry.attempts {
+                            return Err(e);
+                        }
+                        thread::sleep(self.retry.delay(attempt - 1, &mut rng));
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The server's public key, as it announces it. Pin it once (e.g. at
+    /// provisioning) and pass it to [`Client::pull`]; fetching it again for
+    /// every pull would trust whoever answers.
+    pub fn server_key(&self) -> Result<[u8; 32], SyncError> {
+        #[derive(Deserialize)]
+        struct Key {
+            public_key: String,
+        }
+        let (body, _) = self.get("/v1/server-key")?;
+        let key: Key =
+            serde_json::from_slice(&body).map_err(|e| SyncError::BadAnswer(e.to_string()))?;
+        hex::decode(&key.public_key)
+            .ok_or_else(|| SyncError::BadAnswer("server key is not 64 hex digits".into()))
+    }
+
+    /// The current version's metadata.
+    pub fn latest(&self) -> Result<VersionMeta, SyncError> {
+        let (body, _) = self.get("/v1/models/latest")?;
+        serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))
+    }
+
+    /// Fetches the current version unless `model_path` holds it already,
+    /// verifies the server's signature (with the pinned `server_key`) and the
+    /// content hash, and replaces `model_path` atomically.
+    pub fn pull(&self, model_path: &Path, server_key: &[u8; 32]) -> Result<PullOutcome, SyncError> {
+        let meta = self.latest()?;
+        if let Ok(local) = ModelFile::open(model_path) {
+            if hex::encode(&local.content_hash()) == meta.hash {
+                return Ok(PullOutcome::UpToDate(meta));
+            }
+        }
+        let (bytes, headers) = self.get(&format!("/v1/models/{}", meta.version))?;
+        let signature = headers
+            .as_ref()
+            .and_then(|h| h.headers().get("x-pupil-signature"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(hex::decode::<64>)
+            .ok_or_else(|| {
+                SyncError::BadAnswer("the model has no valid x-pupil-signature header".into())
+            })?;
+        let model = ModelFile::from_bytes(bytes)?;
+        let hash = model.content_hash();
+        if hex::encode(&hash) != meta.hash {
+            return Err(SyncError::BadAnswer(format!(
+                "version {} has content hash {} but the metadata says {}",
+                meta.version,
+                hex::encode(&hash),
+                meta.hash
+            )));
+        }
+        if !keys::verify(server_key, &model_signing_message(&hash), &signature) {
+            return Err(SyncError::BadAnswer(format!(
+                "version {}'s signature does not verify with the pinned server key",
+                meta.version
+            )));
+        }
+        fsutil::write_atomic(model_path, model.as_bytes(), 0o644)?;
+        Ok(PullOutcome::Updated(meta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let p = RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        for attempt in 0..10 {
+            let d = p.delay(attempt, &mut rng);
+            let full = Duration::from_millis(100 << attempt.min(4)).min(Duration::from_secs(1));
+            assert!(d <= full && d >= full / 2, "attempt {attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The HTTP API (axum) and the serving loop with its round ticker.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/devices` | register `{device_id, public_key}` (hex); admin token unless open registration |
+//! | `POST /v1/updates` | a signed update envelope; `{status: accepted | duplicate}` |
+//! | `GET /v1/models/latest` | the current version's metadata |
+//! | `GET /v1/models/{version}` | the model file; `x-pupil-signature` holds the server's signature |
+//! | `GET /v1/versions` | every version's metadata |
+//! | `POST /v1/rollback` | `{version}`: make an earlier version current (admin) |
+//! | `GET /v1/metrics` | counts of updates, rejections by kind, versions, rounds |
+//! | `GET /v1/server-key` | the server's public key |
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::{ApiError, Server};
+use crate::{hex, SyncError};
+
+/// Body of `POST /v1/devices`.
+#[derive(Debug, Deserialize)]
+struct RegisterRequest {
+    device_id: String,
+    public_key: String,
+}
+
+/// Body of `POST /v1/rollback`.
+#[derive(Debug, Deserialize)]
+struct RollbackRequest {
+    version: u64,
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("handler failed: {e}; retry later"),
+        ))
+    })
+}
+
+/// Maps a JSON body rejection.
+fn bad_json(e: JsonRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed",
+        format!("{}; send a JSON body as documented", e.body_text()),
+    )
+}
+
+impl Server {
+    /// The axum app.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.config.max_body;
+        Router::new()
+            .route("/v1/devices", post(register))
+            .route("/v1/updates", post(updates))
+            .route("/v1/models/latest", get(latest))
+            .route("/v1/models/{version}", get(model))
+            .route("/v1/versions", get(versions))
+            .route("/v1/rollback", post(rollback))
+            .route("/v1/metrics", get(metrics))
+            .route("/v1/server-key", get(server_key))
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint; see the routes under /v1",
+                )
+            })
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    /// Whether `headers` carry the admin token.
+    fn is_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.config.admin_token else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "admin requests are disabled; start the server with an admin token",
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given == Some(token.as_str()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong admin token; send `Authorization: Bearer <token>`",
+            ))
+        }
+    }
+}
+
+/// `POST /v1/devices`.
+async fn register(
+    State(s): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(bad_json)?;
+    if !s.config.open_registration {
+        s.is_admin(&headers)?;
+    }
+    let valid_id = !req.device_id.is_empty()
+        && req.device_id.len() <= pupil_wire::MAX_DEVICE_ID_LEN
+        && req
+            .device_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid_id {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "device_id must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let key = hex::decode::<32>(&req.public_key).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "public_key must be 64 hex digits (a 32-byte Ed25519 public key)",
+        )
+    })?;
+    let id = req.device_id.clone();
+    let outcome =
+        blocking(move || Ok(s.store.register(&id, &key, &pupil_wire::key_id(&key))?)).await?;
+    use crate::store::Registration;
+    let (status, word) = match outcome {
+        Registration::Created => (StatusCode::CREATED, "registered"),
+        Registration::Unchanged => (StatusCode::OK, "unchanged"),
+        Registration::Conflict => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "device_exists", format!("device {:?} or its key is registered already with another key or id; pick a new device id", req.device_id)));
+        }
+    };
+    Ok((
+        status,
+        Json(json!({ "status": word, "device_id": req.device_id })),
+    )
+        .into_response())
+}
+
+/// `POST /v1/updates`.
+async fn updates(
+    State(s): State<Arc<Server>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        let too_large = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+        let kind = if too_large { "too_large" } else { "malformed" };
+        let advice = if too_large {
+            "send a smaller delta (top-k or int8 encoding)"
+        } else {
+            "send the body again"
+        };
+        let err = ApiError::new(e.status(), kind, format!("{}; {advice}", e.body_text()));
+        s.count(&format!("rejected.{kind}"));
+        err
+    })?;
+    let outcome = blocking(move || s.submit(&body)).await?;
+    Ok(Json(json!({ "status": outcome.as_str() })).into_response())
+}
+
+/// The "no model" error.
+fn no_model() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_model",
+        "no version is published yet; start the server with --init-model",
+    )
+}
+
+/// `GET /v1/models/latest`.
+async fn latest(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
+    let meta = s.current_meta().ok_or_else(no_model)?;
+    Ok(Json(meta).into_response())
+}
+
+/// `GET /v1/models/{version}`.
+async fn model(
+    State(s): State<Arc<Server>>,
+    Path(version): Path<String>,
+) -> Result<Response, ApiError> {
+    let n: u64 = version.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("version {version:?} is not a number; use /v1/models/latest to find one"),
+        )
+    })?;
+    let found = blocking(move || Ok((s.store.version_meta(n)?, s.store.version_bytes(n)?))).await?;
+    let (Some(meta), Some(bytes)) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_version",
+            format!("version {n} does not exist; see /v1/versions"),
+        ));
+    };
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (
+            header::HeaderName::from_static("x-pupil-signature"),
+            meta.signature,
+        ),
+        (
+            header::HeaderName::from_static("x-pupil-content-hash"),
+            meta.hash,
+        ),
+        (
+            header::HeaderName::from_static("x-pupil-version"),
+            meta.version.to_string(),
+        ),
+    ];
+    Ok((headers, bytes).into_response())
+}
+
+/// `GET /v1/versions`.
+async fn versions(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
+    let all = blocking(move || Ok(s.store.versions()?)).await?;
+    Ok(Json(all).into_response())
+}
+
+/// `POST /v1/rollback`.
+async fn rollback(
+    State(s): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: Result<Json<RollbackRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    s.is_admin(&headers)?;
+    let Json(req) = body.map_err(bad_json)?;
+    let n = req.version;
+    if !blocking(move || Ok(s.rollback(n)?)).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_version",
+            format!("version {n} does not exist; see /v1/versions"),
+        ));
+    }
+    Ok(Json(json!({ "status": "rolled_back", "current": n })).into_response())
+}
+
+/// `GET /v1/metrics`.
+async fn metrics(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
+    let counters = s.counters();
+    let [updates, pending, versions, rounds] = blocking(move || Ok(s.store.counts()?)).await?;
+    Ok(Json(json!({
+        "updates_stored": updates,
+        "updates_pending": pending,
+        "versions": versions,
+        "rounds": rounds,
+        "since_start": counters,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/server-key`.
+async fn server_key(State(s): State<Arc<Server>>) -> Response {
+    let key = s.public_key();
+    Json(json!({ "public_key": hex::encode(&key), "key_id": hex::encode(&pupil_wire::key_id(&key)) })).into_response()
+}
+
+/// Serves `server` on `listener` until `shutdown` completes, running rounds
+/// whenever the round policy says so.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    let ticker = server.clone();
+    let rounds = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(ticker.config.tick);
+        loop {
+            interval.tick().await;
+            let s = ticker.clone();
+            let ran = tokio::task::spawn_blocking(move || match s.round_due() {
+                Ok(true) => s.run_round().map(|_| ()),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            })
+            .await;
+            if let Ok(Err(e)) = ran {
+                eprintln!("pupil serve: round failed: {e}");
+            }
+        }
+    });
+    let addr = listener.local_addr().ok();
+    let result = axum::serve(listener, server.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| SyncError::Io {
+            action: "serve on",
+            path: addr.map(|a| a.to_string()).unwrap_or_default().into(),
+            source,
+        });
+    rounds.abort();
+    result
+}

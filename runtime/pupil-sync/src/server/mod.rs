@@ -1,0 +1,284 @@
+//! The upstream server: device registration, authenticated and validated
+//! updates, rounds of robust aggregation behind a quality gate, signed model
+//! versions with history and rollback, and metrics. [`Server::router`] is the
+//! axum app; the handlers' logic is plain methods, so tests can call it directly.
+
+mod api_error;
+mod http;
+mod round;
+mod submit;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pupil::format::ModelFile;
+
+pub use api_error::ApiError;
+pub use http::serve;
+pub use submit::Submitted;
+
+use crate::aggregate::{Rule, ServerOpt};
+use crate::hex;
+use crate::keys::KeyPair;
+use crate::store::{Store, VersionMeta};
+use crate::SyncError;
+
+/// What the server signs for a model version: this context, then the 32-byte
+/// content hash. Devices verify it before using a pulled model.
+pub const MODEL_SIGNING_CONTEXT: &[u8] = b"pupil model v1\0";
+
+/// The message signed for a model with content hash `hash`.
+pub fn model_signing_message(hash: &[u8; 32]) -> Vec<u8> {
+    [MODEL_SIGNING_CONTEXT, hash.as_slice()].concat()
+}
+
+/// A quality gate's verdict on a candidate version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Whether to publish the candidate.
+    pub accept: bool,
+    /// Holdout metrics, stored with the version.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Evaluates `(candidate, current)` on a server-side holdout.
+pub type Gate = Arc<dyn Fn(&ModelFile, &ModelFile) -> Verdict + Send + Sync>;
+
+/// A gate that accepts every candidate whose values are all finite.
+pub fn finite_gate() -> Gate {
+    Arc::new(|candidate: &ModelFile, _: &ModelFile| {
+        let finite = candidate
+            .tensors()
+            .all(|t| t.to_f32().iter().all(|v| v.is_finite()));
+        Verdict {
+            accept: finite,
+            metrics: BTreeMap::new(),
+            reason: if finite {
+                "finite".into()
+            } else {
+                "non-finite weights".into()
+            },
+        }
+    })
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Aggregate once this many updates are pending.
+    pub min_updates: u64,
+    /// ... or once this long passed since the last round with at least one pending.
+    pub deadline: Duration,
+    /// How often the round policy is checked.
+    pub tick: Duration,
+    /// Most versions an update's base may lag behind the current one.
+    pub max_staleness: u64,
+    /// Largest L2 norm of one update's delta.
+    pub max_norm: f64,
+    /// Largest request body in bytes (larger ones get 413).
+    pub max_body: usize,
+    /// How rounds combine deltas.
+    pub rule: Rule,
+    /// The server optimizer applying each round's aggregate.
+    pub opt: ServerOpt,
+    /// Token for admin requests (`Authorization: Bearer ...`); none disables them.
+    pub admin_token: Option<String>,
+    /// Whether devices may register without the admin token.
+    pub open_registration: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            min_updates: 8,
+            deadline: Duration::from_secs(60),
+            tick: Duration::from_millis(100),
+            max_staleness: 4,
+            max_norm: 1e3,
+            max_body: pupil_wire::MAX_ENVELOPE_LEN,
+            rule: Rule::FedAvg,
+            opt: ServerOpt::Plain,
+            admin_token: None,
+            open_registration: false,
+        }
+    }
+}
+
+/// The current version, decoded.
+struct Current {
+    meta: VersionMeta,
+    model: Arc<ModelFile>,
+}
+
+/// The server's state. Share it as `Arc<Server>`.
+pub struct Server {
+    store: Store,
+    key: KeyPair,
+    config: ServerConfig,
+    gate: Gate,
+    opt: Mutex<ServerOpt>,
+    current: RwLock<Option<Arc<Current>>>,
+    hashes: RwLock<BTreeMap<[u8; 32], u64>>,
+    counters: Mutex<BTreeMap<String, u64>>,
+    last_round: Mutex<Instant>,
+    round_lock: Mutex<()>,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Server {
+    /// Opens the store in `dir` and the server key `dir/server.key` (created
+    /// on first use).
+    pub fn open(dir: &Path, config: ServerConfig, gate: Gate) -> Result<Arc<Self>, SyncError> {
+        let store = Store::open(dir)?;
+        let key = KeyPair::load_or_create(&dir.join("server.key"))?;
+        let server = Server {
+            store,
+            key,
+            opt: Mutex::new(config.opt.clone()),
+            config,
+            gate,
+            current: RwLock::new(None),
+            hashes: RwLock::new(BTreeMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            last_round: Mutex::new(Instant::now()),
+            round_lock: Mutex::new(()),
+        };
+        server.reload()?;
+        Ok(Arc::new(server))
+    }
+
+    /// Reloads the current version and the hash index from the store.
+    fn reload(&self) -> Result<(), SyncError> {
+        let mut hashes = BTreeMap::new();
+        for v in self.store.versions()? {
+            if let Some(h) = hex::decode::<32>(&v.hash) {
+                hashes.insert(h, v.version);
+            }
+        }
+        let current = match self.store.current()? {
+            Some(meta) => {
+                let bytes =
+                    self.store
+                        .version_bytes(meta.version)?
+                        .ok_or_else(|| SyncError::Corrupt {
+                            what: format!("version {}", meta.version),
+                            detail: "its model bytes are missing".into(),
+                        })?;
+                let model = Arc::new(ModelFile::from_bytes(bytes)?);
+                Some(Arc::new(Current { meta, model }))
+            }
+            None => None,
+        };
+        *self.hashes.write().unwrap_or_else(PoisonError::into_inner) = hashes;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = current;
+        Ok(())
+    }
+
+    /// The server's public key, which devices pin to verify models.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The current version's metadata and model.
+    fn current(&self) -> Option<Arc<Current>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The current version's metadata.
+    pub fn current_meta(&self) -> Option<VersionMeta> {
+        self.current().map(|c| c.meta.clone())
+    }
+
+    /// The version number published with content hash `hash`.
+    fn version_of(&self, hash: &[u8; 32]) -> Option<u64> {
+        self.hashes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash)
+            .copied()
+    }
+
+    /// Adds one to counter `name`.
+    fn count(&self, name: &str) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default() += 1;
+    }
+
+    /// The counters since this process started (accepted, duplicate, rejected.KIND).
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes `bytes` (a valid model file) as the first version when the
+    /// store has none; returns the current version.
+    pub fn import_model(&self, bytes: Vec<u8>) -> Result<VersionMeta, SyncError> {
+        if let Some(c) = self.current_meta() {
+            return Ok(c);
+        }
+        let model = ModelFile::from_bytes(bytes)?;
+        let meta = self.version_meta(&model, 1, None, None, BTreeMap::new());
+        self.store.add_version(&meta, model.as_bytes())?;
+        self.reload()?;
+        Ok(meta)
+    }
+
+    /// The metadata of `model` published as version `n`.
+    fn version_meta(
+        &self,
+        model: &ModelFile,
+        n: u64,
+        parent: Option<[u8; 32]>,
+        round: Option<u64>,
+        metrics: BTreeMap<String, f64>,
+    ) -> VersionMeta {
+        let hash = model.content_hash();
+        VersionMeta {
+            version: n,
+            hash: hex::encode(&hash),
+            parent: parent.map(|p| hex::encode(&p)),
+            published_unix: unix_now(),
+            signature: hex::encode(&self.key.sign(&model_signing_message(&hash))),
+            size: model.as_bytes().len() as u64,
+            round,
+            metrics,
+        }
+    }
+
+    /// Makes existing version `n` current again; false when there is none.
+    pub fn rollback(&self, n: u64) -> Result<bool, SyncError> {
+        let _round = self
+            .round_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let found = self.store.set_current(n)?;
+        if found {
+            self.reload()?;
+        }
+        Ok(found)
+    }
+}

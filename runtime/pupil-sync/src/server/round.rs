@@ -1,0 +1,199 @@
+//! The round policy and a round: aggregate the pending updates, apply the
+//! step to the current model, gate the candidate, publish or keep the old one.
+
+use std::collections::BTreeMap;
+use std::sync::PoisonError;
+use std::time::Instant;
+
+use pupil::format::{ModelBuilder, ModelFile};
+use pupil_wire::{Envelope, Update};
+
+use super::{unix_now, Server};
+use crate::aggregate::{aggregate, staleness_weight};
+use crate::store::{RoundRecord, UpdateKey};
+use crate::SyncError;
+
+/// The deltas of one round laid out flat over the tensors they touch.
+struct Batch {
+    /// Tensor name → (offset, length) in the flat layout.
+    layout: BTreeMap<String, (usize, usize)>,
+    /// One flat delta per update.
+    deltas: Vec<Vec<f32>>,
+    /// One weight per update.
+    weights: Vec<f64>,
+    /// Sums of device metrics and how many reported each.
+    metrics: BTreeMap<String, (f64, u64)>,
+}
+
+impl Server {
+    /// Whether a round should run now: enough pending updates, or some and
+    /// the deadline passed.
+    pub fn round_due(&self) -> Result<bool, SyncError> {
+        let pending = self.store.counts()?[1];
+        let waited = self
+            .last_round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed();
+        Ok(pending >= self.config.min_updates || (pending > 0 && waited >= self.config.deadline))
+    }
+
+    /// Runs a round over every pending update; returns its record, or `None`
+    /// when nothing is pending or there is no model.
+    pub fn run_round(&self) -> Result<Option<RoundRecord>, SyncError> {
+        let _round = self
+            .round_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *self
+            .last_round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        let pending = self.store.pending()?;
+        let Some(current) = self.current() else {
+            return Ok(None);
+        };
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let used: Vec<UpdateKey> = pending.iter().map(|(k, _)| k.clone()).collect();
+        let batch = self.batch(&current.model, current.meta.version, &pending);
+        let n = self.store.last_round()? + 1;
+        let mut record = RoundRecord {
+            round: n,
+            updates: used.len() as u64,
+            published: None,
+            gate: String::new(),
+            finished_unix: 0,
+        };
+        let refs: Vec<&[f32]> = batch.deltas.iter().map(Vec::as_slice).collect();
+        let candidate = match aggregate(self.config.rule, &refs, &batch.weights) {
+            Ok(mean) => {
+                let step = self
+                    .opt
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .step(&mean);
+                Some(self.candidate(
+                    &current.model,
+                    &batch.layout,
+                    &step,
+                    current.meta.version + 1,
+                )?)
+            }
+            Err(e) => {
+                record.gate = format!("not aggregated: {e}");
+                None
+            }
+        };
+        let mut published = None;
+        if let Some(candidate) = candidate {
+            let verdict = (self.gate)(&candidate, &current.model);
+            record.gate = format!(
+                "{}: {}",
+                if verdict.accept { "passed" } else { "rejected" },
+                verdict.reason
+            );
+            if verdict.accept {
+                let mut metrics = verdict.metrics;
+                for (name, (sum, count)) in &batch.metrics {
+                    metrics.insert(format!("device.{name}"), sum / *count as f64);
+                }
+                let version = self.store.last_version()? + 1;
+                let parent = Some(current.model.content_hash());
+                let meta = self.version_meta(&candidate, version, parent, Some(n), metrics);
+                record.published = Some(version);
+                published = Some((meta, candidate));
+            }
+        }
+        record.finished_unix = unix_now();
+        let version = published.as_ref().map(|(m, c)| (m, c.as_bytes()));
+        self.store.finish_round(version, &record, &used)?;
+        if published.is_some() {
+            self.reload()?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Decodes the pending updates into flat deltas. Updates that no longer
+    /// fit the model (after a rollback) contribute nothing.
+    fn batch(&self, model: &ModelFile, current: u64, pending: &[(UpdateKey, Vec<u8>)]) -> Batch {
+        let mut batch = Batch {
+            layout: BTreeMap::new(),
+            deltas: Vec::new(),
+            weights: Vec::new(),
+            metrics: BTreeMap::new(),
+        };
+        let updates: Vec<Update<'_>> = pending
+            .iter()
+            .filter_map(|(_, bytes)| Envelope::parse(bytes).ok())
+            .filter_map(|env| Update::parse(env.body).ok())
+            .collect();
+        let mut total = 0usize;
+        for d in updates.iter().flat_map(|u| u.deltas.iter().flatten()) {
+            let fits = model
+                .tensor(d.name)
+                .is_ok_and(|t| t.shape == d.shape.as_slice());
+            if fits && !batch.layout.contains_key(d.name) {
+                let len = d.elements() as usize;
+                batch.layout.insert(d.name.to_owned(), (total, len));
+                total += len;
+            }
+        }
+        for u in &updates {
+            let mut flat = vec![0.0f32; total];
+            for d in u.deltas.iter().flatten() {
+                if let Some(&(at, len)) = batch.layout.get(d.name) {
+                    // The layout was made from these deltas, so lengths agree.
+                    let _ = d.add_to(&mut flat[at..at + len], 1.0);
+                }
+            }
+            let base = self.version_of(&u.base_version).unwrap_or(0);
+            batch.weights.push(staleness_weight(
+                u.num_examples,
+                current.saturating_sub(base),
+            ));
+            batch.deltas.push(flat);
+            for m in &u.metrics {
+                let e = batch.metrics.entry(m.name.to_owned()).or_default();
+                e.0 += f64::from(m.value);
+                e.1 += 1;
+            }
+        }
+        batch
+    }
+
+    /// The current model with `step` added to the tensors in `layout`,
+    /// as version `version` whose parent is the current model.
+    fn candidate(
+        &self,
+        model: &ModelFile,
+        layout: &BTreeMap<String, (usize, usize)>,
+        step: &[f32],
+        version: u64,
+    ) -> Result<ModelFile, SyncError> {
+        let info = model.info();
+        let mut b = ModelBuilder::new(&info.model_id, &info.arch)?;
+        b.version(u32::try_from(version).unwrap_or(u32::MAX))
+            .parent(Some(model.content_hash()));
+        for entry in &info.config {
+            b.config(&entry.key, entry.value.clone())?;
+        }
+        for t in model.tensors() {
+            match layout.get(t.name) {
+                Some(&(at, len)) => {
+                    let mut values = t.to_f32();
+                    values
+                        .iter_mut()
+                        .zip(&step[at..at + len])
+                        .for_each(|(v, s)| *v += s);
+                    b.add_f32_as(t.name, t.dtype, t.shape, &values)?;
+                }
+                None => {
+                    b.add_tensor(t.name, t.dtype, t.shape, t.bytes.to_vec())?;
+                }
+            }
+        }
+        Ok(ModelFile::from_bytes(b.to_bytes()?)?)
+    }
+}

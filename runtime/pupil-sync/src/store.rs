@@ -1,0 +1,486 @@
+//! The server's durable store: one redb database file.
+//!
+//! Every method that changes state runs in one write transaction and commits
+//! it (redb's default durability fsyncs on commit) before returning, so once a
+//! handler acknowledges a request, its effect survives a crash or a SIGKILL.
+//! A round publishes its version, records itself and consumes its pending
+//! updates in one transaction: it happens completely or not at all.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{db, io_err, SyncError};
+
+/// Device id → 32-byte Ed25519 public key.
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// Key id → device id.
+const DEVICE_KEYS: TableDefinition<&[u8], &str> = TableDefinition::new("device_keys");
+/// (device id, sequence number) → the signed envelope as received.
+const UPDATES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("updates");
+/// Accepted updates not yet consumed by a round.
+const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
+/// Version number → model file bytes.
+const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("versions");
+/// Version number → [`VersionMeta`] as JSON.
+const VERSION_META: TableDefinition<u64, &str> = TableDefinition::new("version_meta");
+/// Round number → [`RoundRecord`] as JSON.
+const ROUNDS: TableDefinition<u64, &str> = TableDefinition::new("rounds");
+/// Named counters and pointers, e.g. `current`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The key of an update: device id and sequence number.
+pub type UpdateKey = (String, u64);
+
+/// A published model version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    /// Version number in this store, counting from 1.
+    pub version: u64,
+    /// Content hash of the model file, hex.
+    pub hash: String,
+    /// Content hash of the version it was made from, hex.
+    pub parent: Option<String>,
+    /// Seconds since the Unix epoch when it was published.
+    pub published_unix: u64,
+    /// The server's Ed25519 signature of the content hash, hex.
+    pub signature: String,
+    /// The model file's size in bytes.
+    pub size: u64,
+    /// The round that made it (none for an imported model).
+    pub round: Option<u64>,
+    /// Metrics: the quality gate's holdout scores and the round's mean device metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What a round did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number, counting from 1.
+    pub round: u64,
+    /// Updates aggregated.
+    pub updates: u64,
+    /// The version it published; none when the quality gate rejected it.
+    pub published: Option<u64>,
+    /// The quality gate's verdict.
+    pub gate: String,
+    /// Seconds since the Unix epoch when it finished.
+    pub finished_unix: u64,
+}
+
+/// The outcome of registering a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The device is new.
+    Created,
+    /// The device was registered with the same key already.
+    Unchanged,
+    /// The device is registered with another key.
+    Conflict,
+}
+
+/// The outcome of storing an update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// Stored and pending aggregation.
+    Stored,
+    /// The same bytes were stored before.
+    Duplicate,
+    /// Different bytes were stored under the same device and sequence number.
+    Conflict,
+}
+
+/// The redb database of a server.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+/// Decodes a JSON record.
+fn from_json<T: for<'de> Deserialize<'de>>(what: String, s: &str) -> Result<T, SyncError> {
+    serde_json::from_str(s).map_err(|e| SyncError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// Encodes a record as JSON.
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, SyncError> {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let database = Database::create(dir.join("store.redb")).map_err(db)?;
+        let store = Store { db: database };
+        let tx = store.db.begin_write().map_err(db)?;
+        tx.open_table(DEVICES).map_err(db)?;
+        tx.open_table(DEVICE_KEYS).map_err(db)?;
+        tx.open_table(UPDATES).map_err(db)?;
+        tx.open_table(PENDING).map_err(db)?;
+        tx.open_table(VERSIONS).map_err(db)?;
+        tx.open_table(VERSION_META).map_err(db)?;
+        tx.open_table(ROUNDS).map_err(db)?;
+        tx.open_table(META).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(store)
+    }
+
+    /// Registers `device_id` with `public_key` and its key id.
+    pub fn register(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        key_id: &[u8],
+    ) -> Result<Registration, SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let outcome = {
+            let mut devices = tx.open_table(DEVICES).map_err(db)?;
+            let existing = devices
+                .get(device_id)
+                .map_err(db)?
+                .map(|v| v.value().to_vec());
+            match existing {
+                Some(k) if k == public_key => Registration::Unchanged,
+                Some(_) => Registration::Conflict,
+                None => {
+                    let mut keys = tx.open_table(DEVICE_KEYS).map_err(db)?;
+                    if keys.get(key_id).map_err(db)?.is_some() {
+                        Registration::Conflict
+                    } else {
+                        devices
+                            .insert(device_id, public_key.as_slice())
+                            .map_err(db)?;
+                        keys.insert(key_id, device_id).map_err(db)?;
+                        Registration::Created
+                    }
+                }
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    /// The device id and public key registered under `key_id`.
+    pub fn device_for_key(&self, key_id: &[u8]) -> Result<Option<(String, [u8; 32])>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let keys = tx.open_table(DEVICE_KEYS).map_err(db)?;
+        let Some(device) = keys.get(key_id).map_err(db)?.map(|v| v.value().to_owned()) else {
+            return Ok(None);
+        };
+        let devices = tx.open_table(DEVICES).map_err(db)?;
+        let key = devices
+            .get(device.as_str())
+            .map_err(db)?
+            .and_then(|v| <[u8; 32]>::try_from(v.value()).ok())
+            .ok_or_else(|| SyncError::Corrupt {
+                what: format!("device {device:?}"),
+                detail: "its public key is missing or not 32 bytes".into(),
+            })?;
+        Ok(Some((device, key)))
+    }
+
+    /// Stores update `(device, seq)` and marks it pending, unless that key
+    /// exists: then reports whether the stored bytes are the same.
+    pub fn insert_update(&self, device: &str, seq: u64, bytes: &[u8]) -> Result<Insert, SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let outcome = {
+            let mut updates = tx.open_table(UPDATES).map_err(db)?;
+            let existing = updates
+                .get((device, seq))
+                .map_err(db)?
+                .map(|v| v.value() == bytes);
+            match existing {
+                Some(true) => Insert::Duplicate,
+                Some(false) => Insert::Conflict,
+                None => {
+                    updates.insert((device, seq), bytes).map_err(db)?;
+                    tx.open_table(PENDING)
+                        .map_err(db)?
+                        .insert((device, seq), ())
+                        .map_err(db)?;
+                    Insert::Stored
+                }
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    /// The stored bytes of update `(device, seq)`.
+    pub fn get_update(&self, device: &str, seq: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let updates = tx.open_table(UPDATES).map_err(db)?;
+        let bytes = updates
+            .get((device, seq))
+            .map_err(db)?
+            .map(|v| v.value().to_vec());
+        Ok(bytes)
+    }
+
+    /// The pending updates with their bytes, in key order.
+    pub fn pending(&self) -> Result<Vec<(UpdateKey, Vec<u8>)>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let pending = tx.open_table(PENDING).map_err(db)?;
+        let updates = tx.open_table(UPDATES).map_err(db)?;
+        let mut out = Vec::new();
+        for item in pending.iter().map_err(db)? {
+            let (k, _) = item.map_err(db)?;
+            let (device, seq) = k.value();
+            if let Some(bytes) = updates.get((device, seq)).map_err(db)? {
+                out.push(((device.to_owned(), seq), bytes.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored update's key, in key order.
+    pub fn update_keys(&self) -> Result<Vec<UpdateKey>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let updates = tx.open_table(UPDATES).map_err(db)?;
+        let mut out = Vec::new();
+        for item in updates.iter().map_err(db)? {
+            let (k, _) = item.map_err(db)?;
+            let (device, seq) = k.value();
+            out.push((device.to_owned(), seq));
+        }
+        Ok(out)
+    }
+
+    /// Counts: stored updates, pending updates, versions, rounds.
+    pub fn counts(&self) -> Result<[u64; 4], SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        Ok([
+            tx.open_table(UPDATES).map_err(db)?.len().map_err(db)?,
+            tx.open_table(PENDING).map_err(db)?.len().map_err(db)?,
+            tx.open_table(VERSIONS).map_err(db)?.len().map_err(db)?,
+            tx.open_table(ROUNDS).map_err(db)?.len().map_err(db)?,
+        ])
+    }
+
+    /// Finishes a round in one transaction: stores `version` (when the gate
+    /// passed) and makes it current, records `round`, and consumes `used`.
+    pub fn finish_round(
+        &self,
+        version: Option<(&VersionMeta, &[u8])>,
+        round: &RoundRecord,
+        used: &[UpdateKey],
+    ) -> Result<(), SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            if let Some((meta, bytes)) = version {
+                put_version(&tx, meta, bytes)?;
+            }
+            tx.open_table(ROUNDS)
+                .map_err(db)?
+                .insert(round.round, to_json(round).as_str())
+                .map_err(db)?;
+            let mut pending = tx.open_table(PENDING).map_err(db)?;
+            for (device, seq) in used {
+                pending.remove((device.as_str(), *seq)).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Stores `meta` and `bytes` as a version and makes it current.
+    pub fn add_version(&self, meta: &VersionMeta, bytes: &[u8]) -> Result<(), SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        put_version(&tx, meta, bytes)?;
+        tx.commit().map_err(db)
+    }
+
+    /// The current version's metadata, if any version exists.
+    pub fn current(&self) -> Result<Option<VersionMeta>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let current = tx
+            .open_table(META)
+            .map_err(db)?
+            .get("current")
+            .map_err(db)?
+            .map(|v| v.value());
+        match current {
+            Some(n) => self.version_meta(n),
+            None => Ok(None),
+        }
+    }
+
+    /// The metadata of version `n`.
+    pub fn version_meta(&self, n: u64) -> Result<Option<VersionMeta>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(VERSION_META).map_err(db)?;
+        let json = table.get(n).map_err(db)?.map(|v| v.value().to_owned());
+        json.map(|j| from_json(format!("version {n}"), &j))
+            .transpose()
+    }
+
+    /// The model file of version `n`.
+    pub fn version_bytes(&self, n: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(VERSIONS).map_err(db)?;
+        Ok(table.get(n).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every version's metadata, oldest first.
+    pub fn versions(&self) -> Result<Vec<VersionMeta>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(VERSION_META).map_err(db)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            out.push(from_json(format!("version {}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The highest version number, 0 when there is none.
+    pub fn last_version(&self) -> Result<u64, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(VERSIONS).map_err(db)?;
+        let last = table.last().map_err(db)?.map_or(0, |(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// Every round's record, oldest first.
+    pub fn rounds(&self) -> Result<Vec<RoundRecord>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(ROUNDS).map_err(db)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            out.push(from_json(format!("round {}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The highest round number, 0 when there is none.
+    pub fn last_round(&self) -> Result<u64, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(ROUNDS).map_err(db)?;
+        let last = table.last().map_err(db)?.map_or(0, |(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// Makes existing version `n` current (a rollback); false when it does not exist.
+    pub fn set_current(&self, n: u64) -> Result<bool, SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let exists = tx
+            .open_table(VERSIONS)
+            .map_err(db)?
+            .get(n)
+            .map_err(db)?
+            .is_some();
+        if exists {
+            tx.open_table(META)
+                .map_err(db)?
+                .insert("current", n)
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(exists)
+    }
+}
+
+/// Inserts a version and makes it current within `tx`.
+fn put_version(
+    tx: &redb::WriteTransaction,
+    meta: &VersionMeta,
+    bytes: &[u8],
+) -> Result<(), SyncError> {
+    tx.open_table(VERSIONS)
+        .map_err(db)?
+        .insert(meta.version, bytes)
+        .map_err(db)?;
+    tx.open_table(VERSION_META)
+        .map_err(db)?
+        .insert(meta.version, to_json(meta).as_str())
+        .map_err(db)?;
+    tx.open_table(META)
+        .map_err(db)?
+        .insert("current", meta.version)
+        .map_err(db)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(version: u64) -> VersionMeta {
+        VersionMeta {
+            version,
+            hash: format!("{version:064x}"),
+            parent: None,
+            published_unix: 1,
+            signature: String::new(),
+            size: 3,
+            round: None,
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn updates_deduplicate_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                s.register("d", &[1; 32], &[9; 8]).unwrap(),
+                Registration::Created
+            );
+            assert_eq!(
+                s.register("d", &[1; 32], &[9; 8]).unwrap(),
+                Registration::Unchanged
+            );
+            assert_eq!(
+                s.register("d", &[2; 32], &[8; 8]).unwrap(),
+                Registration::Conflict
+            );
+            assert_eq!(s.insert_update("d", 1, b"a").unwrap(), Insert::Stored);
+            assert_eq!(s.insert_update("d", 1, b"a").unwrap(), Insert::Duplicate);
+            assert_eq!(s.insert_update("d", 1, b"b").unwrap(), Insert::Conflict);
+            assert_eq!(s.insert_update("d", 2, b"c").unwrap(), Insert::Stored);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.device_for_key(&[9; 8]).unwrap(),
+            Some(("d".into(), [1; 32]))
+        );
+        assert_eq!(s.device_for_key(&[7; 8]).unwrap(), None);
+        assert_eq!(s.counts().unwrap(), [2, 2, 0, 0]);
+        let pending = s.pending().unwrap();
+        assert_eq!(pending[0], (("d".into(), 1), b"a".to_vec()));
+    }
+
+    #[test]
+    fn rounds_publish_and_consume_atomically_and_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.current().unwrap(), None);
+        s.add_version(&meta(1), b"one").unwrap();
+        s.insert_update("d", 1, b"a").unwrap();
+        s.insert_update("d", 2, b"b").unwrap();
+        let round = RoundRecord {
+            round: 1,
+            updates: 1,
+            published: Some(2),
+            gate: "passed".into(),
+            finished_unix: 2,
+        };
+        s.finish_round(Some((&meta(2), b"two")), &round, &[("d".into(), 1)])
+            .unwrap();
+        assert_eq!(s.current().unwrap().unwrap().version, 2);
+        assert_eq!(s.counts().unwrap(), [2, 1, 2, 1]);
+        assert_eq!(s.version_bytes(2).unwrap().unwrap(), b"two");
+        assert_eq!((s.last_version().unwrap(), s.last_round().unwrap()), (2, 1));
+        assert!(s.set_current(1).unwrap());
+        assert!(!s.set_current(9).unwrap());
+        assert_eq!(s.current().unwrap().unwrap().version, 1);
+        assert_eq!(s.versions().unwrap().len(), 2);
+    }
+}

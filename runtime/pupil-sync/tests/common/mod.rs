@@ -1,0 +1,147 @@
+//! Shared helpers: a small model, an in-process server on a random port,
+//! signed updates and raw HTTP.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pupil::format::ModelBuilder;
+use pupil_sync::client::sign_envelope;
+use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
+use pupil_sync::KeyPair;
+use pupil_wire::update::{EncodedDelta, UpdateDraft};
+use pupil_wire::Metric;
+
+/// The admin token of test servers.
+pub const TOKEN: &str = "test-admin-token";
+
+/// Base weights: `b` [3] and `w` [2, 3].
+pub const B: [f32; 3] = [0.1, 0.2, 0.3];
+/// Base weights of `w`.
+pub const W: [f32; 6] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+
+/// The test model's bytes.
+pub fn model_bytes() -> Vec<u8> {
+    let mut b = ModelBuilder::new("tiny", "mlp").unwrap();
+    b.add_f32("b", &[3], &B).unwrap();
+    b.add_f32("w", &[2, 3], &W).unwrap();
+    b.to_bytes().unwrap()
+}
+
+/// A running in-process server.
+pub struct TestServer {
+    pub url: String,
+    pub server: Arc<Server>,
+    pub dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Starts a server with `config` (admin token set) on a random local port,
+/// with the test model as version 1.
+pub fn start(mut config: ServerConfig) -> TestServer {
+    config.admin_token = Some(TOKEN.into());
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::open(dir.path(), config, finite_gate()).unwrap();
+    server.import_model(model_bytes()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(serve(server.clone(), listener, std::future::pending()));
+    TestServer {
+        url,
+        server,
+        dir,
+        _runtime: runtime,
+    }
+}
+
+/// A quiet config: no round runs unless a test asks for one.
+pub fn quiet() -> ServerConfig {
+    ServerConfig {
+        min_updates: u64::MAX,
+        deadline: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    }
+}
+
+/// The content hash of the test model (version 1).
+pub fn base_hash() -> [u8; 32] {
+    pupil::format::ModelFile::from_bytes(model_bytes())
+        .unwrap()
+        .content_hash()
+}
+
+/// An update body from `device` with f16 deltas `(name, shape, values)`.
+pub fn body(device: &str, seq: u64, base: [u8; 32], deltas: &[(&str, &[u64], &[f32])]) -> Vec<u8> {
+    let encoded: Vec<EncodedDelta> = deltas
+        .iter()
+        .map(|(n, s, v)| EncodedDelta::f16(n, s, v).unwrap())
+        .collect();
+    let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
+    UpdateDraft {
+        model_id: "tiny",
+        base_version: base,
+        device_id: device,
+        seq,
+        num_examples: 10,
+        metrics: &[Metric {
+            name: "loss",
+            value: 0.5,
+        }],
+        deltas: &views,
+    }
+    .encode()
+    .unwrap()
+}
+
+/// A signed envelope of `body`.
+pub fn signed(key: &KeyPair, body: &[u8]) -> Vec<u8> {
+    sign_envelope(key, body).unwrap()
+}
+
+/// An HTTP agent that returns error statuses as responses.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// POSTs `bytes` to `url` (labelled JSON; the update endpoint ignores the
+/// label); returns the status and the JSON body.
+pub fn post(url: &str, bytes: &[u8], auth: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = agent().post(url).header("content-type", "application/json");
+    if let Some(t) = auth {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req.send(bytes).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Polls `f` every 20 ms until it holds or `secs` pass.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Whether `path` holds a model whose `name` tensor is close to `expected`.
+pub fn tensor_close(path: &Path, name: &str, expected: &[f32], tol: f32) -> bool {
+    let m = pupil::format::ModelFile::open(path).unwrap();
+    let got = m.to_f32(name).unwrap();
+    got.len() == expected.len() && got.iter().zip(expected).all(|(a, b)| (a - b).abs() <= tol)
+}

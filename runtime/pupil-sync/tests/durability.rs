@@ -1,0 +1,182 @@
+//! The server runs as a child process and is SIGKILLed while devices upload
+//! and while it aggregates; after restarts on the same store every
+//! acknowledged update is there exactly once, every round counted its updates
+//! once, and every published version is intact.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use pupil::format::ModelFile;
+use pupil_sync::client::{Client, Outbox, RetryPolicy};
+use pupil_sync::store::Store;
+use pupil_sync::KeyPair;
+
+const DEVICES: usize = 6;
+const PER_DEVICE: u64 = 25;
+
+/// Starts the server binary on `store`; returns it and its URL.
+fn spawn(store: &Path, model: &Path, min_updates: u64) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pupil-sync-server"))
+        .args(["--store", store.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args([
+            "--init-model",
+            model.to_str().unwrap(),
+            "--admin-token",
+            TOKEN,
+        ])
+        .args([
+            "--min-updates",
+            &min_updates.to_string(),
+            "--deadline-ms",
+            "50",
+        ])
+        // Every update refines version 1; rounds must not make them stale.
+        .args(["--max-staleness", "1000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    (child, format!("http://{addr}"))
+}
+
+/// Pushes every device's outbox until `stop`; errors (the server is gone) are retried.
+fn pusher(
+    url: String,
+    outboxes: Arc<Vec<Outbox>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let retry = RetryPolicy {
+            attempts: 2,
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(10),
+        };
+        let client = Client::new(&url).with_retry(retry);
+        while !stop.load(Ordering::Relaxed) {
+            for o in outboxes.iter() {
+                let _ = client.push(o);
+            }
+        }
+    })
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let model = dir.path().join("model.pupil");
+    std::fs::write(&model, model_bytes()).unwrap();
+    let base = base_hash();
+
+    let (mut server, url) = spawn(&store, &model, 4);
+    let keys: Vec<KeyPair> = (0..DEVICES)
+        .map(|i| KeyPair::from_seed([40 + i as u8; 32]))
+        .collect();
+    let outboxes: Vec<Outbox> = (0..DEVICES)
+        .map(|i| Outbox::open(&dir.path().join(format!("outbox{i}"))).unwrap())
+        .collect();
+    for (i, (key, outbox)) in keys.iter().zip(&outboxes).enumerate() {
+        let device = format!("dev{i}");
+        Client::new(&url)
+            .register(&device, &key.public(), Some(TOKEN))
+            .unwrap();
+        for _ in 0..PER_DEVICE {
+            outbox
+                .enqueue(key, |seq| {
+                    Ok(body(
+                        &device,
+                        seq,
+                        base,
+                        &[("b", &[3], &[0.001, 0.0, -0.001])],
+                    ))
+                })
+                .unwrap();
+        }
+    }
+    let outboxes = Arc::new(outboxes);
+    let mut url = url;
+    // Kill the server three times while devices upload and rounds run.
+    for kill in 0..3 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = pusher(url.clone(), outboxes.clone(), stop.clone());
+        thread::sleep(Duration::from_millis(150 + 100 * kill));
+        server.kill().unwrap();
+        server.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+        (server, url) = spawn(&store, &model, 4);
+    }
+    // Finish uploading against the last server.
+    let client = Client::new(&url);
+    for o in outboxes.iter() {
+        client.push(o).unwrap();
+        let status = o.status().unwrap();
+        assert!(
+            status.queued.is_empty() && status.rejected.is_empty(),
+            "{status:?}"
+        );
+    }
+    assert!(wait_for(10, || {
+        let mut resp = agent().get(&format!("{url}/v1/metrics")).call().unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        m["updates_pending"].as_u64() == Some(0)
+    }));
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let s = Store::open(&store).unwrap();
+    let keys = s.update_keys().unwrap();
+    let expected: Vec<(String, u64)> = (0..DEVICES)
+        .flat_map(|i| (1..=PER_DEVICE).map(move |seq| (format!("dev{i}"), seq)))
+        .collect();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(
+        keys, sorted,
+        "every acknowledged update is stored exactly once"
+    );
+    let [stored, pending, versions, _] = s.counts().unwrap();
+    let rounds = s.rounds().unwrap();
+    let aggregated: u64 = rounds.iter().map(|r| r.updates).sum();
+    assert_eq!(
+        aggregated + pending,
+        stored,
+        "each update is aggregated exactly once"
+    );
+    assert!(versions >= 2, "rounds published versions");
+    let mut hashes = Vec::new();
+    for v in s.versions().unwrap() {
+        let bytes = s.version_bytes(v.version).unwrap().unwrap();
+        let m = ModelFile::from_bytes(bytes).unwrap();
+        assert_eq!(
+            pupil_sync::hex::encode(&m.content_hash()),
+            v.hash,
+            "version {} intact",
+            v.version
+        );
+        if let Some(parent) = &v.parent {
+            assert!(
+                hashes.contains(parent),
+                "version {}'s parent was published before",
+                v.version
+            );
+        }
+        hashes.push(v.hash);
+    }
+}

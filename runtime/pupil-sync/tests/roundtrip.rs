@@ -1,0 +1,123 @@
+//! Devices queue updates, push them, the server aggregates a round, devices
+//! pull the verified new version; rollback brings the old one back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pupil_sync::client::{Client, Outbox, PullOutcome, RetryPolicy};
+use pupil_sync::server::ServerConfig;
+use pupil_sync::KeyPair;
+
+#[test]
+fn push_aggregate_pull_and_roll_back() {
+    let t = start(ServerConfig {
+        min_updates: 2,
+        deadline: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    });
+    let client = Client::new(&t.url);
+    let server_key = client.server_key().unwrap();
+    assert_eq!(server_key, t.server.public_key());
+    let base = base_hash();
+    let deltas: [[f32; 3]; 2] = [[0.5, 0.0, -0.5], [0.25, 1.0, 0.5]];
+    for (i, d) in deltas.iter().enumerate() {
+        let device = format!("dev{i}");
+        let key = KeyPair::from_seed([10 + i as u8; 32]);
+        client
+            .register(&device, &key.public(), Some(TOKEN))
+            .unwrap();
+        let outbox = Outbox::open(&t.dir.path().join(format!("outbox{i}"))).unwrap();
+        let seq = outbox
+            .enqueue(&key, |seq| Ok(body(&device, seq, base, &[("b", &[3], d)])))
+            .unwrap();
+        assert_eq!(seq, 1);
+        let report = client.push(&outbox).unwrap();
+        assert_eq!(report.accepted, [1]);
+        assert!(outbox.status().unwrap().queued.is_empty());
+    }
+    assert!(
+        wait_for(10, || t.server.current_meta().unwrap().version == 2),
+        "no round ran"
+    );
+
+    let model = t.dir.path().join("device.pupil");
+    let PullOutcome::Updated(meta) = client.pull(&model, &server_key).unwrap() else {
+        panic!("expected an update");
+    };
+    assert_eq!(meta.version, 2);
+    assert_eq!(meta.metrics["device.loss"], 0.5);
+    // Equal example counts: the mean delta is added to the base weights.
+    let expected: Vec<f32> = (0..3)
+        .map(|i| B[i] + (deltas[0][i] + deltas[1][i]) / 2.0)
+        .collect();
+    assert!(tensor_close(&model, "b", &expected, 1e-3));
+    assert!(tensor_close(&model, "w", &W, 0.0));
+    let m = pupil::format::ModelFile::open(&model).unwrap();
+    assert_eq!(m.info().parent, Some(base));
+    assert!(matches!(
+        client.pull(&model, &server_key).unwrap(),
+        PullOutcome::UpToDate(_)
+    ));
+
+    // A model signed by another key is refused and the local file is kept.
+    std::fs::remove_file(&model).unwrap();
+    let err = client
+        .pull(&model, &KeyPair::from_seed([99; 32]).public())
+        .unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    assert!(!model.exists());
+
+    let (s, _) = post(
+        &format!("{}/v1/rollback", t.url),
+        br#"{"version":1}"#,
+        Some(TOKEN),
+    );
+    assert_eq!(s, 200);
+    client.pull(&model, &server_key).unwrap();
+    assert!(tensor_close(&model, "b", &B, 0.0));
+    let (s, j) = post(
+        &format!("{}/v1/rollback", t.url),
+        br#"{"version":9}"#,
+        Some(TOKEN),
+    );
+    assert_eq!((s, j["error"].as_str()), (404, Some("no_such_version")));
+
+    let mut resp = agent()
+        .get(&format!("{}/v1/metrics", t.url))
+        .call()
+        .unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        (
+            metrics["updates_stored"].as_u64(),
+            metrics["rounds"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(metrics["versions"].as_u64(), Some(2));
+}
+
+#[test]
+fn push_keeps_updates_queued_while_the_server_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::from_seed([20; 32]);
+    let outbox = Outbox::open(dir.path()).unwrap();
+    outbox
+        .enqueue(&key, |seq| Ok(body("d", seq, [0; 32], &[])))
+        .unwrap();
+    let retry = RetryPolicy {
+        attempts: 3,
+        base: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    };
+    // Port 9 (discard) on localhost is closed on test machines.
+    let err = Client::new("http://127.0.0.1:9")
+        .with_retry(retry)
+        .push(&outbox)
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+    assert_eq!(outbox.status().unwrap().queued, [1]);
+}

@@ -1,0 +1,80 @@
+//! Importing foreign model files into `.pupil` model files: safetensors checkpoints (with
+//! the `config.json`, `tokenizer.json` and sentence-transformers settings beside them) and
+//! GGUF files (read by a hand-written, bounds-checked reader).
+//!
+//! Tensors keep their names. Quantized Q8_0, Q4_0 and Q4_1 blocks are carried over bit for
+//! bit with [`Target::Keep`]; [`Target::F32`] and [`Target::F16`] convert. The architecture
+//! settings go into the manifest config under pupil's keys (`hidden_size`, `layers`,
+//! `heads`, `kv_heads`, `ffn_size`, `vocab_size`, `max_positions`, `rope_base`,
+//! `norm_eps`, ...), and the tokenizer is stored as a U8 tensor holding a Hugging Face
+//! `tokenizer.json` ([`TOKENIZER_TENSOR`]).
+//!
+//! ```no_run
+//! use pupil::import::{import_file, Target};
+//! let imported = import_file("model.safetensors".as_ref(), "minilm", Target::Keep)?;
+//! imported.builder.write_atomic("minilm.pupil")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod from_gguf;
+mod ggml;
+mod gguf;
+mod gguf_tokenizer;
+mod hf_config;
+mod safetensors;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+pub use error::ImportError;
+pub use from_gguf::CHAT_TEMPLATE_TENSOR;
+pub use ggml::GgmlType;
+pub use gguf::{Gguf, GgufTensor, MetaValue};
+pub use store::Target;
+
+use crate::format::ModelBuilder;
+
+/// The name of the U8 tensor that holds a Hugging Face `tokenizer.json`.
+pub const TOKENIZER_TENSOR: &str = "tokenizer.json";
+
+/// The result of an import: the model file, ready to write, and what was left out.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    /// The model file being built; add to it or write it.
+    pub builder: ModelBuilder,
+    /// What was left out and why, one line each (e.g. `embeddings.position_ids (I64: ...)`).
+    pub skipped: Vec<String>,
+}
+
+/// Imports the safetensors or GGUF file at `path` (told apart by their first bytes) as model
+/// `model_id`, storing float tensors as `target` says.
+pub fn import_file(path: &Path, model_id: &str, target: Target) -> Result<Imported, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.starts_with(b"GGUF") {
+        from_gguf::import(&bytes, model_id, target)
+    } else if path.extension().is_some_and(|e| e == "safetensors") || looks_like_safetensors(&bytes)
+    {
+        safetensors::import(path, &bytes, model_id, target)
+    } else {
+        Err(ImportError::UnknownKind {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Imports GGUF `bytes` as model `model_id`.
+pub fn import_gguf(bytes: &[u8], model_id: &str, target: Target) -> Result<Imported, ImportError> {
+    from_gguf::import(bytes, model_id, target)
+}
+
+/// Whether `bytes` start like a safetensors file: a length, then a JSON object.
+fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[8] == b'{'
+}
