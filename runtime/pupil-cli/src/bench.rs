@@ -70,11 +70,21 @@ pub fn run(b: Bench) -> CliResult {
 }
 
 fn random(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
+    (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                / (1u32 << 24) as f32
+                - 0.5
+        })
+        .collect()
 }
 
 /// Run `work` `reps` times and return seconds per repetition, synchronising around it.
-fn time(backend: &Backend, reps: usize, mut work: impl FnMut() -> pupil::Result<()>) -> pupil::Result<f64> {
+fn time(
+    backend: &Backend,
+    reps: usize,
+    mut work: impl FnMut() -> pupil::Result<()>,
+) -> pupil::Result<f64> {
     backend.synchronize()?;
     let start = Instant::now();
     for _ in 0..reps {
@@ -94,22 +104,39 @@ fn bench_matmul(a: MatmulArgs) -> CliResult {
     let mut rows = Vec::new();
     for &n in &a.sizes {
         let (x, y) = (random(n * n, 1), random(n * n, 2));
-        let make = |v: &[f32]| if f16 { Tensor::from_slice_f16(&backend, &[n, n], v) } else { Tensor::from_slice(&backend, &[n, n], v) };
+        let make = |v: &[f32]| {
+            if f16 {
+                Tensor::from_slice_f16(&backend, &[n, n], v)
+            } else {
+                Tensor::from_slice(&backend, &[n, n], v)
+            }
+        };
         let (ta, tb) = (make(&x)?, make(&y)?);
         let once = time(&backend, 1, || matmul(&ta, &tb).map(drop))?;
         let reps = ((a.seconds / once.max(1e-6)) as usize).clamp(3, 10_000);
         let secs = time(&backend, reps, || matmul(&ta, &tb).map(drop))?;
         let gflops = 2.0 * (n as f64).powi(3) / secs / 1e9;
-        rows.push(json!({ "n": n, "dtype": a.dtype, "ms": secs * 1e3, "gflops": gflops, "reps": reps }));
+        rows.push(
+            json!({ "n": n, "dtype": a.dtype, "ms": secs * 1e3, "gflops": gflops, "reps": reps }),
+        );
     }
     let adapter = backend.describe();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "adapter": adapter, "results": rows }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "adapter": adapter, "results": rows }))?
+        );
     } else {
         println!("matmul on {adapter}");
         println!("{:>6} {:>5} {:>10} {:>10}", "n", "dtype", "ms", "GFLOP/s");
         for r in rows {
-            println!("{:>6} {:>5} {:>10.3} {:>10.1}", r["n"], a.dtype, r["ms"].as_f64().unwrap_or(0.0), r["gflops"].as_f64().unwrap_or(0.0));
+            println!(
+                "{:>6} {:>5} {:>10.3} {:>10.1}",
+                r["n"],
+                a.dtype,
+                r["ms"].as_f64().unwrap_or(0.0),
+                r["gflops"].as_f64().unwrap_or(0.0)
+            );
         }
     }
     Ok(())
@@ -139,10 +166,24 @@ fn bench_train(a: TrainArgs) -> CliResult {
     let adapter = backend.describe();
     let flops = 6.0 * a.batch as f64 * params.count(false) as f64;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "adapter": adapter, "batch": a.batch, "hidden": a.hidden, "ms_per_step": secs * 1e3, "steps": a.steps, "approx_gflops": flops / secs / 1e9 }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "adapter": adapter, "batch": a.batch, "hidden": a.hidden, "ms_per_step": secs * 1e3, "steps": a.steps, "approx_gflops": flops / secs / 1e9 })
+            )?
+        );
     } else {
-        println!("train-mlp 784-{h}-{h}-10, batch {b}, AdamW, on {adapter}", h = a.hidden, b = a.batch);
-        println!("{:.3} ms per step ({:.1} GFLOP/s of matmul work), {} steps", secs * 1e3, flops / secs / 1e9, a.steps);
+        println!(
+            "train-mlp 784-{h}-{h}-10, batch {b}, AdamW, on {adapter}",
+            h = a.hidden,
+            b = a.batch
+        );
+        println!(
+            "{:.3} ms per step ({:.1} GFLOP/s of matmul work), {} steps",
+            secs * 1e3,
+            flops / secs / 1e9,
+            a.steps
+        );
     }
     Ok(())
 }

@@ -13,7 +13,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    let reports: Vec<AdapterReport> = pollster::block_on(enumerate()).iter().map(AdapterReport::of).collect();
+    let reports: Vec<AdapterReport> = pollster::block_on(enumerate())
+        .iter()
+        .map(AdapterReport::of)
+        .collect();
     if args.json {
         let list: Vec<serde_json::Value> = reports
             .iter()
@@ -40,8 +43,15 @@ pub fn run(args: Args) -> CliResult {
     }
     for (i, r) in reports.iter().enumerate() {
         println!("adapter {i}: {}", r.name);
-        println!("  backend {} | type {} | driver {}", r.backend, r.device_type, r.driver);
-        println!("  shader f16: {} | subgroups: {}", yes(r.shader_f16), yes(r.subgroups));
+        println!(
+            "  backend {} | type {} | driver {}",
+            r.backend, r.device_type, r.driver
+        );
+        println!(
+            "  shader f16: {} | subgroups: {}",
+            yes(r.shader_f16),
+            yes(r.subgroups)
+        );
         for (k, v) in &r.limits {
             println!("  {k:<40} {v}");
         }

@@ -6,8 +6,8 @@
 use rand::{Rng, SeedableRng};
 
 use crate::backend::Backend;
-use crate::format::{ModelBuilder, ModelFile};
 use crate::error::{Error, Result};
+use crate::format::{ModelBuilder, ModelFile};
 use crate::tensor::{numel, Tensor};
 
 /// Alignment of parameter offsets in elements (256 bytes of f32).
@@ -250,7 +250,13 @@ impl Params {
             };
             let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
             if shape != p.shape {
-                return Err(Error::shape("load", format!("{}: file has {:?}, model expects {:?}", p.name, shape, p.shape)));
+                return Err(Error::shape(
+                    "load",
+                    format!(
+                        "{}: file has {:?}, model expects {:?}",
+                        p.name, shape, p.shape
+                    ),
+                ));
             }
             self.set(ParamId(i), &t.to_f32())?;
         }
@@ -327,10 +333,16 @@ mod tests {
             b.add("extra", &[2], Init::Zeros, true);
             let q = b.build(&backend).unwrap();
             assert_eq!(q.load(&file).unwrap(), vec!["extra".to_string()]);
-            assert_eq!(q.value(w).unwrap().to_vec().unwrap(), p.value(w).unwrap().to_vec().unwrap());
+            assert_eq!(
+                q.value(w).unwrap().to_vec().unwrap(),
+                p.value(w).unwrap().to_vec().unwrap()
+            );
             let mut b = ParamsBuilder::new(2);
             b.add("w", &[3, 7], Init::Zeros, true);
-            assert!(matches!(b.build(&backend).unwrap().load(&file), Err(Error::Shape { .. })));
+            assert!(matches!(
+                b.build(&backend).unwrap().load(&file),
+                Err(Error::Shape { .. })
+            ));
         }
     }
 }

@@ -119,7 +119,9 @@ impl Tensor {
     /// f32 storage elsewhere (adapters without f16, such as SwiftShader, and the CPU).
     pub fn from_slice_f16(backend: &Backend, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         match backend {
-            Backend::Gpu(gpu) if !gpu.capabilities().shader_f16 => Self::from_slice(backend, shape, data),
+            Backend::Gpu(gpu) if !gpu.capabilities().shader_f16 => {
+                Self::from_slice(backend, shape, data)
+            }
             Backend::Cpu => Self::from_slice(backend, shape, data),
             Backend::Gpu(gpu) => {
                 if numel(shape) != data.len() {

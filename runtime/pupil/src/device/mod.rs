@@ -469,7 +469,10 @@ mod tests {
     #[test]
     fn oversized_tensor_is_refused_with_a_clear_error() {
         let backend = gpu();
-        let max = backend.gpu().map(|g| g.capabilities().max_binding).unwrap_or(0);
+        let max = backend
+            .gpu()
+            .map(|g| g.capabilities().max_binding)
+            .unwrap_or(0);
         let elements = (max / 4 + 1) as usize;
         match Tensor::uninit(&backend, &[elements], DType::F32) {
             Err(Error::BindingTooLarge { bytes, maximum }) => {
@@ -486,7 +489,9 @@ mod tests {
     #[test]
     fn unknown_adapter_is_a_typed_error() {
         match Backend::open(Some("no-such-gpu-anywhere")) {
-            Err(e @ Error::NoAdapter { .. }) => assert!(e.to_string().contains("PUPIL_ADAPTER=cpu"), "{e}"),
+            Err(e @ Error::NoAdapter { .. }) => {
+                assert!(e.to_string().contains("PUPIL_ADAPTER=cpu"), "{e}")
+            }
             other => panic!("expected NoAdapter, got {other:?}"),
         }
         assert!(matches!(Backend::open(Some("cpu")), Ok(Backend::Cpu)));
@@ -507,6 +512,10 @@ mod tests {
         step();
         let pooled = g.pooled_bytes() + g.live_bytes();
         step();
-        assert_eq!(g.pooled_bytes() + g.live_bytes(), pooled, "the second step must not grow device memory");
+        assert_eq!(
+            g.pooled_bytes() + g.live_bytes(),
+            pooled,
+            "the second step must not grow device memory"
+        );
     }
 }

@@ -19,11 +19,29 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Declare a trainable layer (uniform init, bound 1/sqrt(in * k * k)).
-    pub fn new(b: &mut ParamsBuilder, name: &str, inputs: usize, outputs: usize, kernel: usize, stride: usize, padding: usize) -> Conv2d {
+    pub fn new(
+        b: &mut ParamsBuilder,
+        name: &str,
+        inputs: usize,
+        outputs: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Conv2d {
         let bound = 1.0 / ((inputs * kernel * kernel) as f32).sqrt();
         Conv2d {
-            weight: b.add(format!("{name}.weight"), &[outputs, inputs, kernel, kernel], Init::Uniform(bound), true),
-            bias: b.add(format!("{name}.bias"), &[outputs], Init::Uniform(bound), true),
+            weight: b.add(
+                format!("{name}.weight"),
+                &[outputs, inputs, kernel, kernel],
+                Init::Uniform(bound),
+                true,
+            ),
+            bias: b.add(
+                format!("{name}.bias"),
+                &[outputs],
+                Init::Uniform(bound),
+                true,
+            ),
             stride,
             padding,
         }

@@ -13,8 +13,21 @@ pub struct Embedding {
 
 impl Embedding {
     /// Declare a table initialised N(0, 1) as in PyTorch.
-    pub fn new(b: &mut ParamsBuilder, name: &str, vocab: usize, dim: usize, trainable: bool) -> Embedding {
-        Embedding { table: b.add(format!("{name}.weight"), &[vocab, dim], Init::Normal(1.0), trainable) }
+    pub fn new(
+        b: &mut ParamsBuilder,
+        name: &str,
+        vocab: usize,
+        dim: usize,
+        trainable: bool,
+    ) -> Embedding {
+        Embedding {
+            table: b.add(
+                format!("{name}.weight"),
+                &[vocab, dim],
+                Init::Normal(1.0),
+                trainable,
+            ),
+        }
     }
 
     /// Rows for `ids` (f32 integers) of any shape: `[.., dim]`.

@@ -17,7 +17,13 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     /// Declare `name.weight` (ones) and `name.bias` (zeros).
-    pub fn new(b: &mut ParamsBuilder, name: &str, dim: usize, eps: f32, trainable: bool) -> LayerNorm {
+    pub fn new(
+        b: &mut ParamsBuilder,
+        name: &str,
+        dim: usize,
+        eps: f32,
+        trainable: bool,
+    ) -> LayerNorm {
         LayerNorm {
             gamma: b.add(format!("{name}.weight"), &[dim], Init::Ones, trainable),
             beta: b.add(format!("{name}.bias"), &[dim], Init::Zeros, trainable),
@@ -44,8 +50,17 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Declare `name.weight` (ones).
-    pub fn new(b: &mut ParamsBuilder, name: &str, dim: usize, eps: f32, trainable: bool) -> RmsNorm {
-        RmsNorm { gamma: b.add(format!("{name}.weight"), &[dim], Init::Ones, trainable), eps }
+    pub fn new(
+        b: &mut ParamsBuilder,
+        name: &str,
+        dim: usize,
+        eps: f32,
+        trainable: bool,
+    ) -> RmsNorm {
+        RmsNorm {
+            gamma: b.add(format!("{name}.weight"), &[dim], Init::Ones, trainable),
+            eps,
+        }
     }
 
     /// Normalise `x` of shape `[.., dim]`.

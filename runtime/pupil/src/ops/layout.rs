@@ -22,11 +22,21 @@ struct Params {
 
 fn check(shape: &[usize], axes: &[usize]) -> Result<()> {
     let mut seen = [false; 8];
-    let ok = axes.len() == shape.len() && axes.len() <= 8 && axes.iter().all(|&a| a < axes.len() && !std::mem::replace(&mut seen[a], true));
+    let ok = axes.len() == shape.len()
+        && axes.len() <= 8
+        && axes
+            .iter()
+            .all(|&a| a < axes.len() && !std::mem::replace(&mut seen[a], true));
     if ok {
         Ok(())
     } else {
-        Err(Error::shape("permute", format!("axes {axes:?} are not a permutation of the {} axes of {shape:?}", shape.len())))
+        Err(Error::shape(
+            "permute",
+            format!(
+                "axes {axes:?} are not a permutation of the {} axes of {shape:?}",
+                shape.len()
+            ),
+        ))
     }
 }
 
@@ -46,12 +56,23 @@ pub fn permute(x: &Tensor, axes: &[usize]) -> Result<Tensor> {
     match &backend {
         Backend::Cpu => cpu::permute(&x.cpu_read()?, &mut out.cpu_write()?, &dims, &strides),
         Backend::Gpu(gpu) => {
-            let mut params = Params { n: u32_len("permute", x.numel())?, rank: dims.len() as u32, _pad: [0; 2], dims: [[0; 4]; 2], strides: [[0; 4]; 2] };
+            let mut params = Params {
+                n: u32_len("permute", x.numel())?,
+                rank: dims.len() as u32,
+                _pad: [0; 2],
+                dims: [[0; 4]; 2],
+                strides: [[0; 4]; 2],
+            };
             for (i, (d, s)) in dims.iter().zip(&strides).enumerate() {
                 params.dims[i / 4][i % 4] = *d as u32;
                 params.strides[i / 4][i % 4] = *s as u32;
             }
-            gpu.dispatch(Kernel::f32("layout", "permute"), bytemuck::bytes_of(&params), &[x.bind(1)?, out.bind(2)?], grid(x.numel(), 256))?;
+            gpu.dispatch(
+                Kernel::f32("layout", "permute"),
+                bytemuck::bytes_of(&params),
+                &[x.bind(1)?, out.bind(2)?],
+                grid(x.numel(), 256),
+            )?;
         }
     }
     Ok(out)
@@ -97,14 +118,31 @@ mod tests {
     /// A gather copies values: GPU and CPU agree exactly, and the inverse restores the input.
     #[test]
     fn gpu_matches_cpu_and_inverse_restores() {
-        for (i, (shape, axes)) in [(&[7usize, 33][..], &[1usize, 0][..]), (&[2, 5, 3, 4], &[0, 2, 1, 3]), (&[1, 257, 3], &[2, 0, 1])].iter().enumerate() {
+        for (i, (shape, axes)) in [
+            (&[7usize, 33][..], &[1usize, 0][..]),
+            (&[2, 5, 3, 4], &[0, 2, 1, 3]),
+            (&[1, 257, 3], &[2, 0, 1]),
+        ]
+        .iter()
+        .enumerate()
+        {
             let (c, g) = pair(shape, i as u64);
             let pc = permute(&c, axes).unwrap();
             assert_close("permute", &permute(&g, axes).unwrap(), &pc, 0.0, 0.0);
-            assert_close("inverse", &permute(&pc, &inverse(axes)).unwrap(), &c, 0.0, 0.0);
+            assert_close(
+                "inverse",
+                &permute(&pc, &inverse(axes)).unwrap(),
+                &c,
+                0.0,
+                0.0,
+            );
         }
-        let v = Tensor::from_slice(&Backend::Cpu, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-        assert_eq!(permute(&v, &[1, 0]).unwrap().to_vec().unwrap(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        let v =
+            Tensor::from_slice(&Backend::Cpu, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(
+            permute(&v, &[1, 0]).unwrap().to_vec().unwrap(),
+            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
         assert!(matches!(permute(&v, &[0, 0]), Err(Error::Shape { .. })));
         assert!(matches!(permute(&v, &[0]), Err(Error::Shape { .. })));
         let _ = gpu();
@@ -115,13 +153,20 @@ mod tests {
     fn graph_backward_is_the_inverse_permutation() {
         for backend in [Backend::Cpu, gpu()] {
             let mut g = Graph::new(&backend);
-            let x = g.input_with_grad(Tensor::from_slice(&backend, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap());
+            let x = g.input_with_grad(
+                Tensor::from_slice(&backend, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap(),
+            );
             let y = g.permute(x, &[1, 0]).unwrap();
-            let w = g.input(Tensor::from_slice(&backend, &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap());
+            let w = g.input(
+                Tensor::from_slice(&backend, &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap(),
+            );
             let p = g.mul(y, w).unwrap();
             let l = g.sum_all(p).unwrap();
             let grads = g.backward(l).unwrap();
-            assert_eq!(grads.get(x).unwrap().to_vec().unwrap(), vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+            assert_eq!(
+                grads.get(x).unwrap().to_vec().unwrap(),
+                vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]
+            );
         }
     }
 }
