@@ -1,4 +1,4 @@
-// Batched tiled matmul: C[b] (+)= op(A[b]) * op(B[b]), op = identity or transpose.
+// Batched tiled matmul: C[b] = op(A[b]) * op(B[b]), op = identity or transpose.
 // Shapes: op(A) is M x K, op(B) is K x N, C is M x N, all row-major.
 // A is K x M when ta = 1; B is N x K when tb = 1. A batch stride of 0 broadcasts.
 // Tiles: 64 x 64 of C per workgroup of 16 x 16 threads, each thread 4 x 4 outputs, K step 16.
@@ -7,7 +7,7 @@
 struct Params {
     m: u32, n: u32, k: u32, ta: u32,
     tb: u32, stride_a: u32, stride_b: u32, stride_c: u32,
-    accumulate: u32, _p0: u32, _p1: u32, _p2: u32,
+    _p0: u32, _p1: u32, _p2: u32, _p3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,9 +80,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             let col = col0 + lid.x + j * 16u;
             if (col >= p.n) { continue; }
             let at = base_c + row * p.n + col;
-            var v = acc[i * 4u + j];
-            if (p.accumulate == 1u) { v = v + c[at]; }
-            c[at] = v;
+            c[at] = acc[i * 4u + j];
         }
     }
 }
@@ -131,9 +129,7 @@ fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
             let col = col0 + j;
             if (col >= p.n) { continue; }
             let at = base_c + row * p.n + col;
-            var v = acc[i][j];
-            if (p.accumulate == 1u) { v = v + c[at]; }
-            c[at] = v;
+            c[at] = acc[i][j];
         }
     }
 }

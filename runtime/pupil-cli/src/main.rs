@@ -3,6 +3,7 @@
 mod bench;
 mod convert;
 mod embed;
+mod generate;
 mod info;
 mod inspect;
 mod sync;
@@ -37,6 +38,8 @@ enum Command {
     Convert(convert::Args),
     /// Embed texts with a sentence encoder (BERT, e.g. all-MiniLM-L6-v2).
     Embed(embed::Args),
+    /// Generate text with a Llama decoder (SmolLM2), streamed as it is produced.
+    Generate(generate::Args),
     /// Run the sync server: device registration, signed updates, rounds, signed versions.
     Serve(pupil_sync::cli::ServeArgs),
     /// Device-side sync: register, push queued updates, pull verified versions, status.
@@ -52,6 +55,7 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Serve(a) => sync::serve(a),
         Command::Sync(c) => sync::run(c),
     };

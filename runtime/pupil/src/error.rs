@@ -91,6 +91,9 @@ pub enum Error {
     /// A model file is unreadable or does not fit.
     #[error(transparent)]
     Model(#[from] crate::format::ModelFileError),
+    /// A data set is missing or malformed.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// Invalid argument.
     #[error("{0}")]
     Invalid(String),

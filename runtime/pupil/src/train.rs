@@ -19,13 +19,13 @@ pub trait Examples {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Fill `features` (`indices.len() * dim`) and `labels` (as f32) for `indices`, reusing
-    /// the buffers.
+    /// Fill `features` (`indices.len() * dim`) and `labels` for `indices`, reusing the
+    /// buffers.
     fn batch(
         &self,
         indices: &[usize],
         features: &mut Vec<f32>,
-        labels: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
     ) -> Result<()>;
     /// Features per example.
     fn dim(&self) -> usize;
@@ -50,18 +50,9 @@ impl Examples for crate::data::mnist::Split {
         &self,
         indices: &[usize],
         features: &mut Vec<f32>,
-        labels: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
     ) -> Result<()> {
-        features.clear();
-        labels.clear();
-        for &i in indices {
-            let (Some(img), Some(&y)) = (self.image(i), self.labels.get(i)) else {
-                return Err(Error::Invalid(format!("example {i} out of {}", self.n)));
-            };
-            features.extend(img.iter().map(|&p| f32::from(p) / 255.0));
-            labels.push(f32::from(y));
-        }
-        Ok(())
+        Ok(self.batch_f32(indices, features, labels)?)
     }
 }
 
@@ -82,15 +73,17 @@ pub fn train_epoch(
     let backend = params.backend().clone();
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let (mut xs, mut ys, mut yf) = (Vec::new(), Vec::new(), Vec::new());
     let loss_sum = Tensor::zeros(&backend, &[1])?;
     let (mut since, mut total, mut steps) = (0usize, 0.0f64, 0usize);
     let report_every = report_every.max(1);
     for (i, idx) in order.chunks(batch).enumerate() {
         data.batch(idx, &mut xs, &mut ys)?;
+        yf.clear();
+        yf.extend(ys.iter().map(|&c| c as f32));
         let mut g = Graph::new(&backend);
         let x = g.input(Tensor::from_slice(&backend, &[idx.len(), data.dim()], &xs)?);
-        let y = g.input(Tensor::from_slice(&backend, &[idx.len()], &ys)?);
+        let y = g.input(Tensor::from_slice(&backend, &[idx.len()], &yf)?);
         let logits = net.logits(&mut g, params, x)?;
         let loss = g.cross_entropy(logits, y)?;
         crate::ops::elementwise::axpy(&loss_sum, 1.0, g.value(loss))?;

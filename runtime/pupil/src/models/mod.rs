@@ -2,4 +2,5 @@
 
 pub mod bert;
 pub mod classifier;
+pub mod llama;
 pub mod tokenizer;

@@ -138,8 +138,7 @@ struct Params {
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    accumulate: u32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -> Result<()> {
@@ -161,8 +160,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -
         stride_a: if batched { (d.m * d.k) as u32 } else { 0 },
         stride_b: if batched { (d.k * d.n) as u32 } else { 0 },
         stride_c: (d.m * d.n) as u32,
-        accumulate: 0,
-        _pad: [0; 3],
+        _pad: [0; 4],
     };
     let kernel = Kernel {
         shader: "matmul",

@@ -1,0 +1,215 @@
+//! Llama decoders (SmolLM2-135M and kin): pre-RMSNorm layers, rotary positions ("rotate
+//! half"), grouped-query attention with a KV cache, SwiGLU feed-forward, optionally tied
+//! embeddings; inference only.
+//!
+//! Weights carry the GGUF names (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...) and are
+//! loaded by name from a `.pupil` file made by [`crate::import`], dequantized to f32 at load.
+//! Each weight is its own tensor rather than a slot of one [`crate::params::Params`] buffer:
+//! all of them together (540 MB in f32) exceed one storage binding on many adapters
+//! (128 MiB on lavapipe), while the largest single weight (the 113 MB embedding) fits.
+//! Shape key: batch B, new tokens T, cached tokens P, width D, heads H, kv heads Hkv, head
+//! width Dh. Per layer: `h = x + Wo attn(rope(Wq n(x)), rope(Wk n(x)), Wv n(x))` over the
+//! cached and new keys, causal; `y = h + W_down (silu(W_gate n(h)) * W_up n(h))`, with `n`
+//! the layer's RMSNorm. Logits: `norm(y_last) E^T` with E the embedding table when tied.
+
+mod cache;
+mod chat;
+mod config;
+mod run;
+pub mod sample;
+
+pub use cache::KvCache;
+pub use chat::chat_prompt;
+pub use config::LlamaConfig;
+pub use run::{CausalLm, Generation};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::format::ModelFile;
+use crate::graph::{Graph, Var};
+use crate::tensor::Tensor;
+
+/// One decoder layer's weights (projections `[out, in]`).
+#[derive(Clone, Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    ffn_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A Llama decoder with its weights on one backend.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// The output projection `[V, D]`; the embedding table when tied.
+    head: Tensor,
+}
+
+/// The f32 tensor `name` of `file` on `backend`, which must have `shape`.
+fn weight(file: &ModelFile, backend: &Backend, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let lacks = || {
+        Error::Invalid(format!(
+            "model {:?} lacks the llama weight {name:?}; convert the full GGUF with `pupil convert`",
+            file.info().model_id.as_str()
+        ))
+    };
+    let t = file.tensor(name).map_err(|_| lacks())?;
+    let got: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    if got != shape {
+        return Err(Error::shape(
+            "llama load",
+            format!("{name}: file has {got:?}, the config implies {shape:?}"),
+        ));
+    }
+    Tensor::from_slice(backend, shape, &t.to_f32())
+}
+
+impl Llama {
+    /// Loads the config and every weight of `file` onto `backend` (dequantized to f32).
+    pub fn load(file: &ModelFile, backend: &Backend) -> Result<Llama> {
+        let cfg = LlamaConfig::from_model(file)?;
+        let (d, kv) = (cfg.hidden, cfg.kv_heads * cfg.head_dim);
+        let w = |name: &str, shape: &[usize]| weight(file, backend, name, shape);
+        let layers = (0..cfg.layers)
+            .map(|i| {
+                let p = |name: &str| format!("blk.{i}.{name}.weight");
+                Ok(Layer {
+                    attn_norm: w(&p("attn_norm"), &[d])?,
+                    q: w(&p("attn_q"), &[d, d])?,
+                    k: w(&p("attn_k"), &[kv, d])?,
+                    v: w(&p("attn_v"), &[kv, d])?,
+                    o: w(&p("attn_output"), &[d, d])?,
+                    ffn_norm: w(&p("ffn_norm"), &[d])?,
+                    gate: w(&p("ffn_gate"), &[cfg.ffn, d])?,
+                    up: w(&p("ffn_up"), &[cfg.ffn, d])?,
+                    down: w(&p("ffn_down"), &[d, cfg.ffn])?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let embed = w("token_embd.weight", &[cfg.vocab, d])?;
+        let head = if cfg.tied_embeddings {
+            embed.clone()
+        } else {
+            w("output.weight", &[cfg.vocab, d])?
+        };
+        Ok(Llama {
+            norm: w("output_norm.weight", &[d])?,
+            embed,
+            layers,
+            head,
+            cfg,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The backend the weights live on.
+    pub fn backend(&self) -> Backend {
+        self.embed.backend()
+    }
+
+    /// Runs new tokens `ids` (`[B, T]`, f32 integers) after the `cache`'s tokens, adds their
+    /// keys and values to the cache and returns the logits of the last position `[B, V]`.
+    pub fn forward(&self, g: &mut Graph, ids: Var, cache: &mut KvCache) -> Result<Var> {
+        let shape = g.shape(ids).to_vec();
+        let [bsz, t] = shape[..] else {
+            return Err(Error::shape(
+                "llama",
+                format!("ids must be [B, T], got {shape:?}"),
+            ));
+        };
+        if bsz != cache.batch() || t == 0 {
+            return Err(Error::shape(
+                "llama",
+                format!(
+                    "ids {shape:?} need T > 0 and B equal to the cache's batch {}",
+                    cache.batch()
+                ),
+            ));
+        }
+        cache.check_room(t)?;
+        let table = g.input(self.embed.clone());
+        let mut x = g.embedding(table, ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer(g, (i, layer), x, cache, [bsz, t])?;
+        }
+        cache.advance(t);
+        let d = self.cfg.hidden;
+        let rows = g.reshape(x, &[bsz * t, d])?;
+        let last: Vec<f32> = (0..bsz).map(|b| (b * t + t - 1) as f32).collect();
+        let last = g.input(Tensor::from_slice(g.backend(), &[bsz], &last)?);
+        let x = g.embedding(rows, last)?;
+        let x = rms_norm(g, x, &self.norm, self.cfg.eps)?;
+        linear(g, x, &self.head)
+    }
+
+    /// One pre-norm decoder layer over `x` `[B, T, D]`, reading and extending the cache.
+    fn layer(
+        &self,
+        g: &mut Graph,
+        (index, l): (usize, &Layer),
+        x: Var,
+        cache: &KvCache,
+        [bsz, t]: [usize; 2],
+    ) -> Result<Var> {
+        let c = &self.cfg;
+        let (dh, offset) = (c.head_dim, cache.len());
+        let heads = |g: &mut Graph, v: Var, h: usize| -> Result<Var> {
+            let v = g.reshape(v, &[bsz, t, h, dh])?;
+            g.permute(v, &[0, 2, 1, 3])
+        };
+        let n = rms_norm(g, x, &l.attn_norm, c.eps)?;
+        let q = linear(g, n, &l.q)?;
+        let q = heads(g, q, c.heads)?;
+        let q = g.rope(q, c.rope_base, offset)?;
+        let k = linear(g, n, &l.k)?;
+        let k = heads(g, k, c.kv_heads)?;
+        let k = g.rope(k, c.rope_base, offset)?;
+        let v = linear(g, n, &l.v)?;
+        let v = g.reshape(v, &[bsz, t, c.kv_heads, dh])?;
+        // The cache is time-major [T, B, Hkv, Dh].
+        let k_new = g.permute(k, &[2, 0, 1, 3])?;
+        let v_new = g.permute(v, &[1, 0, 2, 3])?;
+        let (k_all, v_all) = cache.append(index, g.value(k_new), g.value(v_new))?;
+        let k_all = g.input(k_all);
+        let v_all = g.input(v_all);
+        let k_all = g.permute(k_all, &[1, 2, 0, 3])?;
+        let v_all = g.permute(v_all, &[1, 2, 0, 3])?;
+        let a = g.attention(q, k_all, v_all, None, true)?;
+        let a = g.permute(a, &[0, 2, 1, 3])?;
+        let a = g.reshape(a, &[bsz, t, c.hidden])?;
+        let a = linear(g, a, &l.o)?;
+        let h = g.add(x, a)?;
+        let n = rms_norm(g, h, &l.ffn_norm, c.eps)?;
+        let gate = linear(g, n, &l.gate)?;
+        let gate = g.silu(gate)?;
+        let up = linear(g, n, &l.up)?;
+        let f = g.mul(gate, up)?;
+        let f = linear(g, f, &l.down)?;
+        g.add(h, f)
+    }
+}
+
+/// `x W^T` for `x` `[.., in]` and a constant weight `[out, in]`.
+fn linear(g: &mut Graph, x: Var, w: &Tensor) -> Result<Var> {
+    let w = g.input(w.clone());
+    g.matmul_t(x, w, false, true)
+}
+
+/// RMSNorm of `x` over its last axis with a constant scale.
+fn rms_norm(g: &mut Graph, x: Var, gamma: &Tensor, eps: f32) -> Result<Var> {
+    let gamma = g.input(gamma.clone());
+    g.rms_norm(x, gamma, eps)
+}
