@@ -2,16 +2,18 @@
 //!
 //!     cargo run --release --example mnist -- --model mlp
 //!
-//! Prints per-epoch loss and test accuracy, and ends with `test_accuracy=<value>`.
+//! Prints per-epoch loss and test accuracy, and ends with `test_accuracy=<value>`;
+//! `--save model.pupil` keeps the classifier (rewritten after every epoch), e.g. as the
+//! teacher for `pupil distill`.
 
 use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::mnist::Mnist;
-use pupil::models::classifier::{Arch, Classifier};
+use pupil::format::DType;
+use pupil::models::classifier::{Arch, Model};
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
-use pupil::params::ParamsBuilder;
 use pupil::train;
 
 #[derive(Parser)]
@@ -38,6 +40,9 @@ struct Args {
     /// Random seed for initialisation and shuffling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write the trained classifier to this `.pupil` file.
+    #[arg(long)]
+    save: Option<std::path::PathBuf>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,16 +52,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = pupil::Backend::auto(args.adapter.as_deref())?;
     println!("backend: {}", backend.describe());
     let data = Mnist::load()?;
-    let mut builder = ParamsBuilder::new(args.seed);
-    let net = Classifier::new(arch, &mut builder);
-    let params = builder.build(&backend)?;
+    let model = Model::new(arch, &backend, args.seed)?;
+    let (net, params) = (&model.net, &model.params);
     println!(
         "model: {} ({} parameters)",
         arch.name(),
         params.count(false)
     );
     let mut opt = Optimizer::new(
-        &params,
+        params,
         Rule::AdamW(AdamWConfig {
             lr: args.lr,
             ..Default::default()
@@ -75,8 +79,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let start = Instant::now();
         let loss = train::train_epoch(
-            &net,
-            &params,
+            net,
+            params,
             &mut opt,
             &data.train,
             args.batch,
@@ -89,12 +93,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f32();
-        accuracy = train::accuracy(&net, &params, &data.test, 1000)?;
+        accuracy = train::accuracy(net, params, &data.test, 1000)?;
         println!(
             "epoch {epoch:>2}  loss {loss:.4}  test accuracy {:.2}%  ({secs:.1} s, {:.0} images/s)",
             accuracy * 100.0,
             data.train.n as f32 / secs
         );
+        if let Some(path) = &args.save {
+            model.save(path, DType::F32, 1, None)?;
+            println!("saved {}", path.display());
+        }
     }
     println!("test_accuracy={accuracy:.4}");
     Ok(())

@@ -2,10 +2,14 @@
 
 mod bench;
 mod convert;
+mod data;
+mod distill;
 mod embed;
 mod generate;
 mod info;
 mod inspect;
+mod plot;
+mod refine;
 mod sync;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +44,13 @@ enum Command {
     Embed(embed::Args),
     /// Generate text with a Llama decoder (SmolLM2), streamed as it is produced.
     Generate(generate::Args),
+    /// Write simulated device data (MNIST digits in a device-specific style).
+    #[command(subcommand)]
+    Data(data::Data),
+    /// Distil a student classifier from a teacher (temperature-scaled KL on logits).
+    Distill(distill::Args),
+    /// Refine a classifier on local data: active labels, pseudo-labels, curriculum, replay.
+    Refine(refine::Args),
     /// Run the sync server: device registration, signed updates, rounds, signed versions.
     Serve(pupil_sync::cli::ServeArgs),
     /// Device-side sync: register, push queued updates, pull verified versions, status.
@@ -56,6 +67,9 @@ fn main() {
         Command::Convert(a) => convert::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Data(d) => data::run(d),
+        Command::Distill(a) => distill::run(a),
+        Command::Refine(a) => refine::run(a),
         Command::Serve(a) => sync::serve(a),
         Command::Sync(c) => sync::run(c),
     };

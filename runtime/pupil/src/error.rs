@@ -94,6 +94,18 @@ pub enum Error {
     /// A data set is missing or malformed.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// A refinement session cannot fit its memory budget.
+    #[error("refinement needs at least {needed} bytes ({detail}) but the memory budget is {budget} bytes; {hint}")]
+    OverBudget {
+        /// The least the session needs (one example per micro-batch).
+        needed: u64,
+        /// The budget given.
+        budget: u64,
+        /// Where the bytes go.
+        detail: String,
+        /// What to change.
+        hint: String,
+    },
     /// Invalid argument.
     #[error("{0}")]
     Invalid(String),

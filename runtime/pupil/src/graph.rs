@@ -114,6 +114,11 @@ impl Graph {
         self.value(v).shape()
     }
 
+    /// Bytes of every value on the tape (inputs, parameters' views and intermediates).
+    pub fn bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| n.value.bytes()).sum()
+    }
+
     /// Whether gradients flow to this node.
     pub fn requires_grad(&self, v: Var) -> bool {
         self.nodes[v.0].requires_grad

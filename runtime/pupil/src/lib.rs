@@ -20,6 +20,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod refine;
 mod shaders;
 pub mod tensor;
 pub mod train;

@@ -68,6 +68,17 @@ pub enum Rule {
     Sgd(SgdConfig),
 }
 
+/// An optimizer's state read back to the host, for checkpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// Steps taken.
+    pub steps: u32,
+    /// First moments (or momentum).
+    pub m: Vec<f32>,
+    /// Second moments (AdamW only).
+    pub v: Option<Vec<f32>>,
+}
+
 /// An optimizer with its state for one parameter store.
 pub struct Optimizer {
     rule: Rule,
@@ -123,6 +134,42 @@ impl Optimizer {
     /// Bytes of optimizer state.
     pub fn state_bytes(&self) -> u64 {
         self.m.bytes() + self.v.as_ref().map_or(0, Tensor::bytes)
+    }
+
+    /// Read the state back (a synchronisation point).
+    pub fn state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            steps: self.steps,
+            m: self.m.to_vec()?,
+            v: self.v.as_ref().map(Tensor::to_vec).transpose()?,
+        })
+    }
+
+    /// Continue from a saved state of an optimizer of the same rule over the same parameters.
+    pub fn restore(&mut self, state: &OptimizerState) -> Result<()> {
+        if state.m.len() != self.m.numel() || state.v.is_some() != self.v.is_some() {
+            return Err(Error::Invalid(format!(
+                "optimizer state of {} values{} does not fit this optimizer ({} values{})",
+                state.m.len(),
+                if state.v.is_some() {
+                    " with second moments"
+                } else {
+                    ""
+                },
+                self.m.numel(),
+                if self.v.is_some() {
+                    " with second moments"
+                } else {
+                    ""
+                },
+            )));
+        }
+        self.m.write(&state.m)?;
+        if let (Some(v), Some(saved)) = (&self.v, &state.v) {
+            v.write(saved)?;
+        }
+        self.steps = state.steps;
+        Ok(())
     }
 
     /// Global gradient norm of the last step (reads back: a synchronisation point).

@@ -17,6 +17,13 @@ pub const ALIGN: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(usize);
 
+impl ParamId {
+    /// Position in [`Params::infos`].
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// How a parameter starts.
 #[derive(Clone, Debug)]
 pub enum Init {
@@ -91,6 +98,15 @@ impl ParamsBuilder {
             trainable,
         });
         ParamId(self.specs.len() - 1)
+    }
+
+    /// Train only the parameters whose name `keep` accepts; freeze the rest (fine-tuning a
+    /// head, say). Call after declaring the layers and before [`ParamsBuilder::build`].
+    pub fn train_only(&mut self, keep: impl Fn(&str) -> bool) -> &mut Self {
+        for s in &mut self.specs {
+            s.trainable = keep(&s.name);
+        }
+        self
     }
 
     /// Lay out and upload every parameter.
@@ -230,12 +246,24 @@ impl Params {
 
     /// Add every parameter to a model file being built, as f32 tensors under their names.
     pub fn export(&self, builder: &mut ModelBuilder) -> Result<()> {
-        let all = self.values.to_vec()?;
-        for p in &self.infos {
-            let shape: Vec<u64> = p.shape.iter().map(|&d| d as u64).collect();
-            builder.add_f32(&p.name, &shape, &all[p.offset..p.offset + numel(&p.shape)])?;
+        for (name, shape, values) in self.export_values()? {
+            builder.add_f32(&name, &shape, &values)?;
         }
         Ok(())
+    }
+
+    /// Every parameter's name, shape and values, read back in one transfer.
+    pub fn export_values(&self) -> Result<Vec<(String, Vec<u64>, Vec<f32>)>> {
+        let all = self.values.to_vec()?;
+        Ok(self
+            .infos
+            .iter()
+            .map(|p| {
+                let shape = p.shape.iter().map(|&d| d as u64).collect();
+                let values = all[p.offset..p.offset + numel(&p.shape)].to_vec();
+                (p.name.clone(), shape, values)
+            })
+            .collect())
     }
 
     /// Load every parameter that `file` holds (by name, converting its dtype to f32);

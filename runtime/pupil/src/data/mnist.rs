@@ -55,6 +55,19 @@ impl Split {
         self.images.get(start..)?.get(..PIXELS)
     }
 
+    /// The examples at `indices` (each must be below `n`), in that order.
+    pub fn subset(&self, indices: &[usize]) -> Split {
+        let mut images = Vec::with_capacity(indices.len() * PIXELS);
+        for &i in indices {
+            images.extend_from_slice(&self.images[i * PIXELS..(i + 1) * PIXELS]);
+        }
+        Split {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            n: indices.len(),
+        }
+    }
+
     /// Fills `images` with the examples at `indices` as pixel / 255 (`indices.len() * 784`
     /// floats) and `labels` with their labels, reusing both buffers' memory.
     /// On error the buffers hold a partial batch.

@@ -1,6 +1,8 @@
 //! Real data sets and models from the local cache, fetched on demand by `models/fetch`.
 
+pub mod idx;
 pub mod mnist;
+pub mod shift;
 
 pub use mnist::{Mnist, Split};
 
@@ -60,6 +62,14 @@ pub enum DataError {
         /// 1-based line number.
         line: usize,
         /// What is wrong with the row.
+        reason: String,
+    },
+    /// A data file is not what its format says.
+    #[error("{path}: {reason}; write it with `pupil data` or another IDX writer")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
         reason: String,
     },
     /// A file has the wrong number of rows.

@@ -23,7 +23,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ModelF
 
 /// Writes `bytes` to `path` so that readers see either the old file or the
 /// complete new one, even across a crash.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelFileError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelFileError> {
     let name = path.file_name().ok_or_else(|| {
         io_err("write", path)(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -6,6 +6,7 @@
 //! file-system level conveniences on top.
 
 mod atomic;
+pub use atomic::write_atomic;
 mod builder;
 mod convert;
 mod error;

@@ -24,6 +24,25 @@ impl Mlp {
         }
     }
 
+    /// Declare frozen layers, each with a trainable LoRA adapter of `rank` and `alpha`.
+    pub fn with_lora(
+        b: &mut ParamsBuilder,
+        name: &str,
+        dims: &[usize],
+        rank: usize,
+        alpha: f32,
+    ) -> Mlp {
+        Mlp {
+            layers: dims
+                .windows(2)
+                .enumerate()
+                .map(|(i, d)| {
+                    Linear::with_lora(b, &format!("{name}.{i}"), d[0], d[1], true, rank, alpha)
+                })
+                .collect(),
+        }
+    }
+
     /// Apply to `x` of shape `[.., dims[0]]`.
     pub fn forward(&self, g: &mut Graph, p: &Params, mut x: Var) -> Result<Var> {
         for (i, layer) in self.layers.iter().enumerate() {

@@ -1,0 +1,21 @@
+//! On-device refinement: a student gets better on data the device generates itself, without
+//! forgetting what it knew.
+//!
+//! - [`select`]: local data generation from the model's own predictions (self-training with
+//!   class-adaptive thresholds, active selection by entropy or margin, a curriculum);
+//! - [`replay`]: anchor examples shipped in the model file, mixed into every batch;
+//! - [`plan`]: the memory plan (micro-batch and gradient accumulation under a budget);
+//! - [`checkpoint`]: atomic checkpoints for bit-for-bit resume;
+//! - [`gate`]: the quality gate that keeps or rolls back a round;
+//! - [`session`]: the round loop tying them together for classifiers;
+//! - [`distill`]: training a student from a teacher's temperature-softened logits.
+
+pub mod checkpoint;
+pub mod distill;
+pub mod gate;
+pub mod plan;
+pub mod replay;
+pub mod select;
+pub mod session;
+
+pub use session::{Active, Eval, History, Outcome, Progress, RefineConfig, RoundReport, Session};
