@@ -3,6 +3,7 @@
 mod bench;
 mod convert;
 mod data;
+mod demo;
 mod distill;
 mod embed;
 mod generate;
@@ -44,6 +45,9 @@ enum Command {
     Embed(embed::Args),
     /// Generate text with a Llama decoder (SmolLM2), streamed as it is produced.
     Generate(generate::Args),
+    /// The whole loop on this machine: devices refine a student on their own data and sync
+    /// through an in-process server; a second run continues.
+    Demo(demo::Args),
     /// Write simulated device data (MNIST digits in a device-specific style).
     #[command(subcommand)]
     Data(data::Data),
@@ -67,6 +71,7 @@ fn main() {
         Command::Convert(a) => convert::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Data(d) => data::run(d),
         Command::Distill(a) => distill::run(a),
         Command::Refine(a) => refine::run(a),

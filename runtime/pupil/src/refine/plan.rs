@@ -111,9 +111,16 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
     Ok((value * scale) as u64)
 }
 
-/// `bytes` in MiB with one decimal, for messages.
+/// `bytes` in KiB, MiB or GiB with one decimal, for messages.
 pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    let b = bytes as f64;
+    if b < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    }
 }
 
 #[cfg(test)]

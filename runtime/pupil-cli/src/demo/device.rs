@@ -1,0 +1,235 @@
+//! One simulated device of the demo: its own key, durable outbox and local digits in its
+//! own style; each round it pulls the current version, refines it on local data and pushes a
+//! signed int8 delta.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use pupil::data::idx::{read_split, write_split};
+use pupil::data::mnist::{Mnist, Split};
+use pupil::data::shift::Style;
+use pupil::format::ModelFile;
+use pupil::models::classifier::{Model, Train};
+use pupil::refine::replay::Anchors;
+use pupil::refine::select::{SelfTraining, Uncertainty};
+use pupil::refine::{Active, Eval, RefineConfig, Session};
+use pupil::train;
+use pupil::Backend;
+use pupil_sync::client::{Client, Outbox, PullOutcome};
+use pupil_sync::KeyPair;
+use pupil_wire::update::{EncodedDelta, UpdateDraft};
+use pupil_wire::Metric;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::Phases;
+
+/// A device and its files under `dir`.
+pub struct Device {
+    /// Its id on the server.
+    pub name: String,
+    /// How its digits look.
+    pub style: Style,
+    dir: PathBuf,
+    key: KeyPair,
+    outbox: Outbox,
+    /// Unlabelled local pool (labels kept only to answer the few label requests).
+    pool: Split,
+    /// Labelled local test set (for measuring only).
+    pub eval: Split,
+}
+
+/// What one device did in one round.
+pub struct DeviceRound {
+    /// Local accuracy of the version it pulled.
+    pub before: f32,
+    /// Local accuracy after its own refinement (before aggregation).
+    pub refined: f32,
+    /// Labels it asked its user for.
+    pub labels: usize,
+    /// Pseudo-labels it trained on.
+    pub pseudo: usize,
+    /// Bytes of the signed update it pushed.
+    pub update_bytes: usize,
+    /// Whether its refinement passed its own quality gate.
+    pub kept: bool,
+}
+
+impl Device {
+    /// Open (or create) device `index` with `style`, writing its local data on first use.
+    pub fn open(
+        root: &Path,
+        index: usize,
+        style: Style,
+        pool: usize,
+        mnist: &Mnist,
+    ) -> Result<Device, Box<dyn std::error::Error>> {
+        let name = format!("device-{}", index + 1);
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let (images, labels) = (dir.join("images.idx"), dir.join("labels.idx"));
+        let (eval_images, eval_labels) = (dir.join("eval-images.idx"), dir.join("eval-labels.idx"));
+        if !(images.is_file() && eval_labels.is_file()) {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(100 + index as u64);
+            let mut train: Vec<usize> = (0..mnist.train.n).collect();
+            train.shuffle(&mut rng);
+            let mut test: Vec<usize> = (0..mnist.test.n).collect();
+            test.shuffle(&mut rng);
+            write_split(
+                &style.apply_split(&mnist.train.subset(&train[..pool])),
+                &images,
+                Some(&labels),
+            )?;
+            write_split(
+                &style.apply_split(&mnist.test.subset(&test[..1000])),
+                &eval_images,
+                Some(&eval_labels),
+            )?;
+        }
+        Ok(Device {
+            key: KeyPair::load_or_create(&dir.join("device.key"))?,
+            outbox: Outbox::open(&dir.join("outbox"))?,
+            pool: read_split(&images, Some(&labels))?,
+            eval: read_split(&eval_images, Some(&eval_labels))?,
+            name,
+            style,
+            dir,
+        })
+    }
+
+    /// The device's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public()
+    }
+
+    /// Where its current model lives.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join("model.pupil")
+    }
+
+    /// Pull the current version (verified against the pinned `server_key`).
+    pub fn pull(
+        &self,
+        client: &Client,
+        server_key: &[u8; 32],
+    ) -> Result<u64, Box<dyn std::error::Error>> {
+        Ok(match client.pull(&self.model_path(), server_key)? {
+            PullOutcome::UpToDate(m) | PullOutcome::Updated(m) => m.version,
+        })
+    }
+
+    /// Refine the pulled model on local data and push a signed int8 delta.
+    pub fn refine_and_push(
+        &self,
+        client: &Client,
+        backend: &Backend,
+        round: u64,
+        phases: &mut Phases,
+    ) -> Result<DeviceRound, Box<dyn std::error::Error>> {
+        let t = Instant::now();
+        let file = ModelFile::open(self.model_path())?;
+        let model = Model::open(&file, backend, Train::All)?;
+        let before = train::accuracy(&model.net, &model.params, &self.eval, 500)?;
+        phases.inference += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
+        let cfg = RefineConfig {
+            rounds: 1,
+            epochs: 2,
+            batch: 64,
+            lr: 3e-4,
+            self_training: Some(SelfTraining {
+                threshold: 0.9,
+                ..Default::default()
+            }),
+            active: Some(Active {
+                per_round: 5,
+                budget: 5,
+                by: Uncertainty::Margin,
+            }),
+            curriculum: None,
+            replay: 24,
+            oracle_weight: 4,
+            tolerance: 0.02,
+            memory_budget: None,
+            checkpoint_every: 0,
+            seed: round,
+        };
+        let mut session = Session::new(
+            &model,
+            file.content_hash(),
+            &self.pool,
+            true,
+            anchors,
+            cfg,
+            Eval::default(),
+            None,
+        )?;
+        // The app's labelling callback: here, the user answers with the true digit.
+        let labels = &self.pool.labels;
+        let mut oracle = |picks: &[usize]| {
+            picks
+                .iter()
+                .map(|&i| Some(usize::from(labels[i])))
+                .collect()
+        };
+        session.run(&mut oracle, &AtomicBool::new(false), &mut |_| {})?;
+        let report = session.history().rounds.last().cloned().unwrap_or_default();
+        let refined = train::accuracy(&model.net, &model.params, &self.eval, 500)?;
+        phases.refine += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut encoded = Vec::new();
+        for (name, shape, values) in model.merged()? {
+            let base = file.to_f32(&name)?;
+            let delta: Vec<f32> = values.iter().zip(&base).map(|(a, b)| a - b).collect();
+            if delta.iter().any(|&d| d != 0.0) {
+                encoded.push(EncodedDelta::int8(&name, &shape, &delta)?);
+            }
+        }
+        let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
+        let examples = (report.pseudo_labels + report.labels) as u64;
+        let metrics = [
+            Metric {
+                name: "local_accuracy_before",
+                value: before,
+            },
+            Metric {
+                name: "local_accuracy_after",
+                value: refined,
+            },
+            Metric {
+                name: "loss",
+                value: report.loss,
+            },
+        ];
+        let seq = self.outbox.enqueue(&self.key, |seq| {
+            UpdateDraft {
+                model_id: &file.info().model_id,
+                base_version: file.content_hash(),
+                device_id: &self.name,
+                seq,
+                num_examples: examples.max(1),
+                metrics: &metrics,
+                deltas: &views,
+            }
+            .encode()
+        })?;
+        let update_bytes = self.outbox.read(seq)?.len();
+        let pushed = client.push(&self.outbox)?;
+        if let Some((_, why)) = pushed.rejected.first() {
+            return Err(format!("{}: the server refused update {seq}: {why}", self.name).into());
+        }
+        phases.sync += t.elapsed().as_secs_f64();
+        Ok(DeviceRound {
+            before,
+            refined,
+            labels: report.new_labels,
+            pseudo: report.pseudo_labels,
+            update_bytes,
+            kept: report.accepted,
+        })
+    }
+}

@@ -1,0 +1,355 @@
+//! `pupil demo`: the whole loop on one machine. An upstream server runs in-process on
+//! loopback with its durable store; simulated devices, each with digits in its own style,
+//! pull the shipped distilled student, measure it on their local data, generate training data
+//! (a few labels asked of the user, confident pseudo-labels), refine on the device, push
+//! signed deltas; the server aggregates them (FedAvg), gates the candidate on its holdout and
+//! publishes the next version, which every device pulls. A second run continues.
+
+mod device;
+mod summary;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pupil::data::mnist::{Mnist, Split};
+use pupil::data::shift::Style;
+use pupil::format::ModelFile;
+use pupil::models::classifier::{Model, Train};
+use pupil::train;
+use pupil::Backend;
+use pupil_sync::client::Client;
+use pupil_sync::server::{serve, Gate, Server, ServerConfig, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::CliResult;
+use device::Device;
+
+/// The shipped student (`models/mnist-student.pupil`, made by `pupil distill`).
+pub const STUDENT: &[u8] = include_bytes!("../../../../models/mnist-student.pupil");
+
+/// Device styles, in order: rotation, stroke thickness and offset differ per device.
+const STYLES: [&str; 8] = [
+    "rot=25,thick=1",
+    "rot=-20",
+    "thick=2",
+    "rot=15,dx=2,dy=2",
+    "rot=-30,thick=1",
+    "dx=-3,dy=1",
+    "rot=35",
+    "rot=-10,thick=1,dy=-2",
+];
+
+/// Arguments of `pupil demo`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "The first run creates DIR; later runs continue from what is stored there \
+(server versions, device keys and outboxes, history). --reset starts over."
+)]
+pub struct Args {
+    /// Where the server store, the devices and the report live.
+    #[arg(long, default_value = "pupil-demo")]
+    dir: PathBuf,
+    /// Simulated devices (at most 8).
+    #[arg(long, default_value_t = 4)]
+    devices: usize,
+    /// Rounds to run now.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Unlabelled images per device.
+    #[arg(long, default_value_t = 1000)]
+    pool: usize,
+    /// Delete DIR first.
+    #[arg(long)]
+    reset: bool,
+    /// Adapter (name, backend or cpu); default: the best GPU, else the CPU backend.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Seconds spent per phase, summed over devices.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Phases {
+    /// Pulling and verifying versions.
+    pub pull: f64,
+    /// Measuring the pulled model on local data.
+    pub inference: f64,
+    /// Data generation and refinement.
+    pub refine: f64,
+    /// Encoding, signing, queueing and pushing updates.
+    pub sync: f64,
+    /// Server-side aggregation, quality gate and publishing.
+    pub aggregate: f64,
+}
+
+/// One published version as the demo measured it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VersionRow {
+    /// Version number on the server.
+    pub version: u64,
+    /// Accuracy on MNIST's own test set.
+    pub global: f32,
+    /// Accuracy on each device's local test set.
+    pub local: Vec<f32>,
+    /// Bytes of each device's update that produced it (empty for the shipped model).
+    pub update_bytes: Vec<usize>,
+    /// Each device's local accuracy right after its own refinement.
+    pub refined: Vec<f32>,
+    /// The server's quality gate.
+    pub gate: String,
+    /// Time per phase in the round that produced it.
+    pub phases: Phases,
+}
+
+/// What the demo keeps between runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Device styles, in order.
+    pub styles: Vec<String>,
+    /// Measured versions, oldest first.
+    pub versions: Vec<VersionRow>,
+}
+
+const ADMIN: &str = "pupil-demo-admin";
+
+/// The server's quality gate: accuracy on MNIST test images the devices never see must not
+/// fall by more than a point.
+fn holdout_gate(holdout: Split) -> Gate {
+    Arc::new(move |candidate: &ModelFile, current: &ModelFile| {
+        let score = |f: &ModelFile| -> Option<f32> {
+            let m = Model::open(f, &Backend::Cpu, Train::All).ok()?;
+            train::accuracy(&m.net, &m.params, &holdout, 1000).ok()
+        };
+        let (Some(new), Some(old)) = (score(candidate), score(current)) else {
+            return Verdict {
+                accept: false,
+                metrics: Default::default(),
+                reason: "the candidate is not a readable classifier".into(),
+            };
+        };
+        Verdict {
+            accept: new >= old - 0.01,
+            metrics: [("holdout_accuracy".to_string(), f64::from(new))].into(),
+            reason: format!("holdout {:.2}% -> {:.2}%", old * 100.0, new * 100.0),
+        }
+    })
+}
+
+/// Run the demo.
+pub fn run(a: Args) -> CliResult {
+    if a.devices == 0 || a.devices > STYLES.len() {
+        return Err(format!("--devices must be 1 to {}", STYLES.len()).into());
+    }
+    if a.reset && a.dir.exists() {
+        std::fs::remove_dir_all(&a.dir)?;
+    }
+    std::fs::create_dir_all(&a.dir)?;
+    let state_path = a.dir.join("state.json");
+    let mut state: State = match std::fs::read(&state_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is unreadable ({e}); pass --reset to start over",
+                state_path.display()
+            )
+        })?,
+        Err(_) => State::default(),
+    };
+    if !state.styles.is_empty() && state.styles.len() != a.devices {
+        return Err(format!(
+            "{} holds a fleet of {} devices; pass --devices {} or --reset",
+            a.dir.display(),
+            state.styles.len(),
+            state.styles.len()
+        )
+        .into());
+    }
+    let backend = Backend::auto(a.adapter.as_deref())?;
+    println!(
+        "pupil demo: {} devices, {} rounds, data in {}",
+        a.devices,
+        a.rounds,
+        a.dir.display()
+    );
+    println!("backend: {}", backend.describe());
+    let mnist = Mnist::load()?;
+    let holdout = mnist.test.subset(&(8000..10_000).collect::<Vec<_>>());
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let config = ServerConfig {
+        min_updates: u64::MAX,
+        deadline: Duration::from_secs(24 * 3600),
+        admin_token: Some(ADMIN.into()),
+        ..ServerConfig::default()
+    };
+    let server = Server::open(&a.dir.join("server"), config, holdout_gate(holdout))?;
+    let first = server.import_model(STUDENT.to_vec())?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    runtime.spawn(serve(server.clone(), listener, std::future::pending()));
+    println!(
+        "server: {url} (store {}), current version {}",
+        a.dir.join("server").display(),
+        server.current_meta().map_or(first.version, |m| m.version)
+    );
+
+    let client = Client::new(&url);
+    let server_key = client.server_key()?;
+    let mut devices = Vec::new();
+    for i in 0..a.devices {
+        let style = Style::parse(STYLES[i])?;
+        let d = Device::open(&a.dir, i, style, a.pool, &mnist)?;
+        client.register(&d.name, &d.public_key(), Some(ADMIN))?;
+        devices.push(d);
+    }
+    state.styles = devices.iter().map(|d| d.style.to_string()).collect();
+
+    if state.versions.is_empty() {
+        let mut phases = Phases::default();
+        state.versions.push(measure(
+            &devices,
+            &client,
+            &server_key,
+            &backend,
+            &mnist.test,
+            &mut phases,
+        )?);
+        state.versions[0].gate = "shipped student".into();
+        std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    } else {
+        println!(
+            "continuing from version {} (pass --reset to start over)",
+            state.versions.last().map_or(1, |v| v.version)
+        );
+    }
+    print_row(&state.versions[state.versions.len() - 1], &devices);
+
+    for _ in 0..a.rounds {
+        let round = server.store().last_round()? + 1;
+        let mut phases = Phases::default();
+        let bar = ProgressBar::new(devices.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("round {msg} [{bar:20}] {pos}/{len} devices refined")?
+                .progress_chars("=> "),
+        );
+        bar.set_message(round.to_string());
+        let mut results = Vec::new();
+        for d in &devices {
+            let t = Instant::now();
+            d.pull(&client, &server_key)?;
+            phases.pull += t.elapsed().as_secs_f64();
+            results.push(d.refine_and_push(&client, &backend, round, &mut phases)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        for (d, r) in devices.iter().zip(&results) {
+            println!(
+                "  {}: local {:.1}% -> refined {:.1}% ({} labels asked, {} pseudo-labels, {}), update {} bytes",
+                d.name,
+                r.before * 100.0,
+                r.refined * 100.0,
+                r.labels,
+                r.pseudo,
+                if r.kept { "kept" } else { "rolled back on device" },
+                r.update_bytes
+            );
+        }
+        let t = Instant::now();
+        let record = server
+            .run_round()?
+            .ok_or("the server had no updates to aggregate")?;
+        phases.aggregate += t.elapsed().as_secs_f64();
+        println!(
+            "  server round {}: {} updates, gate {}",
+            record.round, record.updates, record.gate
+        );
+        let mut row = measure(
+            &devices,
+            &client,
+            &server_key,
+            &backend,
+            &mnist.test,
+            &mut phases,
+        )?;
+        row.update_bytes = results.iter().map(|r| r.update_bytes).collect();
+        row.refined = results.iter().map(|r| r.refined).collect();
+        row.gate = record.gate.clone();
+        row.phases = phases;
+        if record.published.is_some() {
+            print_row(&row, &devices);
+            state.versions.push(row);
+        } else {
+            println!(
+                "  the candidate was rejected; devices keep version {}",
+                row.version
+            );
+        }
+        std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    }
+
+    println!(
+        "\n{}",
+        summary::table(
+            &state,
+            &devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>()
+        )
+    );
+    let plot_path = a.dir.join("demo.png");
+    summary::plot(&plot_path, &state)?;
+    println!("files:\n  server store   {}\n  devices        {}/device-N (key, outbox, local data, model)\n  history        {}\n  plot           {}", a.dir.join("server").display(), a.dir.display(), state_path.display(), plot_path.display());
+    println!("next:\n  run the same command again to continue from version {} (or add --reset)\n  refine one device by hand: pupil refine --model {}/device-1/model.pupil --data {}/device-1 --labels {}/device-1/labels.idx --plot refine.png", state.versions.last().map_or(1, |v| v.version), a.dir.display(), a.dir.display(), a.dir.display());
+    Ok(())
+}
+
+/// Every device pulls the current version; measure it on each device's data and globally.
+fn measure(
+    devices: &[Device],
+    client: &Client,
+    server_key: &[u8; 32],
+    backend: &Backend,
+    test: &Split,
+    phases: &mut Phases,
+) -> Result<VersionRow, Box<dyn std::error::Error>> {
+    let mut version = 0;
+    let mut local = Vec::new();
+    for d in devices {
+        let t = Instant::now();
+        version = d.pull(client, server_key)?;
+        phases.pull += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let m = Model::open(&ModelFile::open(d.model_path())?, backend, Train::All)?;
+        local.push(train::accuracy(&m.net, &m.params, &d.eval, 500)?);
+        phases.inference += t.elapsed().as_secs_f64();
+    }
+    let m = Model::open(
+        &ModelFile::open(devices[0].model_path())?,
+        backend,
+        Train::All,
+    )?;
+    let global = train::accuracy(&m.net, &m.params, test, 1000)?;
+    Ok(VersionRow {
+        version,
+        global,
+        local,
+        update_bytes: Vec::new(),
+        refined: Vec::new(),
+        gate: String::new(),
+        phases: Phases::default(),
+    })
+}
+
+fn print_row(row: &VersionRow, devices: &[Device]) {
+    let local: Vec<String> = devices
+        .iter()
+        .zip(&row.local)
+        .map(|(d, a)| format!("{} {:.1}%", d.name, a * 100.0))
+        .collect();
+    let mean = row.local.iter().sum::<f32>() / row.local.len().max(1) as f32;
+    println!(
+        "version {}: global {:.2}%, mean local {:.2}% ({})",
+        row.version,
+        row.global * 100.0,
+        mean * 100.0,
+        local.join(", ")
+    );
+}
