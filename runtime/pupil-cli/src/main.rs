@@ -11,6 +11,7 @@ mod info;
 mod inspect;
 mod plot;
 mod refine;
+mod simulate;
 mod sync;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,8 @@ enum Command {
     Distill(distill::Args),
     /// Refine a classifier on local data: active labels, pseudo-labels, curriculum, replay.
     Refine(refine::Args),
+    /// Federated learning on MNIST: N simulated devices against a real server on loopback.
+    Simulate(simulate::Args),
     /// Run the sync server: device registration, signed updates, rounds, signed versions.
     Serve(pupil_sync::cli::ServeArgs),
     /// Device-side sync: register, push queued updates, pull verified versions, status.
@@ -75,6 +78,7 @@ fn main() {
         Command::Data(d) => data::run(d),
         Command::Distill(a) => distill::run(a),
         Command::Refine(a) => refine::run(a),
+        Command::Simulate(a) => simulate::run(a),
         Command::Serve(a) => sync::serve(a),
         Command::Sync(c) => sync::run(c),
     };

@@ -72,8 +72,9 @@ pub struct Args {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 2e-4)]
     lr: f32,
-    /// Largest drop of held-out accuracy (points) the quality gate lets through.
-    #[arg(long, default_value_t = 1.0)]
+    /// Largest drop of held-out accuracy (points) the quality gate lets through: anchors
+    /// against the starting model, labelled local data against the round's start.
+    #[arg(long, default_value_t = 2.0)]
     tolerance: f32,
     /// Memory budget (e.g. 64MB); the session plans micro-batches to fit or refuses.
     #[arg(long)]

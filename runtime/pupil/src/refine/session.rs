@@ -133,6 +133,9 @@ pub struct RoundReport {
 pub struct History {
     /// Local and global accuracy of the starting model.
     pub start: (Option<f32>, Option<f32>),
+    /// The gate's metrics of the starting model: forgetting is bounded against these, so
+    /// small losses cannot add up over rounds.
+    pub start_gate: GateMetrics,
     /// Finished rounds.
     pub rounds: Vec<RoundReport>,
     /// The round in progress, once its selection was made.
@@ -570,7 +573,13 @@ impl<'a> Session<'a> {
     fn finish_round(&mut self, started: Instant) -> Result<RoundReport> {
         let mut report = self.history.current.take().unwrap_or_default();
         report.after = self.gate_metrics()?;
-        let decision = judge(report.before, report.after, self.cfg.tolerance);
+        // Anchors against the session's start (bounds total forgetting), local data against
+        // the round's start (each round must not make the device worse).
+        let baseline = GateMetrics {
+            anchors: self.history.start_gate.anchors,
+            local: report.before.local,
+        };
+        let decision = judge(baseline, report.after, self.cfg.tolerance);
         if !decision.accept {
             if let Some((values, state)) = &self.start {
                 self.model.params.trainable_values()?.write(values)?;

@@ -1,0 +1,351 @@
+//! `pupil simulate`: federated learning on MNIST with N simulated devices against a real
+//! server on loopback (signed updates over HTTP, the server's own round policy and FedAvg or
+//! a robust rule), after McMahan et al. 2017: each round a fraction C of the devices pull the
+//! current version, train E local epochs with batch B and SGD, and push their deltas.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pupil::data::mnist::{Mnist, Split};
+use pupil::format::{DType, ModelFile};
+use pupil::models::classifier::{Arch, Model, Train};
+use pupil::optim::{Optimizer, Rule, SgdConfig};
+use pupil::{train, Backend};
+use pupil_sync::aggregate::Rule as AggRule;
+use pupil_sync::client::{Client, Outbox};
+use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
+use pupil_sync::KeyPair;
+use pupil_wire::update::{EncodedDelta, UpdateDraft};
+use pupil_wire::Metric;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::plot::{draw, Panel, Series};
+use crate::CliResult;
+
+/// Arguments of `pupil simulate`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "McMahan et al. 2017's 2NN setting: pupil simulate --devices 100 --fraction 0.1 \
+--local-epochs 1 --batch 10 --rounds 200 --target 0.97 [--non-iid]"
+)]
+pub struct Args {
+    /// Simulated devices (MNIST's 60,000 training images split among them).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Fraction of devices taking part in each round (C).
+    #[arg(long, default_value_t = 0.1)]
+    fraction: f32,
+    /// Local epochs per round (E).
+    #[arg(long, default_value_t = 1)]
+    local_epochs: usize,
+    /// Local batch size (B).
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    /// Most rounds.
+    #[arg(long, default_value_t = 100)]
+    rounds: usize,
+    /// Stop once the global test accuracy reaches this.
+    #[arg(long)]
+    target: Option<f32>,
+    /// Pathological non-IID split: sorted by label, 2 shards of 300 per device.
+    #[arg(long)]
+    non_iid: bool,
+    /// Local SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// Aggregation: fedavg, trimmed (clip + 20% trimmed mean) or median (clip + median).
+    #[arg(long, default_value = "fedavg")]
+    rule: String,
+    /// Clip norm of the robust rules.
+    #[arg(long, default_value_t = 5.0)]
+    clip_norm: f32,
+    /// Fraction of devices that attack (they send their deltas sign-flipped and scaled).
+    #[arg(long, default_value_t = 0.0)]
+    attackers: f32,
+    /// Attackers multiply their delta by this (negative flips the sign).
+    #[arg(long, default_value_t = -10.0, allow_hyphen_values = true)]
+    attack_scale: f32,
+    /// PNG of test accuracy per round.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print the per-round figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the split, the selection and the initial weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Adapter (name, backend or cpu) the devices train on.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RoundRow {
+    round: usize,
+    accuracy: f32,
+    seconds: f64,
+}
+
+/// Each device's example indices into the training split.
+fn partition(train: &Split, devices: usize, non_iid: bool, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..train.n).collect();
+    order.shuffle(&mut rng);
+    if !non_iid {
+        let per = train.n / devices;
+        return (0..devices)
+            .map(|d| order[d * per..(d + 1) * per].to_vec())
+            .collect();
+    }
+    order.sort_by_key(|&i| train.labels[i]);
+    let shards = devices * 2;
+    let size = train.n / shards;
+    let mut ids: Vec<usize> = (0..shards).collect();
+    ids.shuffle(&mut rng);
+    (0..devices)
+        .map(|d| {
+            ids[2 * d..2 * d + 2]
+                .iter()
+                .flat_map(|&s| order[s * size..(s + 1) * size].iter().copied())
+                .collect()
+        })
+        .collect()
+}
+
+/// Run the simulation.
+pub fn run(a: Args) -> CliResult {
+    if a.devices == 0 || !(0.0..=1.0).contains(&a.fraction) {
+        return Err("--devices must be positive and --fraction in [0, 1]".into());
+    }
+    let rule = match a.rule.as_str() {
+        "fedavg" => AggRule::FedAvg,
+        "trimmed" => AggRule::TrimmedMean {
+            clip_norm: a.clip_norm,
+            trim: 0.2,
+        },
+        "median" => AggRule::Median {
+            clip_norm: a.clip_norm,
+        },
+        other => return Err(format!("--rule {other:?}: use fedavg, trimmed or median").into()),
+    };
+    let backend = Backend::auto(a.adapter.as_deref())?;
+    let mnist = Mnist::load()?;
+    let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
+    let per_round = ((a.fraction * a.devices as f32).round() as usize).max(1);
+    let attackers = (a.attackers * a.devices as f32).round() as usize;
+
+    let dir = tempfile::tempdir()?;
+    let config = ServerConfig {
+        min_updates: per_round as u64,
+        deadline: Duration::from_secs(3600),
+        tick: Duration::from_millis(2),
+        max_norm: 1e6,
+        rule,
+        open_registration: true,
+        ..ServerConfig::default()
+    };
+    let server = Server::open(dir.path(), config, finite_gate())?;
+    let init = Model::new(Arch::Mlp, &Backend::Cpu, a.seed)?;
+    server.import_model(init.to_builder(DType::F32, 1, None)?.to_bytes()?)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    runtime.spawn(serve(server.clone(), listener, std::future::pending()));
+    let client = Client::new(&url);
+    let server_key = client.server_key()?;
+    let keys: Vec<KeyPair> = (0..a.devices)
+        .map(|d| {
+            KeyPair::from_seed([
+                (d % 256) as u8,
+                (d / 256) as u8,
+                7,
+                a.seed as u8,
+                1,
+                2,
+                3,
+                4,
+                5,
+                6,
+                7,
+                8,
+                9,
+                10,
+                11,
+                12,
+                13,
+                14,
+                15,
+                16,
+                17,
+                18,
+                19,
+                20,
+                21,
+                22,
+                23,
+                24,
+                25,
+                26,
+                27,
+                28,
+            ])
+        })
+        .collect();
+    for (d, k) in keys.iter().enumerate() {
+        client.register(&format!("sim-{d}"), &k.public(), None)?;
+    }
+    println!(
+        "simulate: {} devices ({}), C={} ({} per round), E={}, B={}, lr={}, rule {}, {} attackers; devices train on {}",
+        a.devices,
+        if a.non_iid { "non-IID, 2 label shards each" } else { "IID" },
+        a.fraction,
+        per_round,
+        a.local_epochs,
+        a.batch,
+        a.lr,
+        a.rule,
+        attackers,
+        backend.describe()
+    );
+
+    let model_path = dir.path().join("global.pupil");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 0x5EED);
+    let outboxes = (0..a.devices)
+        .map(|d| Outbox::open(&dir.path().join("devices").join(format!("sim-{d}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = Vec::new();
+    let bar = ProgressBar::new(a.rounds as u64);
+    bar.set_style(
+        ProgressStyle::with_template("round {pos}/{len} [{bar:30}] {msg} eta {eta}")?
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let mut reached = None;
+    for round in 1..=a.rounds {
+        client.pull(&model_path, &server_key)?;
+        let file = ModelFile::open(&model_path)?;
+        let version = server.current_meta().map_or(1, |m| m.version);
+        let mut chosen: Vec<usize> = (0..a.devices).collect();
+        chosen.shuffle(&mut rng);
+        for &d in &chosen[..per_round] {
+            let model = Model::open(&file, &backend, Train::All)?;
+            let before = model.params.trainable_values()?.to_vec()?;
+            let mut opt = Optimizer::new(
+                &model.params,
+                Rule::Sgd(SgdConfig {
+                    lr: a.lr,
+                    momentum: 0.0,
+                    weight_decay: 0.0,
+                    max_grad_norm: None,
+                }),
+            )?;
+            let local = mnist.train.subset(&parts[d]);
+            for e in 0..a.local_epochs {
+                train::train_epoch(
+                    &model.net,
+                    &model.params,
+                    &mut opt,
+                    &local,
+                    a.batch,
+                    a.seed + (round * 1000 + e) as u64,
+                    usize::MAX,
+                    |_, _| {},
+                )?;
+            }
+            let scale = if d < attackers { a.attack_scale } else { 1.0 };
+            let after = model.params.trainable_values()?.to_vec()?;
+            let mut encoded = Vec::new();
+            for p in model.params.infos() {
+                let n: usize = p.shape.iter().product();
+                let delta: Vec<f32> = (p.offset..p.offset + n)
+                    .map(|i| (after[i] - before[i]) * scale)
+                    .collect();
+                let shape: Vec<u64> = p.shape.iter().map(|&x| x as u64).collect();
+                encoded.push(EncodedDelta::f16(&p.name, &shape, &delta)?);
+            }
+            let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
+            let device_id = format!("sim-{d}");
+            outboxes[d].enqueue(&keys[d], |seq| {
+                UpdateDraft {
+                    model_id: "mnist",
+                    base_version: file.content_hash(),
+                    device_id: &device_id,
+                    seq,
+                    num_examples: parts[d].len() as u64,
+                    metrics: &[Metric {
+                        name: "examples",
+                        value: parts[d].len() as f32,
+                    }],
+                    deltas: &views,
+                }
+                .encode()
+            })?;
+            client.push(&outboxes[d])?;
+        }
+        // The server's round policy aggregates once every selected device has reported.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.current_meta().map_or(1, |m| m.version) == version {
+            if Instant::now() > deadline {
+                return Err(format!("round {round}: the server published no new version (quality gate or aggregation failed)").into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        client.pull(&model_path, &server_key)?;
+        let global = Model::open(&ModelFile::open(&model_path)?, &backend, Train::All)?;
+        let accuracy = train::accuracy(&global.net, &global.params, &mnist.test, 1000)?;
+        rows.push(RoundRow {
+            round,
+            accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        bar.set_position(round as u64);
+        bar.set_message(format!("accuracy {:.2}%", accuracy * 100.0));
+        bar.suspend(|| println!("round {round:>4}  test accuracy {:.2}%", accuracy * 100.0));
+        if a.target.is_some_and(|t| accuracy >= t) {
+            reached = Some(round);
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    match (a.target, reached) {
+        (Some(t), Some(r)) => println!(
+            "reached {:.1}% in {r} rounds ({:.0} s)",
+            t * 100.0,
+            start.elapsed().as_secs_f64()
+        ),
+        (Some(t), None) => println!("did not reach {:.1}% in {} rounds", t * 100.0, a.rounds),
+        _ => {}
+    }
+    if let Some(path) = &a.plot {
+        draw(
+            path,
+            &[Panel {
+                title: format!(
+                    "FedAvg on MNIST: {} devices, C={}, E={}, B={}{}",
+                    a.devices,
+                    a.fraction,
+                    a.local_epochs,
+                    a.batch,
+                    if a.non_iid { ", non-IID" } else { ", IID" }
+                ),
+                x_label: "round".into(),
+                y_label: "test accuracy %".into(),
+                series: vec![Series {
+                    name: format!("{} (lr {})", a.rule, a.lr),
+                    points: rows
+                        .iter()
+                        .map(|r| (r.round as f64, f64::from(r.accuracy) * 100.0))
+                        .collect(),
+                }],
+            }],
+        )?;
+        println!("plot: {}", path.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&rows)?);
+    }
+    Ok(())
+}
