@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use crate::format::{ModelBuilder, ModelFile};
 use crate::tensor::{numel, Tensor};
 
+/// A parameter's name, shape and values, as written to a model file.
+pub type NamedValues = (String, Vec<u64>, Vec<f32>);
+
 /// Alignment of parameter offsets in elements (256 bytes of f32).
 pub const ALIGN: usize = 64;
 
@@ -253,7 +256,7 @@ impl Params {
     }
 
     /// Every parameter's name, shape and values, read back in one transfer.
-    pub fn export_values(&self) -> Result<Vec<(String, Vec<u64>, Vec<f32>)>> {
+    pub fn export_values(&self) -> Result<Vec<NamedValues>> {
         let all = self.values.to_vec()?;
         Ok(self
             .infos

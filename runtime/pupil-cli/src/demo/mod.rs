@@ -196,8 +196,8 @@ pub fn run(a: Args) -> CliResult {
     let client = Client::new(&url);
     let server_key = client.server_key()?;
     let mut devices = Vec::new();
-    for i in 0..a.devices {
-        let style = Style::parse(STYLES[i])?;
+    for (i, style) in STYLES.iter().enumerate().take(a.devices) {
+        let style = Style::parse(style)?;
         let d = Device::open(&a.dir, i, style, a.pool, &mnist)?;
         client.register(&d.name, &d.public_key(), Some(ADMIN))?;
         devices.push(d);

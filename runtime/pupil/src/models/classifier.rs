@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::format::{DType, ModelBuilder, ModelFile};
 use crate::graph::{Graph, Var};
 use crate::nn::{Conv2d, Linear, Mlp};
-use crate::params::{ParamId, ParamInfo, Params, ParamsBuilder};
+use crate::params::{NamedValues, ParamId, ParamInfo, Params, ParamsBuilder};
 
 /// Which classifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,9 +250,9 @@ impl Model {
 
     /// Every base parameter's name, shape and values, with LoRA adapters merged into their
     /// layers' weights (`W + (alpha / r) B A`): what a model file or an update carries.
-    pub fn merged(&self) -> Result<Vec<(String, Vec<u64>, Vec<f32>)>> {
+    pub fn merged(&self) -> Result<Vec<NamedValues>> {
         let mut all = self.params.export_values()?;
-        let index = |all: &[(String, Vec<u64>, Vec<f32>)], name: &str| {
+        let index = |all: &[NamedValues], name: &str| {
             all.iter().position(|(n, _, _)| n == name)
         };
         for layer in self.net.linears() {

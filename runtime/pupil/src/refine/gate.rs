@@ -32,7 +32,8 @@ pub fn judge(before: GateMetrics, after: GateMetrics, tolerance: f32) -> Decisio
     ] {
         let (Some(b), Some(a)) = (b, a) else { continue };
         checked.push(format!("{name} {:.1}% -> {:.1}%", b * 100.0, a * 100.0));
-        if !(a >= b - tolerance) {
+        // NaN compares as neither: a broken model never passes.
+        if a.partial_cmp(&(b - tolerance)).is_none_or(|o| o.is_lt()) {
             worse.push(name);
         }
     }

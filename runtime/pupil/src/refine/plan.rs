@@ -69,11 +69,9 @@ pub fn plan(needs: MemoryNeeds, batch: usize, budget: u64) -> Result<Plan> {
                 .into(),
         });
     }
-    let fits = if needs.per_example == 0 {
-        batch
-    } else {
-        ((budget - needs.base()) / needs.per_example).min(batch as u64) as usize
-    };
+    let fits = (budget - needs.base())
+        .checked_div(needs.per_example)
+        .map_or(batch, |n| n.min(batch as u64) as usize);
     // Equal micro-batches: the fewest passes, then the smallest micro-batch that covers them.
     let accumulation = batch.div_ceil(fits);
     let micro_batch = batch.div_ceil(accumulation);

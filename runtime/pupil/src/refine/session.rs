@@ -351,6 +351,7 @@ impl<'a> Session<'a> {
                 self.accuracy(self.eval.local)?,
                 self.accuracy(self.eval.global)?,
             );
+            self.history.start_gate = self.gate_metrics()?;
         }
         while (self.round as usize) < self.cfg.rounds {
             let started = Instant::now();
@@ -546,11 +547,11 @@ impl<'a> Session<'a> {
             self.opt.step(&self.model.params)?;
             self.step += 1;
             let every = self.cfg.checkpoint_every;
-            if every > 0 && self.step % every as u32 == 0 {
+            if every > 0 && self.step.is_multiple_of(every as u32) {
                 self.save_current_loss(&loss_sum)?;
                 self.save()?;
             }
-            if self.step % 10 == 0 || self.step == total {
+            if self.step.is_multiple_of(10) || self.step == total {
                 progress(Progress::Step {
                     step: self.step,
                     loss: loss_sum.item()? / self.step as f32,
