@@ -137,9 +137,9 @@ impl Device {
         let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
         let cfg = RefineConfig {
             rounds: 1,
-            epochs: 2,
+            epochs: 3,
             batch: 64,
-            lr: 3e-4,
+            lr: 5e-4,
             self_training: Some(SelfTraining {
                 threshold: 0.9,
                 ..Default::default()

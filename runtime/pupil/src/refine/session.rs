@@ -198,6 +198,7 @@ pub struct Session<'a> {
     cfg: RefineConfig,
     opt: Optimizer,
     plan: Plan,
+    eval_batch: usize,
     pool: &'a Split,
     pool_labels_known: bool,
     anchors: Anchors,
@@ -248,7 +249,13 @@ impl<'a> Session<'a> {
             }),
         )?;
         let needs = memory_needs(model, &opt)?;
-        let plan = plan(needs, cfg.batch, cfg.memory_budget.unwrap_or(u64::MAX))?;
+        let budget = cfg.memory_budget.unwrap_or(u64::MAX);
+        let mut plan = plan(needs, cfg.batch, budget)?;
+        // Predicting and evaluating need no gradients or backward activations: half an
+        // example's training bytes, in chunks as large as the budget allows (at most 500).
+        let forward = (needs.per_example / 2).max(1);
+        let eval_batch = (budget.saturating_sub(needs.base()) / forward).clamp(1, 500) as usize;
+        plan.planned_bytes = plan.planned_bytes.max(needs.base() + forward * eval_batch as u64);
         if let Some(gpu) = model.params.backend().gpu() {
             gpu.reset_peak();
         }
@@ -257,6 +264,7 @@ impl<'a> Session<'a> {
             cfg,
             opt,
             plan,
+            eval_batch,
             pool,
             pool_labels_known,
             anchors,
@@ -371,7 +379,7 @@ impl<'a> Session<'a> {
 
     fn accuracy(&self, split: Option<&Split>) -> Result<Option<f32>> {
         split
-            .map(|s| train::accuracy(&self.model.net, &self.model.params, s, 500))
+            .map(|s| train::accuracy(&self.model.net, &self.model.params, s, self.eval_batch))
             .transpose()
     }
 
@@ -389,7 +397,7 @@ impl<'a> Session<'a> {
         let mut logits = Vec::with_capacity(self.pool.n * CLASSES);
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         let all: Vec<usize> = (0..self.pool.n).collect();
-        for idx in all.chunks(500) {
+        for idx in all.chunks(self.eval_batch) {
             self.pool.batch_f32(idx, &mut xs, &mut ys)?;
             let mut g = Graph::new(&backend);
             let x = g.input(Tensor::from_slice(&backend, &[idx.len(), PIXELS], &xs)?);
