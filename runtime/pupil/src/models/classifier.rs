@@ -252,9 +252,7 @@ impl Model {
     /// layers' weights (`W + (alpha / r) B A`): what a model file or an update carries.
     pub fn merged(&self) -> Result<Vec<NamedValues>> {
         let mut all = self.params.export_values()?;
-        let index = |all: &[NamedValues], name: &str| {
-            all.iter().position(|(n, _, _)| n == name)
-        };
+        let index = |all: &[NamedValues], name: &str| all.iter().position(|(n, _, _)| n == name);
         for layer in self.net.linears() {
             let Some(lora) = &layer.lora else { continue };
             let info = self.params.infos();

@@ -255,7 +255,9 @@ impl<'a> Session<'a> {
         // example's training bytes, in chunks as large as the budget allows (at most 500).
         let forward = (needs.per_example / 2).max(1);
         let eval_batch = (budget.saturating_sub(needs.base()) / forward).clamp(1, 500) as usize;
-        plan.planned_bytes = plan.planned_bytes.max(needs.base() + forward * eval_batch as u64);
+        plan.planned_bytes = plan
+            .planned_bytes
+            .max(needs.base() + forward * eval_batch as u64);
         if let Some(gpu) = model.params.backend().gpu() {
             gpu.reset_peak();
         }
