@@ -20,6 +20,10 @@ pub enum Bench {
     Matmul(MatmulArgs),
     /// One AdamW training step of an MLP 784-1024-1024-10 (ms per step).
     TrainMlp(TrainArgs),
+    /// MiniLM-shaped sentence encoder forward (sentences/s), random weights.
+    Embed(crate::bench_models::EmbedArgs),
+    /// SmolLM2-shaped decoder prefill and decode (tokens/s, peak GPU memory), random weights.
+    Generate(crate::bench_models::GenerateArgs),
 }
 
 /// Arguments of `pupil bench matmul`.
@@ -66,6 +70,8 @@ pub fn run(b: Bench) -> CliResult {
     match b {
         Bench::Matmul(a) => bench_matmul(a),
         Bench::TrainMlp(a) => bench_train(a),
+        Bench::Embed(a) => crate::bench_models::embed(a),
+        Bench::Generate(a) => crate::bench_models::generate(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `pupil`: the command-line tool of the pupil runtime.
 
 mod bench;
+mod bench_models;
 mod convert;
 mod data;
 mod demo;
