@@ -84,12 +84,18 @@ pub fn embed(a: EmbedArgs) -> CliResult {
     let backend = Backend::auto(a.adapter.as_deref())?;
     let cfg = minilm();
     if a.seq == 0 || a.seq > cfg.max_positions || a.batch == 0 {
-        return Err(format!("--seq must be 1 to {} and --batch positive", cfg.max_positions).into());
+        return Err(format!(
+            "--seq must be 1 to {} and --batch positive",
+            cfg.max_positions
+        )
+        .into());
     }
     let mut b = ParamsBuilder::new(1);
     let bert = Bert::new(&mut b, &cfg)?;
     let params = b.build(&backend)?;
-    let ids: Vec<f32> = (0..a.batch * a.seq).map(|i| (i * 7919 % cfg.vocab) as f32).collect();
+    let ids: Vec<f32> = (0..a.batch * a.seq)
+        .map(|i| (i * 7919 % cfg.vocab) as f32)
+        .collect();
     let mask = vec![1.0f32; a.batch * a.seq];
     let pass = || -> pupil::Result<()> {
         let mut g = Graph::new(&backend);
@@ -110,7 +116,12 @@ pub fn embed(a: EmbedArgs) -> CliResult {
     let rate = a.batch as f64 / secs;
     let adapter = backend.describe();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "adapter": adapter, "batch": a.batch, "seq": a.seq, "ms_per_batch": secs * 1e3, "sentences_per_s": rate }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "adapter": adapter, "batch": a.batch, "seq": a.seq, "ms_per_batch": secs * 1e3, "sentences_per_s": rate })
+            )?
+        );
     } else {
         println!("embed: MiniLM-shaped encoder (6 x 384, random weights), batch {} x {} tokens, on {adapter}", a.batch, a.seq);
         println!("{:.2} ms per batch, {rate:.1} sentences/s", secs * 1e3);
@@ -120,22 +131,38 @@ pub fn embed(a: EmbedArgs) -> CliResult {
 
 /// A SmolLM2-135M-shaped Llama decoder with random weights, as a model file.
 fn smollm2_file() -> pupil::Result<ModelFile> {
-    let (d, layers, heads, kv, ffn, vocab) = (576usize, 30usize, 9usize, 3usize, 1536usize, 49152usize);
+    let (d, layers, heads, kv, ffn, vocab) =
+        (576usize, 30usize, 9usize, 3usize, 1536usize, 49152usize);
     let kvd = kv * (d / heads);
     let mut b = ModelBuilder::new("bench-smollm2", "llama")?;
-    for (k, v) in [("hidden_size", d), ("layers", layers), ("heads", heads), ("kv_heads", kv), ("ffn_size", ffn), ("vocab_size", vocab), ("max_positions", 8192), ("tied_embeddings", 1)] {
+    for (k, v) in [
+        ("hidden_size", d),
+        ("layers", layers),
+        ("heads", heads),
+        ("kv_heads", kv),
+        ("ffn_size", ffn),
+        ("vocab_size", vocab),
+        ("max_positions", 8192),
+        ("tied_embeddings", 1),
+    ] {
         b.config_int(k, v as i64)?;
     }
-    b.config_float("rope_base", 1e5)?.config_float("norm_eps", 1e-5)?;
+    b.config_float("rope_base", 1e5)?
+        .config_float("norm_eps", 1e-5)?;
     let mut seed = 0;
-    let mut add = |b: &mut ModelBuilder, name: &str, shape: &[usize], ones: bool| -> pupil::Result<()> {
-        let n: usize = shape.iter().product();
-        seed += 1;
-        let values = if ones { vec![1.0; n] } else { noise(n, seed, 0.05) };
-        let dims: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
-        b.add_f32(name, &dims, &values)?;
-        Ok(())
-    };
+    let mut add =
+        |b: &mut ModelBuilder, name: &str, shape: &[usize], ones: bool| -> pupil::Result<()> {
+            let n: usize = shape.iter().product();
+            seed += 1;
+            let values = if ones {
+                vec![1.0; n]
+            } else {
+                noise(n, seed, 0.05)
+            };
+            let dims: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+            b.add_f32(name, &dims, &values)?;
+            Ok(())
+        };
     add(&mut b, "token_embd.weight", &[vocab, d], false)?;
     add(&mut b, "output_norm.weight", &[d], true)?;
     for i in 0..layers {
@@ -166,13 +193,17 @@ pub fn generate(a: GenerateArgs) -> CliResult {
         gpu.reset_peak();
     }
     let mut cache = KvCache::new(&backend, &cfg, 1, a.prompt_tokens + a.new_tokens + 1)?;
-    let prompt: Vec<f32> = (0..a.prompt_tokens).map(|i| (i * 7919 % cfg.vocab) as f32).collect();
+    let prompt: Vec<f32> = (0..a.prompt_tokens)
+        .map(|i| (i * 7919 % cfg.vocab) as f32)
+        .collect();
     let forward = |cache: &mut KvCache, ids: &[f32]| -> pupil::Result<u32> {
         let mut g = Graph::new(&backend);
         let idv = g.input(Tensor::from_slice(&backend, &[1, ids.len()], ids)?);
         let logits = model.forward(&mut g, idv, cache)?;
         let z = g.value(logits).to_vec()?;
-        Ok(z.iter().enumerate().fold(0, |b, (j, v)| if *v > z[b] { j } else { b }) as u32)
+        Ok(z.iter()
+            .enumerate()
+            .fold(0, |b, (j, v)| if *v > z[b] { j } else { b }) as u32)
     };
     backend.synchronize()?;
     let start = Instant::now();
@@ -185,15 +216,34 @@ pub fn generate(a: GenerateArgs) -> CliResult {
     let decode = start.elapsed().as_secs_f64();
     let peak = backend.gpu().map(|g| g.peak_bytes());
     let adapter = backend.describe();
-    let (p_rate, d_rate) = (a.prompt_tokens as f64 / prefill, a.new_tokens as f64 / decode.max(1e-9));
+    let (p_rate, d_rate) = (
+        a.prompt_tokens as f64 / prefill,
+        a.new_tokens as f64 / decode.max(1e-9),
+    );
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "adapter": adapter, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens_per_s": p_rate, "decode_tokens_per_s": d_rate, "peak_gpu_bytes": peak }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "adapter": adapter, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens_per_s": p_rate, "decode_tokens_per_s": d_rate, "peak_gpu_bytes": peak })
+            )?
+        );
     } else {
         println!("generate: SmolLM2-135M-shaped decoder (30 x 576, GQA 9/3, f32 random weights) on {adapter}");
-        println!("prefill {} tokens: {:.1} ms ({p_rate:.1} tokens/s)", a.prompt_tokens, prefill * 1e3);
-        println!("decode {} tokens: {:.1} ms per token ({d_rate:.2} tokens/s)", a.new_tokens, decode * 1e3 / a.new_tokens.max(1) as f64);
+        println!(
+            "prefill {} tokens: {:.1} ms ({p_rate:.1} tokens/s)",
+            a.prompt_tokens,
+            prefill * 1e3
+        );
+        println!(
+            "decode {} tokens: {:.1} ms per token ({d_rate:.2} tokens/s)",
+            a.new_tokens,
+            decode * 1e3 / a.new_tokens.max(1) as f64
+        );
         if let Some(p) = peak {
-            println!("peak GPU memory held by tensors: {:.1} MiB", p as f64 / (1024.0 * 1024.0));
+            println!(
+                "peak GPU memory held by tensors: {:.1} MiB",
+                p as f64 / (1024.0 * 1024.0)
+            );
         }
     }
     Ok(())
