@@ -62,14 +62,30 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<(), Box<dyn std::error::Err
             .collect();
         let (x0, x1) = bounds(all.iter().map(|p| p.0), 0.0);
         let (y0, y1) = bounds(all.iter().map(|p| p.1), 0.05);
+        // Room under the lines for the legend: one line of text per series.
+        let y0 = y0 - (y1 - y0) * 0.14 * panel.series.len() as f64;
+        let integral_x = all.iter().all(|p| p.0.fract() == 0.0) && x1 - x0 <= 40.0;
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
             .build_cartesian_2d(x0..x1, y0..y1)?;
+        let ticks = if integral_x {
+            (x1 - x0) as usize + 1
+        } else {
+            10
+        };
         chart
             .configure_mesh()
+            .x_labels(ticks)
+            .x_label_formatter(&|x| {
+                if integral_x {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.2}")
+                }
+            })
             .x_desc(&panel.x_label)
             .y_desc(&panel.y_label)
             .label_style(("sans-serif", 13))

@@ -95,6 +95,19 @@ pub fn plot(path: &Path, state: &State) -> Result<(), Box<dyn std::error::Error>
         })
         .collect();
     series.push(Series {
+        name: "mean of the devices".into(),
+        points: state
+            .versions
+            .iter()
+            .map(|v| {
+                (
+                    v.version as f64,
+                    f64::from(v.local.iter().sum::<f32>() / v.local.len().max(1) as f32) * 100.0,
+                )
+            })
+            .collect(),
+    });
+    series.push(Series {
         name: "global (MNIST test)".into(),
         points: state
             .versions
