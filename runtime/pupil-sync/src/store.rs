@@ -31,6 +31,8 @@ const VERSION_META: TableDefinition<u64, &str> = TableDefinition::new("version_m
 const ROUNDS: TableDefinition<u64, &str> = TableDefinition::new("rounds");
 /// Named counters and pointers, e.g. `current`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Named server state blobs, e.g. `optimizer` (the server optimizer as JSON).
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
 /// The key of an update: device id and sequence number.
 pub type UpdateKey = (String, u64);
@@ -127,6 +129,7 @@ impl Store {
         tx.open_table(VERSION_META).map_err(db)?;
         tx.open_table(ROUNDS).map_err(db)?;
         tx.open_table(META).map_err(db)?;
+        tx.open_table(STATE).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(store)
     }
@@ -264,17 +267,22 @@ impl Store {
     }
 
     /// Finishes a round in one transaction: stores `version` (when the gate
-    /// passed) and makes it current, records `round`, and consumes `used`.
+    /// passed) and makes it current together with the server optimizer's
+    /// `optimizer` state, records `round`, and consumes `used`.
     pub fn finish_round(
         &self,
-        version: Option<(&VersionMeta, &[u8])>,
+        version: Option<(&VersionMeta, &[u8], &[u8])>,
         round: &RoundRecord,
         used: &[UpdateKey],
     ) -> Result<(), SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
         {
-            if let Some((meta, bytes)) = version {
+            if let Some((meta, bytes, optimizer)) = version {
                 put_version(&tx, meta, bytes)?;
+                tx.open_table(STATE)
+                    .map_err(db)?
+                    .insert("optimizer", optimizer)
+                    .map_err(db)?;
             }
             tx.open_table(ROUNDS)
                 .map_err(db)?
@@ -286,6 +294,14 @@ impl Store {
             }
         }
         tx.commit().map_err(db)
+    }
+
+    /// The server optimizer's state as of the current version, if a round stored one.
+    pub fn optimizer(&self) -> Result<Option<Vec<u8>>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(STATE).map_err(db)?;
+        let value = table.get("optimizer").map_err(db)?;
+        Ok(value.map(|v| v.value().to_vec()))
     }
 
     /// Stores `meta` and `bytes` as a version and makes it current.
@@ -472,7 +488,7 @@ mod tests {
             gate: "passed".into(),
             finished_unix: 2,
         };
-        s.finish_round(Some((&meta(2), b"two")), &round, &[("d".into(), 1)])
+        s.finish_round(Some((&meta(2), b"two", b"{}")), &round, &[("d".into(), 1)])
             .unwrap();
         assert_eq!(s.current().unwrap().unwrap().version, 2);
         assert_eq!(s.counts().unwrap(), [2, 1, 2, 1]);

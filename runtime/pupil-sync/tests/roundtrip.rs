@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pupil_sync::aggregate::ServerOpt;
 use pupil_sync::client::{Client, Outbox, PullOutcome, RetryPolicy};
-use pupil_sync::server::ServerConfig;
+use pupil_sync::server::{finite_gate, Server, ServerConfig};
 use pupil_sync::KeyPair;
 
 #[test]
@@ -120,4 +121,59 @@ fn push_keeps_updates_queued_while_the_server_is_down() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert_eq!(outbox.status().unwrap().queued, [1]);
+}
+
+/// The server optimizer's state is stored with the version it produced, so a restarted
+/// server continues its momentum instead of starting from zero.
+#[test]
+fn server_momentum_survives_a_restart() {
+    let config = ServerConfig {
+        min_updates: 1,
+        deadline: Duration::from_secs(3600),
+        opt: ServerOpt::Momentum {
+            lr: 1.0,
+            beta: 0.5,
+            velocity: Vec::new(),
+        },
+        ..ServerConfig::default()
+    };
+    let t = start(config.clone());
+    let client = Client::new(&t.url);
+    let key = KeyPair::from_seed([42; 32]);
+    client.register("m", &key.public(), Some(TOKEN)).unwrap();
+    let outbox = Outbox::open(&t.dir.path().join("outbox")).unwrap();
+    outbox
+        .enqueue(&key, |seq| {
+            Ok(body(
+                "m",
+                seq,
+                base_hash(),
+                &[("b", &[3], &[0.5, 0.25, -1.0])],
+            ))
+        })
+        .unwrap();
+    client.push(&outbox).unwrap();
+    assert!(
+        wait_for(10, || t.server.current_meta().unwrap().version == 2),
+        "no round ran"
+    );
+    let before = t.server.optimizer();
+    let ServerOpt::Momentum { velocity, .. } = &before else {
+        panic!("not momentum")
+    };
+    assert_eq!(velocity.len(), 3);
+
+    let TestServer {
+        dir,
+        server,
+        runtime,
+        ..
+    } = t;
+    drop(runtime);
+    drop(server);
+    let mut config = config;
+    config.admin_token = Some(TOKEN.into());
+    let reopened = Server::open(dir.path(), config, finite_gate()).unwrap();
+    assert_eq!(reopened.optimizer(), before);
+    assert_eq!(reopened.current_meta().unwrap().version, 2);
 }

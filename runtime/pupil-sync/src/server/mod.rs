@@ -141,10 +141,21 @@ impl Server {
     pub fn open(dir: &Path, config: ServerConfig, gate: Gate) -> Result<Arc<Self>, SyncError> {
         let store = Store::open(dir)?;
         let key = KeyPair::load_or_create(&dir.join("server.key"))?;
+        // Continue the optimizer a previous run persisted with its last version, when it
+        // is the same kind of optimizer as configured now.
+        let opt = match store.optimizer()? {
+            Some(bytes) => serde_json::from_slice::<ServerOpt>(&bytes)
+                .ok()
+                .filter(|saved| {
+                    std::mem::discriminant(saved) == std::mem::discriminant(&config.opt)
+                })
+                .unwrap_or_else(|| config.opt.clone()),
+            None => config.opt.clone(),
+        };
         let server = Server {
             store,
             key,
-            opt: Mutex::new(config.opt.clone()),
+            opt: Mutex::new(opt),
             config,
             gate,
             current: RwLock::new(None),
@@ -198,6 +209,14 @@ impl Server {
     fn current(&self) -> Option<Arc<Current>> {
         self.current
             .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The server optimizer's current state.
+    pub fn optimizer(&self) -> ServerOpt {
+        self.opt
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }

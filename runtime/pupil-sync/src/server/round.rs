@@ -67,13 +67,15 @@ impl Server {
             finished_unix: 0,
         };
         let refs: Vec<&[f32]> = batch.deltas.iter().map(Vec::as_slice).collect();
+        // The optimizer steps on a copy: its state changes only if the gate publishes.
+        let mut opt = self
+            .opt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let candidate = match aggregate(self.config.rule, &refs, &batch.weights) {
             Ok(mean) => {
-                let step = self
-                    .opt
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .step(&mean);
+                let step = opt.step(&mean);
                 Some(self.candidate(
                     &current.model,
                     &batch.layout,
@@ -107,9 +109,16 @@ impl Server {
             }
         }
         record.finished_unix = unix_now();
-        let version = published.as_ref().map(|(m, c)| (m, c.as_bytes()));
+        let opt_state = serde_json::to_vec(&opt).map_err(|e| SyncError::Corrupt {
+            what: "server optimizer".into(),
+            detail: e.to_string(),
+        })?;
+        let version = published
+            .as_ref()
+            .map(|(m, c)| (m, c.as_bytes(), opt_state.as_slice()));
         self.store.finish_round(version, &record, &used)?;
         if published.is_some() {
+            *self.opt.lock().unwrap_or_else(PoisonError::into_inner) = opt;
             self.reload()?;
         }
         Ok(Some(record))

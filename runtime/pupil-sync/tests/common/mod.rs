@@ -35,7 +35,7 @@ pub struct TestServer {
     pub url: String,
     pub server: Arc<Server>,
     pub dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
+    pub runtime: tokio::runtime::Runtime,
 }
 
 /// Starts a server with `config` (admin token set) on a random local port,
@@ -55,7 +55,7 @@ pub fn start(mut config: ServerConfig) -> TestServer {
         url,
         server,
         dir,
-        _runtime: runtime,
+        runtime,
     }
 }
 
