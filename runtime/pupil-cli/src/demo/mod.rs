@@ -164,13 +164,33 @@ pub fn run(a: Args) -> CliResult {
         )
         .into());
     }
-    let backend = Backend::auto(a.adapter.as_deref())?;
+    let mut backend = Backend::auto(a.adapter.as_deref())?;
     println!(
         "pupil demo: {} devices, {} rounds, data in {}",
         a.devices,
         a.rounds,
         a.dir.display()
     );
+    // A software adapter (lavapipe, SwiftShader, WARP) runs WGSL on the CPU about ten times
+    // slower than the CPU backend's plain loops: unless one was asked for, use the CPU.
+    let explicit = a.adapter.is_some() || std::env::var_os("PUPIL_ADAPTER").is_some();
+    if let (false, Some(gpu)) = (explicit, backend.gpu()) {
+        if gpu.capabilities().software {
+            let name = gpu
+                .adapter()
+                .name
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            println!(
+                "the only GPU adapter is a software one ({}); using the faster CPU backend \
+                 (--adapter {name} uses it anyway)",
+                backend.describe()
+            );
+            backend = Backend::Cpu;
+        }
+    }
     println!("backend: {}", backend.describe());
     let mnist = Mnist::load()?;
     let holdout = mnist.test.subset(&(8000..10_000).collect::<Vec<_>>());
