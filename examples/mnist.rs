@@ -11,8 +11,8 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::mnist::Mnist;
-use pupil::format::DType;
-use pupil::models::classifier::{Arch, Model};
+use pupil::format::{DType, ModelFile};
+use pupil::models::classifier::{Arch, Model, Train};
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
 use pupil::train;
 
@@ -43,6 +43,9 @@ struct Args {
     /// Write the trained classifier to this `.pupil` file.
     #[arg(long)]
     save: Option<std::path::PathBuf>,
+    /// Start from this classifier's weights instead of a random initialisation.
+    #[arg(long)]
+    init: Option<std::path::PathBuf>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,7 +55,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = pupil::Backend::auto(args.adapter.as_deref())?;
     println!("backend: {}", backend.describe());
     let data = Mnist::load()?;
-    let model = Model::new(arch, &backend, args.seed)?;
+    let model = match &args.init {
+        Some(path) => Model::open(&ModelFile::open(path)?, &backend, Train::All)?,
+        None => Model::new(arch, &backend, args.seed)?,
+    };
+    if model.arch != arch {
+        return Err(format!(
+            "--init holds a {} classifier, not {}",
+            model.arch.name(),
+            arch.name()
+        )
+        .into());
+    }
     let (net, params) = (&model.net, &model.params);
     println!(
         "model: {} ({} parameters)",
