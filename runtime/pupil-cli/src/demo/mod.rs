@@ -171,8 +171,8 @@ pub fn run(a: Args) -> CliResult {
         a.rounds,
         a.dir.display()
     );
-    // A software adapter (lavapipe, SwiftShader, WARP) runs WGSL on the CPU about ten times
-    // slower than the CPU backend's plain loops: unless one was asked for, use the CPU.
+    // A software adapter (lavapipe, SwiftShader, WARP) runs WGSL on the CPU several times
+    // slower than the CPU backend's plain loops (3 to 10 times on a 2-core machine): unless one was asked for, use the CPU.
     let explicit = a.adapter.is_some() || std::env::var_os("PUPIL_ADAPTER").is_some();
     if let (false, Some(gpu)) = (explicit, backend.gpu()) {
         if gpu.capabilities().software {
