@@ -79,6 +79,17 @@ fn refine_args(model: &Path, data: &Path, ckpt: &Path, out: &Path) -> Vec<String
     .collect()
 }
 
+/// A device folder of `count` MNIST images in `style`, written by `pupil data shift`.
+fn device_data(dir: &Path, style: &str, count: usize) -> PathBuf {
+    let data = dir.join("device");
+    let (count, out) = (count.to_string(), data.display().to_string());
+    let args = [
+        "data", "shift", "--style", style, "--count", &count, "--eval", "10", "--out", &out,
+    ];
+    run_ok(&args.map(String::from));
+    data
+}
+
 fn run_ok(args: &[String]) -> String {
     let out = pupil().args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -96,22 +107,7 @@ fn killed_session_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("student.pupil");
     small_model(&mnist, &model);
-    let data = dir.path().join("device");
-    run_ok(
-        &[
-            "data",
-            "shift",
-            "--style",
-            "rot=25,thick=1",
-            "--count",
-            "2000",
-            "--eval",
-            "10",
-            "--out",
-            &data.display().to_string(),
-        ]
-        .map(String::from),
-    );
+    let data = device_data(dir.path(), "rot=25,thick=1", 2000);
     let path = |name: &str| -> PathBuf { dir.path().join(name) };
 
     run_ok(&refine_args(
@@ -237,22 +233,7 @@ fn budget_too_small_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("student.pupil");
     small_model(&mnist, &model);
-    let data = dir.path().join("device");
-    run_ok(
-        &[
-            "data",
-            "shift",
-            "--style",
-            "rot=10",
-            "--count",
-            "50",
-            "--eval",
-            "10",
-            "--out",
-            &data.display().to_string(),
-        ]
-        .map(String::from),
-    );
+    let data = device_data(dir.path(), "rot=10", 50);
     let mut args = refine_args(
         &model,
         &data,

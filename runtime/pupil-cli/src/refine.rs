@@ -135,18 +135,17 @@ pub fn run(a: Args) -> CliResult {
         "entropy" => Uncertainty::Entropy,
         other => return Err(format!("--uncertainty {other:?}: use margin or entropy").into()),
     };
-    let oracle_labels = match &a.labels {
-        Some(path) => Some(read_split(&a.data.join("images.idx"), Some(path))?.labels),
-        None if strategies.contains(&"active") => {
-            return Err(
-                "active selection needs answers: pass --labels FILE (IDX labels of the \
-                        pool), or drop `active` from --strategy"
-                    .into(),
-            )
-        }
-        None => None,
-    };
+    if a.labels.is_none() && strategies.contains(&"active") {
+        return Err(
+            "active selection needs answers: pass --labels FILE (IDX labels of the \
+                    pool), or drop `active` from --strategy"
+                .into(),
+        );
+    }
+    // The pool's labels are real only with --labels; they answer label requests and
+    // measure pseudo-labels, and are never trained on directly.
     let pool = read_split(&a.data.join("images.idx"), a.labels.as_deref())?;
+    let oracle_labels = a.labels.is_some().then(|| pool.labels.clone());
     let local = optional_split(
         &a.data.join("eval-images.idx"),
         &a.data.join("eval-labels.idx"),

@@ -120,17 +120,8 @@ pub fn run(a: Args) -> CliResult {
     if a.devices == 0 || !(0.0..=1.0).contains(&a.fraction) {
         return Err("--devices must be positive and --fraction in [0, 1]".into());
     }
-    let rule = match a.rule.as_str() {
-        "fedavg" => AggRule::FedAvg,
-        "trimmed" => AggRule::TrimmedMean {
-            clip_norm: a.clip_norm,
-            trim: 0.2,
-        },
-        "median" => AggRule::Median {
-            clip_norm: a.clip_norm,
-        },
-        other => return Err(format!("--rule {other:?}: use fedavg, trimmed or median").into()),
-    };
+    let rule = AggRule::from_name(&a.rule, a.clip_norm)
+        .ok_or_else(|| format!("--rule {:?}: use fedavg, trimmed or median", a.rule))?;
     let backend = Backend::auto(a.adapter.as_deref())?;
     let mnist = Mnist::load()?;
     let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
@@ -156,42 +147,13 @@ pub fn run(a: Args) -> CliResult {
     runtime.spawn(serve(server.clone(), listener, std::future::pending()));
     let client = Client::new(&url);
     let server_key = client.server_key()?;
+    // Distinct deterministic device keys: the device index and the seed.
     let keys: Vec<KeyPair> = (0..a.devices)
         .map(|d| {
-            KeyPair::from_seed([
-                (d % 256) as u8,
-                (d / 256) as u8,
-                7,
-                a.seed as u8,
-                1,
-                2,
-                3,
-                4,
-                5,
-                6,
-                7,
-                8,
-                9,
-                10,
-                11,
-                12,
-                13,
-                14,
-                15,
-                16,
-                17,
-                18,
-                19,
-                20,
-                21,
-                22,
-                23,
-                24,
-                25,
-                26,
-                27,
-                28,
-            ])
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&(d as u64).to_le_bytes());
+            seed[8..16].copy_from_slice(&a.seed.to_le_bytes());
+            KeyPair::from_seed(seed)
         })
         .collect();
     for (d, k) in keys.iter().enumerate() {

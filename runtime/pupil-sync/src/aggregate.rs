@@ -55,6 +55,22 @@ pub enum Rule {
     },
 }
 
+impl Rule {
+    /// The rule named `fedavg`, `trimmed` (clip to `clip_norm`, then a 20 % trimmed mean) or
+    /// `median` (clip to `clip_norm`, then the coordinate-wise median).
+    pub fn from_name(name: &str, clip_norm: f32) -> Option<Rule> {
+        match name {
+            "fedavg" => Some(Rule::FedAvg),
+            "trimmed" => Some(Rule::TrimmedMean {
+                clip_norm,
+                trim: 0.2,
+            }),
+            "median" => Some(Rule::Median { clip_norm }),
+            _ => None,
+        }
+    }
+}
+
 /// Checks that `deltas` is non-empty and of equal lengths; returns the length.
 fn common_len(deltas: &[&[f32]]) -> Result<usize, AggregateError> {
     let first = deltas.first().ok_or(AggregateError::Empty)?;

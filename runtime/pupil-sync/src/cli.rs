@@ -52,21 +52,12 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The server settings these arguments describe.
     pub fn config(&self) -> Result<ServerConfig, SyncError> {
-        let rule = match self.rule.as_str() {
-            "fedavg" => Rule::FedAvg,
-            "trimmed" => Rule::TrimmedMean {
-                clip_norm: self.clip_norm,
-                trim: 0.2,
-            },
-            "median" => Rule::Median {
-                clip_norm: self.clip_norm,
-            },
-            other => {
-                return Err(SyncError::InvalidArgument(format!(
-                    "unknown rule {other:?}; use fedavg, trimmed or median"
-                )))
-            }
-        };
+        let rule = Rule::from_name(&self.rule, self.clip_norm).ok_or_else(|| {
+            SyncError::InvalidArgument(format!(
+                "unknown rule {:?}; use fedavg, trimmed or median",
+                self.rule
+            ))
+        })?;
         Ok(ServerConfig {
             min_updates: self.min_updates,
             deadline: Duration::from_millis(self.deadline_ms),

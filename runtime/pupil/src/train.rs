@@ -103,6 +103,27 @@ pub fn train_epoch(
     Ok((total / steps.max(1) as f64) as f32)
 }
 
+/// The logits of every example (`[n, classes]`, row-major), computed in batches of `batch`.
+pub fn logits(
+    net: &Classifier,
+    params: &Params,
+    data: &dyn Examples,
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let backend: Backend = params.backend().clone();
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
+    let all: Vec<usize> = (0..data.len()).collect();
+    for idx in all.chunks(batch.max(1)) {
+        data.batch(idx, &mut xs, &mut ys)?;
+        let mut g = Graph::new(&backend);
+        let x = g.input(Tensor::from_slice(&backend, &[idx.len(), data.dim()], &xs)?);
+        let z = net.logits(&mut g, params, x)?;
+        out.extend(g.value(z).to_vec()?);
+    }
+    Ok(out)
+}
+
 /// Predicted class of every example (argmax of the logits), in batches.
 pub fn predict(
     net: &Classifier,
@@ -110,24 +131,15 @@ pub fn predict(
     data: &dyn Examples,
     batch: usize,
 ) -> Result<Vec<usize>> {
-    let backend: Backend = params.backend().clone();
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let mut out = Vec::with_capacity(data.len());
-    let all: Vec<usize> = (0..data.len()).collect();
-    for idx in all.chunks(batch) {
-        data.batch(idx, &mut xs, &mut ys)?;
-        let mut g = Graph::new(&backend);
-        let x = g.input(Tensor::from_slice(&backend, &[idx.len(), data.dim()], &xs)?);
-        let logits = net.logits(&mut g, params, x)?;
-        let z = g.value(logits).to_vec()?;
-        let classes = z.len() / idx.len();
-        out.extend(z.chunks(classes).map(|row| {
+    let z = logits(net, params, data, batch)?;
+    let classes = z.len() / data.len().max(1);
+    Ok(z.chunks(classes.max(1))
+        .map(|row| {
             row.iter()
                 .enumerate()
                 .fold(0, |best, (j, v)| if *v > row[best] { j } else { best })
-        }));
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// Fraction of examples classified correctly.

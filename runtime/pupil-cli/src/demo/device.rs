@@ -119,21 +119,19 @@ impl Device {
         })
     }
 
-    /// Refine the pulled model on local data and push a signed int8 delta.
+    /// Refine the pulled model on local data and push a signed int8 delta. `before` is the
+    /// pulled version's local accuracy, already measured when the version was published.
     pub fn refine_and_push(
         &self,
         client: &Client,
         backend: &Backend,
         round: u64,
+        before: f32,
         phases: &mut Phases,
     ) -> Result<DeviceRound, Box<dyn std::error::Error>> {
         let t = Instant::now();
         let file = ModelFile::open(self.model_path())?;
         let model = Model::open(&file, backend, Train::All)?;
-        let before = train::accuracy(&model.net, &model.params, &self.eval, 500)?;
-        phases.inference += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
         let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
         let cfg = RefineConfig {
             rounds: 1,

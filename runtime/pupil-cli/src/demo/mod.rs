@@ -253,12 +253,18 @@ pub fn run(a: Args) -> CliResult {
                 .progress_chars("=> "),
         );
         bar.set_message(round.to_string());
+        // Devices run the last published version, measured when it was published.
+        let current = state
+            .versions
+            .last()
+            .map(|v| v.local.clone())
+            .unwrap_or_default();
         let mut results = Vec::new();
-        for d in &devices {
+        for (d, &before) in devices.iter().zip(&current) {
             let t = Instant::now();
             d.pull(&client, &server_key)?;
             phases.pull += t.elapsed().as_secs_f64();
-            results.push(d.refine_and_push(&client, &backend, round, &mut phases)?);
+            results.push(d.refine_and_push(&client, &backend, round, before, &mut phases)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -332,21 +338,20 @@ fn measure(
 ) -> Result<VersionRow, Box<dyn std::error::Error>> {
     let mut version = 0;
     let mut local = Vec::new();
-    for d in devices {
+    let mut global = 0.0;
+    for (i, d) in devices.iter().enumerate() {
         let t = Instant::now();
         version = d.pull(client, server_key)?;
         phases.pull += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let m = Model::open(&ModelFile::open(d.model_path())?, backend, Train::All)?;
         local.push(train::accuracy(&m.net, &m.params, &d.eval, 500)?);
+        // Every device holds the same version: measure the original test set once.
+        if i == 0 {
+            global = train::accuracy(&m.net, &m.params, test, 1000)?;
+        }
         phases.inference += t.elapsed().as_secs_f64();
     }
-    let m = Model::open(
-        &ModelFile::open(devices[0].model_path())?,
-        backend,
-        Train::All,
-    )?;
-    let global = train::accuracy(&m.net, &m.params, test, 1000)?;
     Ok(VersionRow {
         version,
         global,

@@ -42,8 +42,8 @@ impl Style {
         Ok(s)
     }
 
-    /// Apply to one image (`src` and `dst` are 784 pixels each).
-    pub fn apply(&self, src: &[u8], dst: &mut [u8]) {
+    /// Apply to one image.
+    pub fn apply(&self, src: &[u8; PIXELS], dst: &mut [u8; PIXELS]) {
         let (sin, cos) = self.rotate_deg.to_radians().sin_cos();
         let c = (SIDE as f32 - 1.0) / 2.0;
         // Inverse mapping with bilinear interpolation: each output pixel samples the source.
@@ -58,9 +58,9 @@ impl Style {
                 dst[y * SIDE + x] = bilinear(src, sx, sy);
             }
         }
-        let mut tmp = [0u8; PIXELS];
+        let mut tmp;
         for _ in 0..self.thicken {
-            tmp.copy_from_slice(&dst[..PIXELS]);
+            tmp = *dst;
             dilate(&tmp, dst);
         }
     }
@@ -73,7 +73,10 @@ impl Style {
             .chunks_exact(PIXELS)
             .zip(images.chunks_exact_mut(PIXELS))
         {
-            self.apply(src, dst);
+            // `chunks_exact` yields whole images only, so both conversions succeed.
+            if let (Ok(src), Ok(dst)) = (src.try_into(), dst.try_into()) {
+                self.apply(src, dst);
+            }
         }
         Split {
             images,
@@ -112,7 +115,7 @@ fn bilinear(src: &[u8], x: f32, y: f32) -> u8 {
 
 /// Grey-level dilation with a 3 x 3 cross: each pixel becomes the brightest of itself and its
 /// four neighbours.
-fn dilate(src: &[u8], dst: &mut [u8]) {
+fn dilate(src: &[u8; PIXELS], dst: &mut [u8; PIXELS]) {
     for y in 0..SIDE as i32 {
         for x in 0..SIDE as i32 {
             let v = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
@@ -128,34 +131,33 @@ fn dilate(src: &[u8], dst: &mut [u8]) {
 mod tests {
     use super::*;
 
-    fn dot() -> Vec<u8> {
-        let mut img = vec![0u8; PIXELS];
+    fn dot() -> [u8; PIXELS] {
+        let mut img = [0u8; PIXELS];
         img[10 * SIDE + 20] = 255; // row 10, column 20
         img
     }
 
     #[test]
     fn identity_keeps_the_image() {
-        let src: Vec<u8> = (0..PIXELS).map(|i| (i * 7 % 256) as u8).collect();
-        let mut dst = vec![0u8; PIXELS];
+        let src: [u8; PIXELS] = std::array::from_fn(|i| (i * 7 % 256) as u8);
+        let mut dst = [0u8; PIXELS];
         Style::IDENTITY.apply(&src, &mut dst);
         assert_eq!(src, dst);
     }
 
     #[test]
     fn quarter_turn_moves_a_pixel_where_expected() {
-        let mut dst = vec![0u8; PIXELS];
+        let mut dst = [0u8; PIXELS];
         Style::parse("rot=90").unwrap().apply(&dot(), &mut dst);
         // Counter-clockwise by 90 degrees about (13.5, 13.5), y pointing down on screen:
         // source (x=20, y=10) lands at output (x=10, y=7).
-        let (y, x) = (dst.iter().position(|&v| v == 255).unwrap() / SIDE, 0);
-        let x = x + dst.iter().position(|&v| v == 255).unwrap() % SIDE;
-        assert_eq!((x, y), (10, 7));
+        let at = dst.iter().position(|&v| v == 255).unwrap();
+        assert_eq!((at % SIDE, at / SIDE), (10, 7));
     }
 
     #[test]
     fn thickening_and_shift() {
-        let mut dst = vec![0u8; PIXELS];
+        let mut dst = [0u8; PIXELS];
         Style::parse("thick=1,dx=2,dy=-1")
             .unwrap()
             .apply(&dot(), &mut dst);

@@ -60,18 +60,7 @@ pub struct EpochReport {
 
 /// The teacher's logits for every input (`[n, 10]`, row-major), in batches.
 pub fn teacher_logits(teacher: &Model, data: &Split, batch: usize) -> Result<Vec<f32>> {
-    let backend = teacher.params.backend().clone();
-    let mut out = Vec::with_capacity(data.n * CLASSES);
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let all: Vec<usize> = (0..data.n).collect();
-    for idx in all.chunks(batch.max(1)) {
-        data.batch_f32(idx, &mut xs, &mut ys)?;
-        let mut g = Graph::new(&backend);
-        let x = g.input(Tensor::from_slice(&backend, &[idx.len(), PIXELS], &xs)?);
-        let z = teacher.logits(&mut g, x)?;
-        out.extend(g.value(z).to_vec()?);
-    }
-    Ok(out)
+    train::logits(&teacher.net, &teacher.params, data, batch)
 }
 
 /// Train `student` on `data` towards `logits` (from [`teacher_logits`]); calls `progress`

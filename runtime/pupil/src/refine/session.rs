@@ -395,18 +395,9 @@ impl<'a> Session<'a> {
 
     /// Predictions of the current model on the pool.
     fn predict(&self) -> Result<Predictions> {
-        let backend = self.model.params.backend().clone();
-        let mut logits = Vec::with_capacity(self.pool.n * CLASSES);
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        let all: Vec<usize> = (0..self.pool.n).collect();
-        for idx in all.chunks(self.eval_batch) {
-            self.pool.batch_f32(idx, &mut xs, &mut ys)?;
-            let mut g = Graph::new(&backend);
-            let x = g.input(Tensor::from_slice(&backend, &[idx.len(), PIXELS], &xs)?);
-            let z = self.model.logits(&mut g, x)?;
-            logits.extend(g.value(z).to_vec()?);
-        }
-        Ok(Predictions::from_logits(&logits, CLASSES))
+        let model = self.model;
+        let z = train::logits(&model.net, &model.params, self.pool, self.eval_batch)?;
+        Ok(Predictions::from_logits(&z, CLASSES))
     }
 
     /// Choose this round's training data and remember where the round starts.
