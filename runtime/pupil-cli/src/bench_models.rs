@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use pupil::format::{ModelBuilder, ModelFile};
+use pupil::format::{DType, ModelBuilder, ModelFile};
 use pupil::graph::Graph;
 use pupil::models::bert::{Bert, BertConfig};
 use pupil::models::llama::{KvCache, Llama};
@@ -46,6 +46,10 @@ pub struct GenerateArgs {
     /// Adapter (name, backend or cpu).
     #[arg(long)]
     adapter: Option<String>,
+    /// Weight storage: `q4_1` stores like the shipped GGUF (layers Q4_1, embedding and tied
+    /// head Q8_0, dequantized in registers); `f32` stores every matrix as f32.
+    #[arg(long, default_value = "q4_1", value_parser = ["q4_1", "f32"])]
+    weights: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -129,8 +133,9 @@ pub fn embed(a: EmbedArgs) -> CliResult {
     Ok(())
 }
 
-/// A SmolLM2-135M-shaped Llama decoder with random weights, as a model file.
-fn smollm2_file() -> pupil::Result<ModelFile> {
+/// A SmolLM2-135M-shaped Llama decoder with random weights, as a model file; with
+/// `quantized`, matrices are stored as the shipped GGUF stores them (Q4_1, embedding Q8_0).
+fn smollm2_file(quantized: bool) -> pupil::Result<ModelFile> {
     let (d, layers, heads, kv, ffn, vocab) =
         (576usize, 30usize, 9usize, 3usize, 1536usize, 49152usize);
     let kvd = kv * (d / heads);
@@ -160,7 +165,12 @@ fn smollm2_file() -> pupil::Result<ModelFile> {
                 noise(n, seed, 0.05)
             };
             let dims: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
-            b.add_f32(name, &dims, &values)?;
+            let dtype = match (quantized, shape.len(), name) {
+                (true, 2, "token_embd.weight") => DType::Q8_0,
+                (true, 2, _) => DType::Q4_1,
+                _ => DType::F32,
+            };
+            b.add_f32_as(name, dtype, &dims, &values)?;
             Ok(())
         };
     add(&mut b, "token_embd.weight", &[vocab, d], false)?;
@@ -187,7 +197,7 @@ pub fn generate(a: GenerateArgs) -> CliResult {
     if a.prompt_tokens == 0 {
         return Err("--prompt-tokens must be positive".into());
     }
-    let model = Llama::load(&smollm2_file()?, &backend)?;
+    let model = Llama::load(&smollm2_file(a.weights == "q4_1")?, &backend)?;
     let cfg = model.config().clone();
     if let Some(gpu) = backend.gpu() {
         gpu.reset_peak();
@@ -224,11 +234,15 @@ pub fn generate(a: GenerateArgs) -> CliResult {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "adapter": adapter, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens_per_s": p_rate, "decode_tokens_per_s": d_rate, "peak_gpu_bytes": peak })
+                &json!({ "adapter": adapter, "weights": a.weights, "weight_bytes": model.weight_bytes(), "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens_per_s": p_rate, "decode_tokens_per_s": d_rate, "peak_gpu_bytes": peak })
             )?
         );
     } else {
-        println!("generate: SmolLM2-135M-shaped decoder (30 x 576, GQA 9/3, f32 random weights) on {adapter}");
+        println!(
+            "generate: SmolLM2-135M-shaped decoder (30 x 576, GQA 9/3, {} random weights, {:.1} MB) on {adapter}",
+            a.weights,
+            model.weight_bytes() as f64 / 1e6
+        );
         println!(
             "prefill {} tokens: {:.1} ms ({p_rate:.1} tokens/s)",
             a.prompt_tokens,

@@ -19,6 +19,7 @@ pub(crate) fn source(name: &str) -> Option<&'static str> {
         "attention" => include_str!("../../../shaders/attention.wgsl"),
         "rope" => include_str!("../../../shaders/rope.wgsl"),
         "distill" => include_str!("../../../shaders/distill.wgsl"),
+        "qmatmul" => include_str!("../../../shaders/qmatmul.wgsl"),
         _ => return None,
     })
 }

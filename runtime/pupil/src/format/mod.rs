@@ -8,7 +8,7 @@
 mod atomic;
 pub use atomic::write_atomic;
 mod builder;
-mod convert;
+pub(crate) mod convert;
 mod error;
 mod file;
 

@@ -3,10 +3,11 @@
 //! embeddings; inference only.
 //!
 //! Weights carry the GGUF names (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...) and are
-//! loaded by name from a `.pupil` file made by [`crate::import`], dequantized to f32 at load.
-//! Each weight is its own tensor rather than a slot of one [`crate::params::Params`] buffer:
-//! all of them together (540 MB in f32) exceed one storage binding on many adapters
-//! (128 MiB on lavapipe), while the largest single weight (the 113 MB embedding) fits.
+//! loaded by name from a `.pupil` file made by [`crate::import`]. Block-quantized matrices
+//! (Q8_0/Q4_0/Q4_1) stay quantized on the backend and are dequantized in registers where
+//! they are multiplied: SmolLM2-135M's Q4_1/Q8_0 file takes 98 MB instead of 540 MB in f32.
+//! Each weight is its own buffer rather than a slot of one [`crate::params::Params`] buffer:
+//! all of them together can exceed one storage binding (128 MiB on lavapipe).
 //! Shape key: batch B, new tokens T, cached tokens P, width D, heads H, kv heads Hkv, head
 //! width Dh. Per layer: `h = x + Wo attn(rope(Wq n(x)), rope(Wk n(x)), Wv n(x))` over the
 //! cached and new keys, causal; `y = h + W_down (silu(W_gate n(h)) * W_up n(h))`, with `n`
@@ -17,6 +18,7 @@ mod chat;
 mod config;
 mod run;
 pub mod sample;
+mod weight;
 
 pub use cache::KvCache;
 pub use chat::chat_prompt;
@@ -28,81 +30,66 @@ use crate::error::{Error, Result};
 use crate::format::ModelFile;
 use crate::graph::{Graph, Var};
 use crate::tensor::Tensor;
+use weight::{load_f32, Weight};
 
 /// One decoder layer's weights (projections `[out, in]`).
 #[derive(Clone, Debug)]
 struct Layer {
     attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    o: Weight,
     ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
 }
 
 /// A Llama decoder with its weights on one backend.
 #[derive(Clone, Debug)]
 pub struct Llama {
     cfg: LlamaConfig,
-    embed: Tensor,
+    embed: Weight,
     layers: Vec<Layer>,
     norm: Tensor,
     /// The output projection `[V, D]`; the embedding table when tied.
-    head: Tensor,
-}
-
-/// The f32 tensor `name` of `file` on `backend`, which must have `shape`.
-fn weight(file: &ModelFile, backend: &Backend, name: &str, shape: &[usize]) -> Result<Tensor> {
-    let lacks = || {
-        Error::Invalid(format!(
-            "model {:?} lacks the llama weight {name:?}; convert the full GGUF with `pupil convert`",
-            file.info().model_id.as_str()
-        ))
-    };
-    let t = file.tensor(name).map_err(|_| lacks())?;
-    let got: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-    if got != shape {
-        return Err(Error::shape(
-            "llama load",
-            format!("{name}: file has {got:?}, the config implies {shape:?}"),
-        ));
-    }
-    Tensor::from_slice(backend, shape, &t.to_f32())
+    head: Weight,
 }
 
 impl Llama {
-    /// Loads the config and every weight of `file` onto `backend` (dequantized to f32).
+    /// Loads the config and every weight of `file` onto `backend` (block formats stay
+    /// quantized, float matrices and norms load as f32).
     pub fn load(file: &ModelFile, backend: &Backend) -> Result<Llama> {
         let cfg = LlamaConfig::from_model(file)?;
         let (d, kv) = (cfg.hidden, cfg.kv_heads * cfg.head_dim);
-        let w = |name: &str, shape: &[usize]| weight(file, backend, name, shape);
+        let w =
+            |name: &str, [rows, cols]: [usize; 2]| Weight::load(file, backend, name, [rows, cols]);
+        let vector = |name: &str| load_f32(file, backend, name, &[d]);
         let layers = (0..cfg.layers)
             .map(|i| {
                 let p = |name: &str| format!("blk.{i}.{name}.weight");
                 Ok(Layer {
-                    attn_norm: w(&p("attn_norm"), &[d])?,
-                    q: w(&p("attn_q"), &[d, d])?,
-                    k: w(&p("attn_k"), &[kv, d])?,
-                    v: w(&p("attn_v"), &[kv, d])?,
-                    o: w(&p("attn_output"), &[d, d])?,
-                    ffn_norm: w(&p("ffn_norm"), &[d])?,
-                    gate: w(&p("ffn_gate"), &[cfg.ffn, d])?,
-                    up: w(&p("ffn_up"), &[cfg.ffn, d])?,
-                    down: w(&p("ffn_down"), &[d, cfg.ffn])?,
+                    attn_norm: vector(&p("attn_norm"))?,
+                    q: w(&p("attn_q"), [d, d])?,
+                    k: w(&p("attn_k"), [kv, d])?,
+                    v: w(&p("attn_v"), [kv, d])?,
+                    o: w(&p("attn_output"), [d, d])?,
+                    ffn_norm: vector(&p("ffn_norm"))?,
+                    gate: w(&p("ffn_gate"), [cfg.ffn, d])?,
+                    up: w(&p("ffn_up"), [cfg.ffn, d])?,
+                    down: w(&p("ffn_down"), [d, cfg.ffn])?,
                 })
             })
             .collect::<Result<_>>()?;
-        let embed = w("token_embd.weight", &[cfg.vocab, d])?;
+        let embed = w("token_embd.weight", [cfg.vocab, d])?;
         let head = if cfg.tied_embeddings {
             embed.clone()
         } else {
-            w("output.weight", &[cfg.vocab, d])?
+            w("output.weight", [cfg.vocab, d])?
         };
         Ok(Llama {
-            norm: w("output_norm.weight", &[d])?,
+            norm: vector("output_norm.weight")?,
             embed,
             layers,
             head,
@@ -117,7 +104,29 @@ impl Llama {
 
     /// The backend the weights live on.
     pub fn backend(&self) -> Backend {
-        self.embed.backend()
+        self.norm.backend()
+    }
+
+    /// Bytes the weights occupy on the backend (a tied head counted once).
+    pub fn weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|w| w.bytes())
+                    .sum::<u64>()
+                    + l.attn_norm.bytes()
+                    + l.ffn_norm.bytes()
+            })
+            .sum();
+        let head = if self.cfg.tied_embeddings {
+            0
+        } else {
+            self.head.bytes()
+        };
+        layers + self.embed.bytes() + head + self.norm.bytes()
     }
 
     /// Runs new tokens `ids` (`[B, T]`, f32 integers) after the `cache`'s tokens, adds their
@@ -140,8 +149,7 @@ impl Llama {
             ));
         }
         cache.check_room(t)?;
-        let table = g.input(self.embed.clone());
-        let mut x = g.embedding(table, ids)?;
+        let mut x = self.embed.rows(g, ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer(g, (i, layer), x, cache, [bsz, t])?;
         }
@@ -152,7 +160,7 @@ impl Llama {
         let last = g.input(Tensor::from_slice(g.backend(), &[bsz], &last)?);
         let x = g.embedding(rows, last)?;
         let x = rms_norm(g, x, &self.norm, self.cfg.eps)?;
-        linear(g, x, &self.head)
+        self.head.linear(g, x)
     }
 
     /// One pre-norm decoder layer over `x` `[B, T, D]`, reading and extending the cache.
@@ -171,13 +179,13 @@ impl Llama {
             g.permute(v, &[0, 2, 1, 3])
         };
         let n = rms_norm(g, x, &l.attn_norm, c.eps)?;
-        let q = linear(g, n, &l.q)?;
+        let q = l.q.linear(g, n)?;
         let q = heads(g, q, c.heads)?;
         let q = g.rope(q, c.rope_base, offset)?;
-        let k = linear(g, n, &l.k)?;
+        let k = l.k.linear(g, n)?;
         let k = heads(g, k, c.kv_heads)?;
         let k = g.rope(k, c.rope_base, offset)?;
-        let v = linear(g, n, &l.v)?;
+        let v = l.v.linear(g, n)?;
         let v = g.reshape(v, &[bsz, t, c.kv_heads, dh])?;
         // The cache is time-major [T, B, Hkv, Dh].
         let k_new = g.permute(k, &[2, 0, 1, 3])?;
@@ -190,22 +198,16 @@ impl Llama {
         let a = g.attention(q, k_all, v_all, None, true)?;
         let a = g.permute(a, &[0, 2, 1, 3])?;
         let a = g.reshape(a, &[bsz, t, c.hidden])?;
-        let a = linear(g, a, &l.o)?;
+        let a = l.o.linear(g, a)?;
         let h = g.add(x, a)?;
         let n = rms_norm(g, h, &l.ffn_norm, c.eps)?;
-        let gate = linear(g, n, &l.gate)?;
+        let gate = l.gate.linear(g, n)?;
         let gate = g.silu(gate)?;
-        let up = linear(g, n, &l.up)?;
+        let up = l.up.linear(g, n)?;
         let f = g.mul(gate, up)?;
-        let f = linear(g, f, &l.down)?;
+        let f = l.down.linear(g, f)?;
         g.add(h, f)
     }
-}
-
-/// `x W^T` for `x` `[.., in]` and a constant weight `[out, in]`.
-fn linear(g: &mut Graph, x: Var, w: &Tensor) -> Result<Var> {
-    let w = g.input(w.clone());
-    g.matmul_t(x, w, false, true)
 }
 
 /// RMSNorm of `x` over its last axis with a constant scale.

@@ -180,34 +180,68 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -
     )
 }
 
-/// The CPU reference.
+/// The CPU reference: a strided SGEMM per batch entry, so either operand may be transposed
+/// in place.
 pub(crate) mod cpu {
     use super::Dims;
 
     pub(crate) fn matmul(a: &[f32], b: &[f32], c: &mut [f32], d: Dims, ta: bool, tb: bool) {
         let Dims { batch, m, k, n, .. } = d;
-        c.fill(0.0);
+        // Element strides (row, column) of op(A) (M x K) and op(B) (K x N) as stored.
+        let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
+        let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
         for bi in 0..batch {
-            let (a, b) = (
-                &a[bi * m * k..(bi + 1) * m * k],
-                &b[bi * k * n..(bi + 1) * k * n],
-            );
+            let a = &a[bi * m * k..(bi + 1) * m * k];
+            let b = &b[bi * k * n..(bi + 1) * k * n];
             let c = &mut c[bi * m * n..(bi + 1) * m * n];
-            for i in 0..m {
-                for kk in 0..k {
-                    let av = if ta { a[kk * m + i] } else { a[i * k + kk] };
-                    let row = &mut c[i * n..(i + 1) * n];
-                    if tb {
-                        for (j, cv) in row.iter_mut().enumerate() {
-                            *cv += av * b[j * k + kk];
-                        }
-                    } else {
-                        for (cv, bv) in row.iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
-                            *cv += av * bv;
-                        }
-                    }
-                }
-            }
+            gemm(a, (rsa, csa), b, (rsb, csb), c, [m, k, n], 0.0);
+        }
+    }
+
+    /// `C = A B + beta C` for `A` `M x K` and `B` `K x N` read through (row, column) element
+    /// strides, `C` `M x N` row-major.
+    ///
+    /// # Panics
+    /// When a slice is too short for its shape and strides (a bug in the caller).
+    pub(crate) fn gemm(
+        a: &[f32],
+        (rsa, csa): (usize, usize),
+        b: &[f32],
+        (rsb, csb): (usize, usize),
+        c: &mut [f32],
+        [m, k, n]: [usize; 3],
+        beta: f32,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            c[..m * n].iter_mut().for_each(|v| *v *= beta);
+            return;
+        }
+        let last =
+            |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+        assert!(last(m, k, rsa, csa) < a.len(), "gemm: A too short");
+        assert!(last(k, n, rsb, csb) < b.len(), "gemm: B too short");
+        assert!(m * n <= c.len(), "gemm: C too short");
+        // SAFETY: the asserts above keep every element matrixmultiply touches in bounds.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod qmatmul;
 pub mod reduce;
 pub mod rope;
 pub mod softmax;
