@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use pupil_sync::cli::{run_serve, ServeArgs};
-use pupil_sync::client::{Client, Outbox, PullOutcome};
+use pupil_sync::client::{Client, Outbox, PullOutcome, Transfer};
 use pupil_sync::{hex, KeyPair};
 
 use crate::CliResult;
@@ -52,12 +52,12 @@ pub enum Sync {
         #[arg(long, env = "PUPIL_ADMIN_TOKEN")]
         admin_token: Option<String>,
     },
-    /// Upload every queued update (retrying with backoff); acknowledged ones leave the outbox.
+    /// Upload every queued update (retrying with backoff, large ones in resumable chunks); acknowledged ones leave the outbox.
     Push {
         #[command(flatten)]
         device: Device,
     },
-    /// Fetch the latest model version, verify it and swap it in atomically.
+    /// Fetch the latest model version (as a delta from the local file where possible), verify it and swap it in atomically.
     Pull {
         #[command(flatten)]
         device: Device,
@@ -111,13 +111,19 @@ pub fn run(cmd: Sync) -> CliResult {
             );
         }
         Sync::Push { device } => {
-            let report = Client::new(&device.server).push(&device.outbox()?)?;
+            let report = Client::new(&device.server)
+                .with_device_key(device.key()?)
+                .push(&device.outbox()?)?;
             println!(
-                "accepted {}, duplicates {}, rejected {}",
+                "accepted {}, duplicates {}, rejected {}; sent {} bytes",
                 report.accepted.len(),
                 report.duplicates.len(),
-                report.rejected.len()
+                report.rejected.len(),
+                report.bytes_sent
             );
+            for (seq, offset) in &report.resumed {
+                println!("  update {seq} resumed at byte {offset} (held by the server)");
+            }
             for (seq, kind) in &report.rejected {
                 println!("  update {seq} rejected: {kind} (kept in outbox/rejected)");
             }
@@ -128,13 +134,29 @@ pub fn run(cmd: Sync) -> CliResult {
             server_key: given,
         } => {
             let key = server_key(&device.dir, given.as_deref())?;
-            match Client::new(&device.server).pull(&model, &key)? {
+            let report = Client::new(&device.server).pull_report(&model, &key)?;
+            match report.outcome {
                 PullOutcome::UpToDate(m) => {
                     println!("up to date: version {} ({})", m.version, m.hash)
                 }
                 PullOutcome::Updated(m) => {
                     println!("updated to version {} ({})", m.version, m.hash)
                 }
+            }
+            match report.transfer {
+                Some(Transfer::Delta { bytes }) => {
+                    println!("pulled a delta: {bytes} bytes transferred")
+                }
+                Some(Transfer::Full {
+                    bytes,
+                    delta_refused,
+                }) => {
+                    println!("pulled the full file: {bytes} bytes transferred");
+                    if let Some(why) = delta_refused {
+                        println!("  (no delta: {why})");
+                    }
+                }
+                None => {}
             }
         }
         Sync::Status { device } => {

@@ -50,6 +50,9 @@ pub enum SyncError {
     /// A model file is invalid.
     #[error(transparent)]
     Model(#[from] pupil::format::ModelFileError),
+    /// A model delta cannot be applied.
+    #[error("cannot apply the model delta: {0}")]
+    Delta(#[from] crate::delta::DeltaError),
     /// An update could not be built.
     #[error("cannot build the update: {0}")]
     Update(#[from] pupil_wire::UpdateError),

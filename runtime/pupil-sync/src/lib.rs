@@ -8,8 +8,10 @@
 //! model versions that devices verify before use.
 
 pub mod aggregate;
+pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod delta;
 pub mod error;
 mod fsutil;
 pub mod hex;

@@ -5,6 +5,8 @@
 //! handler acknowledges a request, its effect survives a crash or a SIGKILL.
 //! A round publishes its version, records itself and consumes its pending
 //! updates in one transaction: it happens completely or not at all.
+//! Resumable uploads and their chunks have tables of their own
+//! ([`Store::open_upload`], [`Store::append_chunk`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,6 +16,10 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{db, io_err, SyncError};
+
+mod uploads;
+
+pub use uploads::{Append, UploadId, UploadMeta, UploadOpen, UPLOAD_ID_LEN};
 
 /// Device id → 32-byte Ed25519 public key.
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -130,6 +136,7 @@ impl Store {
         tx.open_table(ROUNDS).map_err(db)?;
         tx.open_table(META).map_err(db)?;
         tx.open_table(STATE).map_err(db)?;
+        uploads::create_tables(&tx)?;
         tx.commit().map_err(db)?;
         Ok(store)
     }

@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -24,34 +23,17 @@ const PER_DEVICE: u64 = 25;
 
 /// Starts the server binary on `store`; returns it and its URL.
 fn spawn(store: &Path, model: &Path, min_updates: u64) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pupil-sync-server"))
-        .args(["--store", store.to_str().unwrap(), "--addr", "127.0.0.1:0"])
-        .args([
-            "--init-model",
-            model.to_str().unwrap(),
-            "--admin-token",
-            TOKEN,
-        ])
-        .args([
-            "--min-updates",
-            &min_updates.to_string(),
-            "--deadline-ms",
-            "50",
-        ])
-        // Every update refines version 1; rounds must not make them stale.
-        .args(["--max-staleness", "1000000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"));
-    (child, format!("http://{addr}"))
+    let min_updates = min_updates.to_string();
+    // Every update refines version 1; rounds must not make them stale.
+    let args = [
+        "--min-updates",
+        &min_updates,
+        "--deadline-ms",
+        "50",
+        "--max-staleness",
+        "1000000",
+    ];
+    spawn_server(store, model, &args)
 }
 
 /// Pushes every device's outbox until `stop`; errors (the server is gone) are retried.

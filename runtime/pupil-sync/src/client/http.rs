@@ -1,23 +1,23 @@
-//! Talking to the server: register, push the outbox, pull models.
+//! Talking to the server: register, push the outbox (whole updates, or large
+//! ones in resumable chunks), metadata. Pulls are in `pull`.
 
-use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use pupil::format::ModelFile;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use ureq::http::Response;
 use ureq::Body;
 
+use super::upload::ChunkPolicy;
 use super::Outbox;
-use crate::server::model_signing_message;
+use crate::keys::KeyPair;
 use crate::store::VersionMeta;
-use crate::{fsutil, hex, keys, SyncError};
+use crate::{hex, SyncError};
 
-/// Largest model file a pull accepts, in bytes.
-const MAX_MODEL_LEN: u64 = 4 << 30;
+/// Largest answer a request accepts (a model file), in bytes.
+const MAX_ANSWER_LEN: u64 = 4 << 30;
 
 /// How uploads are retried: exponential backoff from `base`, capped at `max`,
 /// each wait randomly shortened by up to half (jitter).
@@ -61,34 +61,33 @@ pub struct PushReport {
     pub duplicates: Vec<u64>,
     /// Updates refused for good, with the error kind; moved out of the queue.
     pub rejected: Vec<(u64, String)>,
-}
-
-/// What a pull did.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PullOutcome {
-    /// The local model is the current version.
-    UpToDate(VersionMeta),
-    /// The local model was replaced by this version.
-    Updated(VersionMeta),
+    /// Update bytes sent: whole updates and chunks, including any sent again.
+    pub bytes_sent: u64,
+    /// Chunked uploads continued from bytes the server held: (sequence number, offset).
+    pub resumed: Vec<(u64, u64)>,
 }
 
 /// The server's JSON error.
 #[derive(Debug, Default, Deserialize)]
-struct ErrorBody {
-    error: String,
-    message: String,
+pub(super) struct ErrorBody {
+    /// The error kind.
+    pub(super) error: String,
+    /// What is wrong and what to do.
+    pub(super) message: String,
 }
 
 /// A connection to a sync server.
 #[derive(Clone, Debug)]
 pub struct Client {
-    url: String,
-    agent: ureq::Agent,
+    pub(super) url: String,
+    pub(super) agent: ureq::Agent,
     retry: RetryPolicy,
+    pub(super) chunks: ChunkPolicy,
+    key: Option<KeyPair>,
 }
 
 /// The outcome of one attempt.
-enum Attempt {
+pub(super) enum Attempt {
     /// 2xx, with the body.
     Done(Vec<u8>),
     /// A refusal that retrying cannot fix.
@@ -109,6 +108,8 @@ impl Client {
             url: url.trim_end_matches('/').to_owned(),
             agent,
             retry: RetryPolicy::default(),
+            chunks: ChunkPolicy::default(),
+            key: None,
         }
     }
 
@@ -118,8 +119,22 @@ impl Client {
         self
     }
 
+    /// The same client with another chunking policy.
+    pub fn with_chunks(mut self, chunks: ChunkPolicy) -> Self {
+        self.chunks = chunks;
+        self
+    }
+
+    /// The same client signing requests with the device's `key`, which lets
+    /// [`Client::push`] upload large updates in resumable chunks. Without
+    /// it every update goes in one request.
+    pub fn with_device_key(mut self, key: KeyPair) -> Self {
+        self.key = Some(key);
+        self
+    }
+
     /// Classifies a response or transport error of a request to `url`.
-    fn classify(url: &str, result: Result<Response<Body>, ureq::Error>) -> Attempt {
+    pub(super) fn classify(url: &str, result: Result<Response<Body>, ureq::Error>) -> Attempt {
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -133,7 +148,7 @@ impl Client {
         let body = match resp
             .body_mut()
             .with_config()
-            .limit(MAX_MODEL_LEN)
+            .limit(MAX_ANSWER_LEN)
             .read_to_vec()
         {
             Ok(b) => b,
@@ -164,7 +179,7 @@ impl Client {
     }
 
     /// A refusal as an error about `what`.
-    fn refused(what: String, status: u16, err: ErrorBody) -> SyncError {
+    pub(super) fn refused(what: String, status: u16, err: ErrorBody) -> SyncError {
         SyncError::Rejected {
             what,
             status,
@@ -174,7 +189,7 @@ impl Client {
     }
 
     /// GETs `path` once.
-    fn get(&self, path: &str) -> Result<(Vec<u8>, Option<Response<()>>), SyncError> {
+    pub(super) fn get(&self, path: &str) -> Result<(Vec<u8>, Option<Response<()>>), SyncError> {
         let url = format!("{}{path}", self.url);
         let result = self.agent.get(&url).call();
         let headers = result.as_ref().ok().map(|r| {
@@ -220,23 +235,25 @@ impl Client {
     }
 
     /// Uploads every queued update in order, retrying transient failures with
-    /// backoff. An update leaves the outbox only once the server acknowledged
-    /// it (accepted or duplicate) or refused it for good (moved aside). Stops
+    /// backoff. With a device key, updates larger than the chunking threshold
+    /// go in resumable chunks, each retry continuing from the bytes the server
+    /// holds. An update leaves the outbox only once the server acknowledged it
+    /// (accepted or duplicate) or refused it for good (moved aside). Stops
     /// with an error, keeping the rest queued, when retries run out.
     pub fn push(&self, outbox: &Outbox) -> Result<PushReport, SyncError> {
-        let url = format!("{}/v1/updates", self.url);
         let mut rng = StdRng::from_os_rng();
         let mut report = PushReport::default();
         for seq in outbox.queued()? {
             let bytes = outbox.read(seq)?;
             let mut attempt = 0;
             loop {
-                let result = self
-                    .agent
-                    .post(&url)
-                    .header("content-type", "application/octet-stream")
-                    .send(bytes.as_slice());
-                match Self::classify(&url, result) {
+                let result = match &self.key {
+                    Some(key) if bytes.len() > self.chunks.threshold => {
+                        self.upload_chunked(key, seq, &bytes, &mut report)
+                    }
+                    _ => self.upload_whole(&bytes, &mut report),
+                };
+                match result {
                     Attempt::Done(body) => {
                         let duplicate = String::from_utf8_lossy(&body).contains("\"duplicate\"");
                         outbox.remove(seq)?;
@@ -265,6 +282,18 @@ impl Client {
         Ok(report)
     }
 
+    /// One try at uploading a signed update in one request.
+    pub(super) fn upload_whole(&self, bytes: &[u8], report: &mut PushReport) -> Attempt {
+        let url = format!("{}/v1/updates", self.url);
+        report.bytes_sent += bytes.len() as u64;
+        let result = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .send(bytes);
+        Self::classify(&url, result)
+    }
+
     /// The server's public key, as it announces it. Pin it once (e.g. at
     /// provisioning) and pass it to [`Client::pull`]; fetching it again for
     /// every pull would trust whoever answers.
@@ -285,45 +314,6 @@ impl Client {
         let (body, _) = self.get("/v1/models/latest")?;
         serde_json::from_slice(&body)
             .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))
-    }
-
-    /// Fetches the current version unless `model_path` holds it already,
-    /// verifies the server's signature (with the pinned `server_key`) and the
-    /// content hash, and replaces `model_path` atomically.
-    pub fn pull(&self, model_path: &Path, server_key: &[u8; 32]) -> Result<PullOutcome, SyncError> {
-        let meta = self.latest()?;
-        if let Ok(local) = ModelFile::open(model_path) {
-            if hex::encode(&local.content_hash()) == meta.hash {
-                return Ok(PullOutcome::UpToDate(meta));
-            }
-        }
-        let (bytes, headers) = self.get(&format!("/v1/models/{}", meta.version))?;
-        let signature = headers
-            .as_ref()
-            .and_then(|h| h.headers().get("x-pupil-signature"))
-            .and_then(|v| v.to_str().ok())
-            .and_then(hex::decode::<64>)
-            .ok_or_else(|| {
-                SyncError::BadAnswer("the model has no valid x-pupil-signature header".into())
-            })?;
-        let model = ModelFile::from_bytes(bytes)?;
-        let hash = model.content_hash();
-        if hex::encode(&hash) != meta.hash {
-            return Err(SyncError::BadAnswer(format!(
-                "version {} has content hash {} but the metadata says {}",
-                meta.version,
-                hex::encode(&hash),
-                meta.hash
-            )));
-        }
-        if !keys::verify(server_key, &model_signing_message(&hash), &signature) {
-            return Err(SyncError::BadAnswer(format!(
-                "version {}'s signature does not verify with the pinned server key",
-                meta.version
-            )));
-        }
-        fsutil::write_atomic(model_path, model.as_bytes(), 0o644)?;
-        Ok(PullOutcome::Updated(meta))
     }
 }
 

@@ -4,19 +4,27 @@
 //! |---|---|
 //! | `POST /v1/devices` | register `{device_id, public_key}` (hex); admin token unless open registration |
 //! | `POST /v1/updates` | a signed update envelope; `{status: accepted | duplicate}` |
+//! | `POST /v1/uploads` | open (or find again) a chunked upload `{seq, length, sha256}`; `{upload_id, offset, length}` or `{status: duplicate}` (signed request) |
+//! | `GET /v1/uploads/{id}` | how many bytes the upload holds: `{upload_id, offset, length}` (signed request) |
+//! | `PUT /v1/uploads/{id}?offset=N` | the next chunk, starting at the bytes held; answers as above once committed (signed request) |
+//! | `POST /v1/uploads/{id}/commit` | assemble and submit like `POST /v1/updates`; `{status: accepted | duplicate}` (signed request) |
 //! | `GET /v1/models/latest` | the current version's metadata |
 //! | `GET /v1/models/{version}` | the model file; `x-pupil-signature` holds the server's signature |
+//! | `GET /v1/models/{version}/delta?from=N` | the [delta](crate::delta) rebuilding it from version or content hash `N`; headers as above |
 //! | `GET /v1/versions` | every version's metadata |
 //! | `POST /v1/rollback` | `{version}`: make an earlier version current (admin) |
-//! | `GET /v1/metrics` | counts of updates, rejections by kind, versions, rounds |
+//! | `GET /v1/metrics` | counts of updates, rejections by kind, versions, rounds, open uploads, full and delta pulls |
 //! | `GET /v1/server-key` | the server's public key |
+//!
+//! Signed requests carry `Authorization: Pupil ...` made with the device key
+//! ([`crate::auth`]).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +33,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::http_upload;
 use super::{ApiError, Server};
+use crate::store::VersionMeta;
 use crate::{hex, SyncError};
 
 /// Body of `POST /v1/devices`.
@@ -41,8 +51,14 @@ struct RollbackRequest {
     version: u64,
 }
 
+/// Query of `GET /v1/models/{version}/delta`.
+#[derive(Debug, Deserialize)]
+struct DeltaQuery {
+    from: String,
+}
+
 /// Runs blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
@@ -63,6 +79,55 @@ fn bad_json(e: JsonRejection) -> ApiError {
     )
 }
 
+/// Maps a body that could not be read: 413 when too large (with `advice`),
+/// else 400.
+pub(super) fn body_error(e: BytesRejection, advice: &str) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            e.status(),
+            "too_large",
+            format!("{}; {advice}", e.body_text()),
+        )
+    } else {
+        ApiError::new(
+            e.status(),
+            "malformed",
+            format!("{}; send the body again", e.body_text()),
+        )
+    }
+}
+
+/// Parses a version number in a path.
+fn version_number(version: &str) -> Result<u64, ApiError> {
+    version.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("version {version:?} is not a number; use /v1/models/latest to find one"),
+        )
+    })
+}
+
+/// A model file or delta with the version's signature, hash and number in headers.
+fn signed_bytes(meta: VersionMeta, bytes: Vec<u8>) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (
+            header::HeaderName::from_static("x-pupil-signature"),
+            meta.signature,
+        ),
+        (
+            header::HeaderName::from_static("x-pupil-content-hash"),
+            meta.hash,
+        ),
+        (
+            header::HeaderName::from_static("x-pupil-version"),
+            meta.version.to_string(),
+        ),
+    ];
+    (headers, bytes).into_response()
+}
+
 impl Server {
     /// The axum app.
     pub fn router(self: Arc<Self>) -> Router {
@@ -70,8 +135,15 @@ impl Server {
         Router::new()
             .route("/v1/devices", post(register))
             .route("/v1/updates", post(updates))
+            .route("/v1/uploads", post(http_upload::open))
+            .route(
+                "/v1/uploads/{id}",
+                get(http_upload::status).put(http_upload::chunk),
+            )
+            .route("/v1/uploads/{id}/commit", post(http_upload::commit))
             .route("/v1/models/latest", get(latest))
             .route("/v1/models/{version}", get(model))
+            .route("/v1/models/{version}/delta", get(delta))
             .route("/v1/versions", get(versions))
             .route("/v1/rollback", post(rollback))
             .route("/v1/metrics", get(metrics))
@@ -166,15 +238,8 @@ async fn updates(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
-        let too_large = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
-        let kind = if too_large { "too_large" } else { "malformed" };
-        let advice = if too_large {
-            "send a smaller delta (top-k or int8 encoding)"
-        } else {
-            "send the body again"
-        };
-        let err = ApiError::new(e.status(), kind, format!("{}; {advice}", e.body_text()));
-        s.count(&format!("rejected.{kind}"));
+        let err = body_error(e, "send a smaller delta (top-k or int8 encoding)");
+        s.count(&format!("rejected.{}", err.kind));
         err
     })?;
     let outcome = blocking(move || s.submit(&body)).await?;
@@ -201,13 +266,8 @@ async fn model(
     State(s): State<Arc<Server>>,
     Path(version): Path<String>,
 ) -> Result<Response, ApiError> {
-    let n: u64 = version.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("version {version:?} is not a number; use /v1/models/latest to find one"),
-        )
-    })?;
+    let n = version_number(&version)?;
+    let counter = s.clone();
     let found = blocking(move || Ok((s.store.version_meta(n)?, s.store.version_bytes(n)?))).await?;
     let (Some(meta), Some(bytes)) = found else {
         return Err(ApiError::new(
@@ -216,22 +276,30 @@ async fn model(
             format!("version {n} does not exist; see /v1/versions"),
         ));
     };
-    let headers = [
-        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-        (
-            header::HeaderName::from_static("x-pupil-signature"),
-            meta.signature,
-        ),
-        (
-            header::HeaderName::from_static("x-pupil-content-hash"),
-            meta.hash,
-        ),
-        (
-            header::HeaderName::from_static("x-pupil-version"),
-            meta.version.to_string(),
-        ),
-    ];
-    Ok((headers, bytes).into_response())
+    counter.count("pulls.full");
+    counter.add("pulls.full_bytes", bytes.len() as u64);
+    Ok(signed_bytes(meta, bytes))
+}
+
+/// `GET /v1/models/{version}/delta?from=N`.
+async fn delta(
+    State(s): State<Arc<Server>>,
+    Path(version): Path<String>,
+    query: Result<Query<DeltaQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let n = version_number(&version)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!(
+                "{}; add ?from=N, the version or content hash the device holds",
+                e.body_text()
+            ),
+        )
+    })?;
+    let (meta, bytes) = blocking(move || s.delta(n, &q.from)).await?;
+    Ok(signed_bytes(meta, bytes))
 }
 
 /// `GET /v1/versions`.
@@ -262,12 +330,14 @@ async fn rollback(
 /// `GET /v1/metrics`.
 async fn metrics(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
     let counters = s.counters();
-    let [updates, pending, versions, rounds] = blocking(move || Ok(s.store.counts()?)).await?;
+    let ([updates, pending, versions, rounds], uploads) =
+        blocking(move || Ok((s.store.counts()?, s.store.uploads()?.len()))).await?;
     Ok(Json(json!({
         "updates_stored": updates,
         "updates_pending": pending,
         "versions": versions,
         "rounds": rounds,
+        "uploads_open": uploads,
         "since_start": counters,
     }))
     .into_response())
@@ -280,7 +350,7 @@ async fn server_key(State(s): State<Arc<Server>>) -> Response {
 }
 
 /// Serves `server` on `listener` until `shutdown` completes, running rounds
-/// whenever the round policy says so.
+/// whenever the round policy says so and removing stale uploads.
 pub async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
@@ -292,10 +362,15 @@ pub async fn serve(
         loop {
             interval.tick().await;
             let s = ticker.clone();
-            let ran = tokio::task::spawn_blocking(move || match s.round_due() {
-                Ok(true) => s.run_round().map(|_| ()),
-                Ok(false) => Ok(()),
-                Err(e) => Err(e),
+            let ran = tokio::task::spawn_blocking(move || {
+                if let Err(e) = s.gc_uploads() {
+                    eprintln!("pupil serve: removing stale uploads failed: {e}");
+                }
+                match s.round_due() {
+                    Ok(true) => s.run_round().map(|_| ()),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
             })
             .await;
             if let Ok(Err(e)) = ran {

@@ -1,12 +1,17 @@
 //! The upstream server: device registration, authenticated and validated
-//! updates, rounds of robust aggregation behind a quality gate, signed model
-//! versions with history and rollback, and metrics. [`Server::router`] is the
-//! axum app; the handlers' logic is plain methods, so tests can call it directly.
+//! updates (whole, or in resumable chunks), rounds of robust aggregation
+//! behind a quality gate, signed model versions with history, rollback and
+//! deltas between versions, and metrics. [`Server::router`] is the axum app;
+//! the handlers' logic is plain methods, so tests can call it directly.
 
 mod api_error;
+mod auth;
+mod delta;
 mod http;
+mod http_upload;
 mod round;
 mod submit;
+mod upload;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +23,7 @@ use pupil::format::ModelFile;
 pub use api_error::ApiError;
 pub use http::serve;
 pub use submit::Submitted;
+pub use upload::{OpenUpload, Opened, UploadState, MAX_UPLOAD_CHUNKS};
 
 use crate::aggregate::{Rule, ServerOpt};
 use crate::hex;
@@ -89,6 +95,10 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Whether devices may register without the admin token.
     pub open_registration: bool,
+    /// Unfinished chunked uploads are removed this long after they were opened.
+    pub upload_ttl: Duration,
+    /// Most chunked uploads one device may have open.
+    pub max_uploads_per_device: u64,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +114,8 @@ impl Default for ServerConfig {
             opt: ServerOpt::Plain,
             admin_token: None,
             open_registration: false,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            max_uploads_per_device: 4,
         }
     }
 }
@@ -237,15 +249,22 @@ impl Server {
 
     /// Adds one to counter `name`.
     fn count(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    /// Adds `n` to counter `name`.
+    fn add(&self, name: &str, n: u64) {
         *self
             .counters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(name.to_owned())
-            .or_default() += 1;
+            .or_default() += n;
     }
 
-    /// The counters since this process started (accepted, duplicate, rejected.KIND).
+    /// The counters since this process started: accepted, duplicate,
+    /// rejected.KIND, uploads.{opened,resumed,committed},
+    /// pulls.{full,delta} and pulls.{full,delta}_bytes.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         self.counters
             .lock()

@@ -101,7 +101,7 @@ impl Server {
     }
 
     /// The error for a reused sequence number with different content.
-    fn seq_conflict(&self, device: &str, seq: u64) -> ApiError {
+    pub(super) fn seq_conflict(&self, device: &str, seq: u64) -> ApiError {
         ApiError::new(
             StatusCode::CONFLICT,
             "seq_conflict",

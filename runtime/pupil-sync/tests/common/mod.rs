@@ -1,11 +1,14 @@
-//! Shared helpers: a small model, an in-process server on a random port,
-//! signed updates and raw HTTP.
+//! Shared helpers: a small model, the shipped student, an in-process server
+//! on a random port, the server binary as a child process, signed updates,
+//! signed requests and raw HTTP.
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pupil::format::ModelBuilder;
 use pupil_sync::client::sign_envelope;
@@ -38,13 +41,28 @@ pub struct TestServer {
     pub runtime: tokio::runtime::Runtime,
 }
 
+/// The shipped student, `models/mnist-student.pupil` (model id `mnist`).
+pub fn student_bytes() -> Vec<u8> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/mnist-student.pupil"
+    );
+    std::fs::read(path).unwrap()
+}
+
 /// Starts a server with `config` (admin token set) on a random local port,
 /// with the test model as version 1.
-pub fn start(mut config: ServerConfig) -> TestServer {
+pub fn start(config: ServerConfig) -> TestServer {
+    start_with(config, model_bytes())
+}
+
+/// Starts a server with `config` (admin token set) on a random local port,
+/// with `model` as version 1.
+pub fn start_with(mut config: ServerConfig, model: Vec<u8>) -> TestServer {
     config.admin_token = Some(TOKEN.into());
     let dir = tempfile::tempdir().unwrap();
     let server = Server::open(dir.path(), config, finite_gate()).unwrap();
-    server.import_model(model_bytes()).unwrap();
+    server.import_model(model).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -75,15 +93,52 @@ pub fn base_hash() -> [u8; 32] {
         .content_hash()
 }
 
+/// Starts the server binary on `store` with `model` as version 1 and `args`;
+/// returns it and its URL.
+pub fn spawn_server(store: &Path, model: &Path, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pupil-sync-server"))
+        .args(["--store", store.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args([
+            "--init-model",
+            model.to_str().unwrap(),
+            "--admin-token",
+            TOKEN,
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    (child, format!("http://{addr}"))
+}
+
 /// An update body from `device` with f16 deltas `(name, shape, values)`.
 pub fn body(device: &str, seq: u64, base: [u8; 32], deltas: &[(&str, &[u64], &[f32])]) -> Vec<u8> {
+    model_body("tiny", device, seq, base, deltas)
+}
+
+/// An update body for model `model_id` from `device` with f16 deltas `(name, shape, values)`.
+pub fn model_body(
+    model_id: &str,
+    device: &str,
+    seq: u64,
+    base: [u8; 32],
+    deltas: &[(&str, &[u64], &[f32])],
+) -> Vec<u8> {
     let encoded: Vec<EncodedDelta> = deltas
         .iter()
         .map(|(n, s, v)| EncodedDelta::f16(n, s, v).unwrap())
         .collect();
     let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
     UpdateDraft {
-        model_id: "tiny",
+        model_id,
         base_version: base,
         device_id: device,
         seq,
@@ -125,6 +180,71 @@ pub fn post(url: &str, bytes: &[u8], auth: Option<&str>) -> (u16, serde_json::Va
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Sends `method path` to the server at `url` with `body`, signed by `key`
+/// for time `unix` (no signature without a key); returns the status and JSON body.
+pub fn signed_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    key: Option<&KeyPair>,
+    unix: u64,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let full = format!("{url}{path}");
+    let auth = key.map(|k| pupil_sync::auth::authorization(k, method, path, unix, body));
+    let a = agent();
+    let result = match method {
+        "GET" => {
+            let mut r = a.get(&full);
+            if let Some(h) = &auth {
+                r = r.header("authorization", h);
+            }
+            r.call()
+        }
+        "PUT" => {
+            let mut r = a.put(&full);
+            if let Some(h) = &auth {
+                r = r.header("authorization", h);
+            }
+            r.send(body)
+        }
+        _ => {
+            let mut r = a.post(&full);
+            if let Some(h) = &auth {
+                r = r.header("authorization", h);
+            }
+            r.send(body)
+        }
+    };
+    let mut resp = result.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// The JSON body opening an upload of `envelope` as update `seq`.
+pub fn open_body(seq: u64, envelope: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    serde_json::json!({
+        "seq": seq,
+        "length": envelope.len(),
+        "sha256": pupil_sync::hex::encode(&sha2::Sha256::digest(envelope)),
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// Polls `f` every 20 ms until it holds or `secs` pass.
