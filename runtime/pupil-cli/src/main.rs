@@ -12,6 +12,7 @@ mod info;
 mod inspect;
 mod plot;
 mod refine;
+mod refine_text;
 mod simulate;
 mod sync;
 
@@ -57,6 +58,9 @@ enum Command {
     Distill(distill::Args),
     /// Refine a classifier on local data: active labels, pseudo-labels, curriculum, replay.
     Refine(refine::Args),
+    /// Personalise a decoder on local text with LoRA under a memory budget (perplexity
+    /// before and after, on that text and on a general one); or generate-score-train.
+    RefineText(refine_text::Args),
     /// Federated learning on MNIST: N simulated devices against a real server on loopback.
     Simulate(simulate::Args),
     /// Run the sync server: device registration, signed updates, rounds, signed versions.
@@ -79,6 +83,7 @@ fn main() {
         Command::Data(d) => data::run(d),
         Command::Distill(a) => distill::run(a),
         Command::Refine(a) => refine::run(a),
+        Command::RefineText(a) => refine_text::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Serve(a) => sync::serve(a),
         Command::Sync(c) => sync::run(c),

@@ -12,10 +12,13 @@
 //! width Dh. Per layer: `h = x + Wo attn(rope(Wq n(x)), rope(Wk n(x)), Wv n(x))` over the
 //! cached and new keys, causal; `y = h + W_down (silu(W_gate n(h)) * W_up n(h))`, with `n`
 //! the layer's RMSNorm. Logits: `norm(y_last) E^T` with E the embedding table when tied.
+//! Training ([`Llama::forward_all`]) runs without a cache, so gradients reach the adapters
+//! of [`LlamaLora`] through keys and values too.
 
 mod cache;
 mod chat;
 mod config;
+pub mod lora;
 mod run;
 pub mod sample;
 mod weight;
@@ -23,6 +26,7 @@ mod weight;
 pub use cache::KvCache;
 pub use chat::chat_prompt;
 pub use config::LlamaConfig;
+pub use lora::{LlamaLora, Target};
 pub use run::{CausalLm, Generation};
 
 use crate::backend::Backend;
@@ -47,7 +51,6 @@ struct Layer {
 }
 
 /// A Llama decoder with its weights on one backend.
-#[derive(Clone, Debug)]
 pub struct Llama {
     cfg: LlamaConfig,
     embed: Weight,
@@ -55,6 +58,8 @@ pub struct Llama {
     norm: Tensor,
     /// The output projection `[V, D]`; the embedding table when tied.
     head: Weight,
+    /// Low-rank adapters added to the frozen projections, if any.
+    lora: Option<LlamaLora>,
 }
 
 impl Llama {
@@ -94,6 +99,7 @@ impl Llama {
             layers,
             head,
             cfg,
+            lora: None,
         })
     }
 
@@ -129,17 +135,46 @@ impl Llama {
         layers + self.embed.bytes() + head + self.norm.bytes()
     }
 
+    /// Puts low-rank adapters on the model (or removes them with `None`).
+    pub fn set_lora(&mut self, lora: Option<LlamaLora>) {
+        self.lora = lora;
+    }
+
+    /// The adapters, if any.
+    pub fn lora(&self) -> Option<&LlamaLora> {
+        self.lora.as_ref()
+    }
+
+    /// Removes the adapters and returns them.
+    pub fn take_lora(&mut self) -> Option<LlamaLora> {
+        self.lora.take()
+    }
+
+    /// Logits of every position `[B * T, V]` for `ids` `[B, T]` (no cache): the training and
+    /// perplexity pass, differentiable with respect to the adapters.
+    pub fn forward_all(&self, g: &mut Graph, ids: Var) -> Result<Var> {
+        let [bsz, t] = batch_dims(g, ids)?;
+        if t > self.cfg.max_positions {
+            return Err(Error::Invalid(format!(
+                "{t} tokens exceed the model's {} positions",
+                self.cfg.max_positions
+            )));
+        }
+        let mut x = self.embed.rows(g, ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer(g, (i, layer), x, None, [bsz, t])?;
+        }
+        let rows = g.reshape(x, &[bsz * t, self.cfg.hidden])?;
+        let x = rms_norm(g, rows, &self.norm, self.cfg.eps)?;
+        self.head.linear(g, x)
+    }
+
     /// Runs new tokens `ids` (`[B, T]`, f32 integers) after the `cache`'s tokens, adds their
     /// keys and values to the cache and returns the logits of the last position `[B, V]`.
     pub fn forward(&self, g: &mut Graph, ids: Var, cache: &mut KvCache) -> Result<Var> {
         let shape = g.shape(ids).to_vec();
-        let [bsz, t] = shape[..] else {
-            return Err(Error::shape(
-                "llama",
-                format!("ids must be [B, T], got {shape:?}"),
-            ));
-        };
-        if bsz != cache.batch() || t == 0 {
+        let [bsz, t] = batch_dims(g, ids)?;
+        if bsz != cache.batch() {
             return Err(Error::shape(
                 "llama",
                 format!(
@@ -151,7 +186,7 @@ impl Llama {
         cache.check_room(t)?;
         let mut x = self.embed.rows(g, ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer(g, (i, layer), x, cache, [bsz, t])?;
+            x = self.layer(g, (i, layer), x, Some(cache), [bsz, t])?;
         }
         cache.advance(t);
         let d = self.cfg.hidden;
@@ -163,50 +198,78 @@ impl Llama {
         self.head.linear(g, x)
     }
 
-    /// One pre-norm decoder layer over `x` `[B, T, D]`, reading and extending the cache.
+    /// `x W^T` for a layer's projection, plus its adapter's term when it has one.
+    fn project(&self, g: &mut Graph, at: (usize, Target), w: &Weight, x: Var) -> Result<Var> {
+        let y = w.linear(g, x)?;
+        match &self.lora {
+            Some(lora) => lora.apply(g, at, x, y),
+            None => Ok(y),
+        }
+    }
+
+    /// One pre-norm decoder layer over `x` `[B, T, D]`, reading and extending the cache when
+    /// there is one (attending to the new tokens alone otherwise).
     fn layer(
         &self,
         g: &mut Graph,
         (index, l): (usize, &Layer),
         x: Var,
-        cache: &KvCache,
+        cache: Option<&KvCache>,
         [bsz, t]: [usize; 2],
     ) -> Result<Var> {
         let c = &self.cfg;
-        let (dh, offset) = (c.head_dim, cache.len());
+        let (dh, offset) = (c.head_dim, cache.map_or(0, KvCache::len));
         let heads = |g: &mut Graph, v: Var, h: usize| -> Result<Var> {
             let v = g.reshape(v, &[bsz, t, h, dh])?;
             g.permute(v, &[0, 2, 1, 3])
         };
         let n = rms_norm(g, x, &l.attn_norm, c.eps)?;
-        let q = l.q.linear(g, n)?;
+        let q = self.project(g, (index, Target::Q), &l.q, n)?;
         let q = heads(g, q, c.heads)?;
         let q = g.rope(q, c.rope_base, offset)?;
-        let k = l.k.linear(g, n)?;
+        let k = self.project(g, (index, Target::K), &l.k, n)?;
         let k = heads(g, k, c.kv_heads)?;
         let k = g.rope(k, c.rope_base, offset)?;
-        let v = l.v.linear(g, n)?;
+        let v = self.project(g, (index, Target::V), &l.v, n)?;
         let v = g.reshape(v, &[bsz, t, c.kv_heads, dh])?;
-        // The cache is time-major [T, B, Hkv, Dh].
-        let k_new = g.permute(k, &[2, 0, 1, 3])?;
-        let v_new = g.permute(v, &[1, 0, 2, 3])?;
-        let (k_all, v_all) = cache.append(index, g.value(k_new), g.value(v_new))?;
-        let k_all = g.input(k_all);
-        let v_all = g.input(v_all);
-        let k_all = g.permute(k_all, &[1, 2, 0, 3])?;
-        let v_all = g.permute(v_all, &[1, 2, 0, 3])?;
+        let (k_all, v_all) = match cache {
+            Some(cache) => {
+                // The cache is time-major [T, B, Hkv, Dh].
+                let k_new = g.permute(k, &[2, 0, 1, 3])?;
+                let v_new = g.permute(v, &[1, 0, 2, 3])?;
+                let (k_all, v_all) = cache.append(index, g.value(k_new), g.value(v_new))?;
+                let k_all = g.input(k_all);
+                let v_all = g.input(v_all);
+                (
+                    g.permute(k_all, &[1, 2, 0, 3])?,
+                    g.permute(v_all, &[1, 2, 0, 3])?,
+                )
+            }
+            None => (k, g.permute(v, &[0, 2, 1, 3])?),
+        };
         let a = g.attention(q, k_all, v_all, None, true)?;
         let a = g.permute(a, &[0, 2, 1, 3])?;
         let a = g.reshape(a, &[bsz, t, c.hidden])?;
-        let a = l.o.linear(g, a)?;
+        let a = self.project(g, (index, Target::O), &l.o, a)?;
         let h = g.add(x, a)?;
         let n = rms_norm(g, h, &l.ffn_norm, c.eps)?;
-        let gate = l.gate.linear(g, n)?;
+        let gate = self.project(g, (index, Target::Gate), &l.gate, n)?;
         let gate = g.silu(gate)?;
-        let up = l.up.linear(g, n)?;
+        let up = self.project(g, (index, Target::Up), &l.up, n)?;
         let f = g.mul(gate, up)?;
-        let f = l.down.linear(g, f)?;
+        let f = self.project(g, (index, Target::Down), &l.down, f)?;
         g.add(h, f)
+    }
+}
+
+/// `[B, T]` of an ids input with T > 0.
+fn batch_dims(g: &Graph, ids: Var) -> Result<[usize; 2]> {
+    match g.shape(ids) {
+        &[b, t] if t > 0 && b > 0 => Ok([b, t]),
+        s => Err(Error::shape(
+            "llama",
+            format!("ids must be [B, T] with B, T > 0, got {s:?}"),
+        )),
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`checkpoint`]: atomic checkpoints for bit-for-bit resume;
 //! - [`gate`]: the quality gate that keeps or rolls back a round;
 //! - [`session`]: the round loop tying them together for classifiers;
-//! - [`distill`]: training a student from a teacher's temperature-softened logits.
+//! - [`distill`]: training a student from a teacher's temperature-softened logits;
+//! - [`text`]: decoder personalisation (LoRA on local text, perplexity, generate-score-train).
 
 pub mod checkpoint;
 pub mod distill;
@@ -17,5 +18,6 @@ pub mod plan;
 pub mod replay;
 pub mod select;
 pub mod session;
+pub mod text;
 
 pub use session::{Active, Eval, History, Outcome, Progress, RefineConfig, RoundReport, Session};

@@ -53,6 +53,16 @@ impl CausalLm {
         })
     }
 
+    /// The decoder.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The decoder, to put adapters on it.
+    pub fn model_mut(&mut self) -> &mut Llama {
+        &mut self.model
+    }
+
     /// The model's shape.
     pub fn config(&self) -> &LlamaConfig {
         self.model.config()
