@@ -11,7 +11,8 @@ use pupil::format::{ModelBuilder, ModelFile};
 use pupil::models::llama::{CausalLm, Llama, Target};
 use pupil::refine::plan::{mib, parse_bytes, Plan};
 use pupil::refine::text::{
-    generate_round, perplexity, personalise, split_tail, windows, GenerateConfig, TextConfig,
+    generate_round, perplexity, personalise, self_anchors, split_tail, windows, GenerateConfig,
+    TextConfig,
 };
 use pupil::Backend;
 use rand::rngs::StdRng;
@@ -73,6 +74,14 @@ pub struct Args {
     /// Memory budget for the session (weights, adapters, optimizer, activations), e.g. 512MB.
     #[arg(long, default_value = "512MB")]
     memory_budget: String,
+    /// Replay anchors: windows sampled from the base model itself (after generic one-word
+    /// prompts) before training, replayed --replay per step so the model keeps its general
+    /// behaviour. No outside data is used.
+    #[arg(long, default_value_t = 0)]
+    self_anchors: usize,
+    /// Anchor windows mixed into every optimizer step.
+    #[arg(long, default_value_t = 1)]
+    replay: usize,
     /// Rounds of generate-score-train instead of training on the text itself: sample
     /// continuations of prompts from the text, score them with the base model (likelihood,
     /// repetition, length, duplicates), train on the best.
@@ -109,6 +118,12 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
+
+/// Prompt length of the generate-score-train loop (tokens from the local text).
+const PROMPT_TOKENS: usize = 32;
+
+/// Generic openers for sampling replay anchors from the base model.
+const ANCHOR_PROMPTS: [&str; 8] = ["The", "In", "A", "It", "When", "This", "One", "We"];
 
 /// Peak memory: the GPU's tracked peak, or the process's peak resident set on the CPU backend.
 fn peak_bytes(backend: &Backend) -> (u64, &'static str) {
@@ -174,6 +189,7 @@ pub fn run(a: Args) -> CliResult {
         alpha: a.alpha,
         targets,
         budget,
+        replay: a.replay,
         seed: a.seed,
     };
     eprintln!(
@@ -189,6 +205,28 @@ pub fn run(a: Args) -> CliResult {
     let before = measure(lm.model(), &held, &general, a.window)?;
     eprintln!("base perplexity: local {:.2}{}", before.0, fmt_general(before.1));
 
+    let anchors = if a.self_anchors > 0 {
+        let prompts = ANCHOR_PROMPTS
+            .iter()
+            .map(|p| lm.tokenizer().encode(p))
+            .collect::<pupil::Result<Vec<_>>>()?;
+        let t = Instant::now();
+        // Anchors match the length of the windows they are trained beside.
+        let window = if a.generate_rounds > 0 {
+            PROMPT_TOKENS.min(a.window) + a.new_tokens - 1
+        } else {
+            a.window
+        };
+        let anchors = self_anchors(lm.model(), &prompts, a.self_anchors, window, a.seed)?;
+        eprintln!(
+            "sampled {} anchor windows from the base model in {:.0} s",
+            anchors.len(),
+            t.elapsed().as_secs_f64()
+        );
+        anchors
+    } else {
+        Vec::new()
+    };
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, loss {prefix} eta {eta}")?
@@ -207,12 +245,12 @@ pub fn run(a: Args) -> CliResult {
     };
     let plan: Plan = if a.generate_rounds == 0 {
         trained_tokens = train_windows.len() * a.window * a.epochs.max(1);
-        personalise(lm.model_mut(), &train_windows, &cfg, |s| on_step(s, "train"))?
+        personalise(lm.model_mut(), &train_windows, &anchors, &cfg, |s| on_step(s, "train"))?
     } else {
         let gen = GenerateConfig {
             rounds: a.generate_rounds,
             prompts: a.prompts,
-            prompt_tokens: 32.min(a.window),
+            prompt_tokens: PROMPT_TOKENS.min(a.window),
             new_tokens: a.new_tokens,
             temperature: a.temperature,
             top_p: a.top_p,
@@ -241,7 +279,7 @@ pub fn run(a: Args) -> CliResult {
             trained_tokens += kept.len() * (full - 1);
             let msg = format!("round {} training", r + 1);
             if !kept.is_empty() {
-                last = Some(personalise(lm.model_mut(), &kept, &round_cfg, |s| on_step(s, &msg))?);
+                last = Some(personalise(lm.model_mut(), &kept, &anchors, &round_cfg, |s| on_step(s, &msg))?);
             }
             let after = measure(lm.model(), &held, &general, a.window)?;
             let mean_ll = scored.iter().map(|s| s.log_likelihood).sum::<f64>() / scored.len().max(1) as f64;

@@ -1,6 +1,6 @@
 //! Llama decoders (SmolLM2-135M and kin): pre-RMSNorm layers, rotary positions ("rotate
 //! half"), grouped-query attention with a KV cache, SwiGLU feed-forward, optionally tied
-//! embeddings; inference only.
+//! embeddings; the base is frozen (adapters train over it).
 //!
 //! Weights carry the GGUF names (`token_embd.weight`, `blk.{i}.attn_q.weight`, ...) and are
 //! loaded by name from a `.pupil` file made by [`crate::import`]. Block-quantized matrices

@@ -41,6 +41,8 @@ pub struct TextConfig {
     pub targets: Vec<Target>,
     /// Memory budget in bytes.
     pub budget: u64,
+    /// Anchor windows replayed in every optimizer step (see [`self_anchors`]).
+    pub replay: usize,
     /// Seed of the adapters' initialisation and the window order.
     pub seed: u64,
 }
@@ -56,6 +58,7 @@ impl Default for TextConfig {
             alpha: 16.0,
             targets: vec![Target::Q, Target::V],
             budget: 512 << 20,
+            replay: 0,
             seed: 0,
         }
     }
@@ -174,11 +177,46 @@ pub fn memory_needs(lm: &Llama, cfg: &TextConfig) -> MemoryNeeds {
     }
 }
 
-/// Trains adapters on `lm` over `train` (fresh ones unless `lm` carries some), planned
-/// within `cfg.budget`; `on_step` sees every step. Returns the plan.
+/// Windows sampled from `lm` itself after generic `prompts` (temperature 1, top-p 0.95):
+/// replay anchors that hold a model near its base distribution while it learns local text,
+/// without any outside data. Call it before adapters are trained.
+pub fn self_anchors(
+    lm: &Llama,
+    prompts: &[Vec<u32>],
+    count: usize,
+    window: usize,
+    seed: u64,
+) -> Result<Vec<Vec<u32>>> {
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(Error::Invalid("anchor prompts must not be empty".into()));
+    }
+    let mut sampler = Sampler::new(
+        Sampling::Random {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.95,
+        },
+        seed,
+    )?;
+    let mut stream = Vec::with_capacity(count * (window + 1));
+    for prompt in prompts.iter().cycle() {
+        if stream.len() >= count * (window + 1) {
+            break;
+        }
+        stream.extend(sample(lm, prompt, window, &mut sampler)?);
+    }
+    let mut out = windows(&stream, window);
+    out.truncate(count);
+    Ok(out)
+}
+
+/// Trains adapters on `lm` over `train` (fresh ones unless `lm` carries some), replaying
+/// `cfg.replay` of `anchors` in every step, planned within `cfg.budget`; `on_step` sees
+/// every step. Returns the plan.
 pub fn personalise(
     lm: &mut Llama,
     train: &[Vec<u32>],
+    anchors: &[Vec<u32>],
     cfg: &TextConfig,
     mut on_step: impl FnMut(StepReport),
 ) -> Result<Plan> {
@@ -194,7 +232,8 @@ pub fn personalise(
         )?;
         lm.set_lora(Some(lora));
     }
-    let plan = plan(memory_needs(lm, cfg), cfg.batch, cfg.budget)?;
+    let replay = if anchors.is_empty() { 0 } else { cfg.replay };
+    let plan = plan(memory_needs(lm, cfg), cfg.batch + replay, cfg.budget)?;
     if train.is_empty() {
         return Err(Error::Invalid(
             "no training windows: give more text or a shorter --window".into(),
@@ -213,17 +252,24 @@ pub fn personalise(
         }),
     )?;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x7e57);
-    let steps_per_epoch = train.len().div_ceil(plan.batch);
+    let local = cfg.batch.max(1);
+    let steps_per_epoch = train.len().div_ceil(local);
     let steps = steps_per_epoch * cfg.epochs.max(1);
     let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut step = 0;
+    let (mut step, mut next_anchor) = (0, 0);
     for _ in 0..cfg.epochs.max(1) {
         order.shuffle(&mut rng);
-        for chunk in order.chunks(plan.batch) {
+        for picks in order.chunks(local) {
+            // The step's windows: local ones, then the next anchors in turn.
+            let mut chunk: Vec<&Vec<u32>> = picks.iter().map(|&i| &train[i]).collect();
+            for _ in 0..replay {
+                chunk.push(&anchors[next_anchor % anchors.len()]);
+                next_anchor += 1;
+            }
             params.zero_grad()?;
             let mut loss_sum = 0.0;
             for micro in chunk.chunks(plan.micro_batch) {
-                let wins: Vec<Vec<u32>> = micro.iter().map(|&i| train[i].clone()).collect();
+                let wins: Vec<Vec<u32>> = micro.iter().map(|w| w.to_vec()).collect();
                 let (inputs, targets) = batch_tensors(&backend, &wins)?;
                 let mut g = Graph::new(&backend);
                 let ids = g.input(inputs);

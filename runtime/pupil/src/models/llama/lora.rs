@@ -316,7 +316,7 @@ mod tests {
             ..TextConfig::default()
         };
         let mut losses = Vec::new();
-        personalise(&mut lm, &train, &cfg, |s| losses.push(s.loss)).unwrap();
+        personalise(&mut lm, &train, &[], &cfg, |s| losses.push(s.loss)).unwrap();
         let (first, last) = (losses[0], *losses.last().unwrap());
         assert!(last < 0.5 * first, "loss {first} -> {last}");
     }
