@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     max_windows: usize,
     /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 5e-4)]
     lr: f32,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
@@ -77,10 +77,10 @@ pub struct Args {
     /// Replay anchors: windows sampled from the base model itself (after generic one-word
     /// prompts) before training, replayed --replay per step so the model keeps its general
     /// behaviour. No outside data is used.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 48)]
     self_anchors: usize,
     /// Anchor windows mixed into every optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     replay: usize,
     /// Rounds of generate-score-train instead of training on the text itself: sample
     /// continuations of prompts from the text, score them with the base model (likelihood,
@@ -142,7 +142,12 @@ fn peak_bytes(backend: &Backend) -> (u64, &'static str) {
 }
 
 /// Held-out and general perplexity.
-fn measure(lm: &Llama, held: &[u32], general: &[u32], window: usize) -> pupil::Result<(f64, Option<f64>)> {
+fn measure(
+    lm: &Llama,
+    held: &[u32],
+    general: &[u32],
+    window: usize,
+) -> pupil::Result<(f64, Option<f64>)> {
     let local = perplexity(lm, held, window)?;
     let general = if general.is_empty() {
         None
@@ -171,7 +176,11 @@ pub fn run(a: Args) -> CliResult {
         None => Vec::new(),
     };
     let limit = |t: &[u32]| -> Vec<u32> {
-        let n = if a.eval_windows == 0 { t.len() } else { t.len().min(a.eval_windows * (a.window + 1)) };
+        let n = if a.eval_windows == 0 {
+            t.len()
+        } else {
+            t.len().min(a.eval_windows * (a.window + 1))
+        };
         t[..n].to_vec()
     };
     let (train, held) = split_tail(&tokens, a.held_out);
@@ -203,7 +212,11 @@ pub fn run(a: Args) -> CliResult {
     );
     let start = Instant::now();
     let before = measure(lm.model(), &held, &general, a.window)?;
-    eprintln!("base perplexity: local {:.2}{}", before.0, fmt_general(before.1));
+    eprintln!(
+        "base perplexity: local {:.2}{}",
+        before.0,
+        fmt_general(before.1)
+    );
 
     let anchors = if a.self_anchors > 0 {
         let prompts = ANCHOR_PROMPTS
@@ -229,8 +242,10 @@ pub fn run(a: Args) -> CliResult {
     };
     let bar = ProgressBar::new(1);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, loss {prefix} eta {eta}")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} steps, loss {prefix} eta {eta}",
+        )?
+        .progress_chars("=> "),
     );
     let mut losses: Vec<(f64, f64)> = Vec::new();
     let mut rounds = Vec::new();
@@ -241,11 +256,17 @@ pub fn run(a: Args) -> CliResult {
         bar.set_length(s.steps as u64);
         bar.set_position(s.step as u64);
         bar.set_prefix(format!("{:.3}", s.loss));
+        // Without a terminal the bar is hidden: a plain line every 10 steps instead.
+        if bar.is_hidden() && (s.step.is_multiple_of(10) || s.step == s.steps) {
+            eprintln!("{msg}: step {}/{}, loss {:.3}", s.step, s.steps, s.loss);
+        }
         losses.push(((losses.len() + 1) as f64, f64::from(s.loss)));
     };
     let plan: Plan = if a.generate_rounds == 0 {
         trained_tokens = train_windows.len() * a.window * a.epochs.max(1);
-        personalise(lm.model_mut(), &train_windows, &anchors, &cfg, |s| on_step(s, "train"))?
+        personalise(lm.model_mut(), &train_windows, &anchors, &cfg, |s| {
+            on_step(s, "train")
+        })?
     } else {
         let gen = GenerateConfig {
             rounds: a.generate_rounds,
@@ -279,18 +300,31 @@ pub fn run(a: Args) -> CliResult {
             trained_tokens += kept.len() * (full - 1);
             let msg = format!("round {} training", r + 1);
             if !kept.is_empty() {
-                last = Some(personalise(lm.model_mut(), &kept, &anchors, &round_cfg, |s| on_step(s, &msg))?);
+                last = Some(personalise(
+                    lm.model_mut(),
+                    &kept,
+                    &anchors,
+                    &round_cfg,
+                    |s| on_step(s, &msg),
+                )?);
             }
             let after = measure(lm.model(), &held, &general, a.window)?;
-            let mean_ll = scored.iter().map(|s| s.log_likelihood).sum::<f64>() / scored.len().max(1) as f64;
-            bar.println(format!(
+            let mean_ll =
+                scored.iter().map(|s| s.log_likelihood).sum::<f64>() / scored.len().max(1) as f64;
+            let line = format!(
                 "round {}: {} samples, {} kept (mean base log-likelihood {mean_ll:.2}), perplexity local {:.2}{}",
                 r + 1,
                 scored.len(),
                 kept.len(),
                 after.0,
                 fmt_general(after.1)
-            ));
+            );
+            // A hidden bar (stderr not a terminal) would swallow the line.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             rounds.push(json!({ "round": r + 1, "samples": scored.len(), "kept": kept.len(), "mean_log_likelihood": mean_ll, "local_ppl": after.0, "general_ppl": after.1 }));
         }
         last.ok_or("no generated sample was kept: raise --keep or --prompts")?
@@ -310,16 +344,38 @@ pub fn run(a: Args) -> CliResult {
         b.write_atomic(out)?;
     }
     if let Some(path) = &a.plot {
+        let name = a
+            .data
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        // The per-step loss mixes local windows and anchors: a running mean shows the trend.
+        let smooth: Vec<(f64, f64)> = losses
+            .iter()
+            .enumerate()
+            .map(|(i, &(x, _))| {
+                let w = &losses[i.saturating_sub(9)..=i];
+                (x, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+            })
+            .collect();
         draw(
             path,
             &[Panel {
-                title: format!("LoRA r={} on {} ({})", a.rank, a.data.display(), a.targets),
+                title: format!(
+                    "LoRA r={} ({}) on {name}: held-out perplexity {:.1} -> {:.1}",
+                    a.rank, a.targets, before.0, after.0
+                ),
                 x_label: "step".into(),
                 y_label: "next-token loss".into(),
-                series: vec![Series {
-                    name: "training loss".into(),
-                    points: losses.clone(),
-                }],
+                series: vec![
+                    Series {
+                        name: "training loss".into(),
+                        points: losses.clone(),
+                    },
+                    Series {
+                        name: "mean of the last 10 steps".into(),
+                        points: smooth,
+                    },
+                ],
             }],
         )?;
     }
@@ -349,7 +405,10 @@ pub fn run(a: Args) -> CliResult {
         change(before.0, after.0)
     );
     if let (Some(b), Some(x)) = (before.1, after.1) {
-        println!("general ppl         {b:>8.2}  {x:>9.2}  {:>+7.1}%", change(b, x));
+        println!(
+            "general ppl         {b:>8.2}  {x:>9.2}  {:>+7.1}%",
+            change(b, x)
+        );
     }
     println!(
         "memory plan: micro-batch {} x {} accumulated, planned {} of {}; {peak_what}: {}",

@@ -179,7 +179,8 @@ mod tests {
     /// A two-layer Llama (hidden 64, GQA 4/2, vocab 97) with random weights; matrices Q4_1
     /// (embedding Q8_0) when `quantized`, f32 otherwise.
     fn tiny(quantized: bool) -> ModelFile {
-        let (d, layers, heads, kv, ffn, vocab) = (64usize, 2usize, 4usize, 2usize, 96usize, 97usize);
+        let (d, layers, heads, kv, ffn, vocab) =
+            (64usize, 2usize, 4usize, 2usize, 96usize, 97usize);
         let kvd = kv * d / heads;
         let mut b = ModelBuilder::new("tiny", "llama").unwrap();
         for (k, v) in [
@@ -292,7 +293,10 @@ mod tests {
         };
         loss_of(&lm, true);
         let grad = p.grad(b1).unwrap().to_vec().unwrap();
-        assert!(grad.iter().any(|g| g.abs() > 1e-4), "the adapter gets a gradient");
+        assert!(
+            grad.iter().any(|g| g.abs() > 1e-4),
+            "the adapter gets a gradient"
+        );
         let f = |v: &[f32]| {
             lm.lora().unwrap().params().set(b1, v).unwrap();
             loss_of(&lm, false)
