@@ -23,6 +23,9 @@ pub struct EmbedArgs {
     /// Tokens per sentence.
     #[arg(long, default_value_t = 128)]
     seq: usize,
+    /// Encoder layers: 6 is MiniLM, 3 a student distilled from it (`pupil distill`).
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
     /// Timed batches.
     #[arg(long, default_value_t = 10)]
     reps: usize,
@@ -68,11 +71,11 @@ fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// all-MiniLM-L6-v2's shape.
-fn minilm() -> BertConfig {
+/// all-MiniLM-L6-v2's shape with `layers` layers (6 in the original).
+fn minilm(layers: usize) -> BertConfig {
     BertConfig {
         hidden: 384,
-        layers: 6,
+        layers,
         heads: 12,
         ffn: 1536,
         vocab: 30522,
@@ -86,10 +89,10 @@ fn minilm() -> BertConfig {
 /// Sentences per second of a MiniLM-shaped encoder forward with mean pooling.
 pub fn embed(a: EmbedArgs) -> CliResult {
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let cfg = minilm();
-    if a.seq == 0 || a.seq > cfg.max_positions || a.batch == 0 {
+    let cfg = minilm(a.layers);
+    if a.seq == 0 || a.seq > cfg.max_positions || a.batch == 0 || a.layers == 0 {
         return Err(format!(
-            "--seq must be 1 to {} and --batch positive",
+            "--seq must be 1 to {} and --batch and --layers positive",
             cfg.max_positions
         )
         .into());
@@ -123,11 +126,14 @@ pub fn embed(a: EmbedArgs) -> CliResult {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "adapter": adapter, "batch": a.batch, "seq": a.seq, "ms_per_batch": secs * 1e3, "sentences_per_s": rate })
+                &json!({ "adapter": adapter, "layers": a.layers, "batch": a.batch, "seq": a.seq, "ms_per_batch": secs * 1e3, "sentences_per_s": rate })
             )?
         );
     } else {
-        println!("embed: MiniLM-shaped encoder (6 x 384, random weights), batch {} x {} tokens, on {adapter}", a.batch, a.seq);
+        println!(
+            "embed: MiniLM-shaped encoder ({} x 384, random weights), batch {} x {} tokens, on {adapter}",
+            a.layers, a.batch, a.seq
+        );
         println!("{:.2} ms per batch, {rate:.1} sentences/s", secs * 1e3);
     }
     Ok(())

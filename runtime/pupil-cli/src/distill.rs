@@ -1,5 +1,7 @@
-//! `pupil distill`: train a small student classifier from a teacher's temperature-softened
-//! logits on MNIST's training images, and write it with anchor examples for replay.
+//! `pupil distill`: train a small student from a teacher. A classifier teacher teaches a
+//! student classifier its temperature-softened logits on MNIST's training images (the student
+//! is written with anchor examples for replay); a sentence encoder teacher (BERT) teaches a
+//! shallower copy of itself its embeddings on unlabelled text (see `distill_encoder`).
 
 use std::path::PathBuf;
 
@@ -14,53 +16,128 @@ use pupil::Backend;
 
 use crate::CliResult;
 
-/// Arguments of `pupil distill`.
-#[derive(clap::Args)]
+/// Distil a student from a teacher: a classifier (KL on softened logits) or a sentence
+/// encoder (cosine on embeddings of unlabelled text).
+///
+/// Classifier teacher (.pupil classifier): the student (--student mlp|cnn) learns the
+/// teacher's temperature-softened logits plus the labels on MNIST's 60,000 training images:
+///
+///   pupil distill --teacher cnn.pupil --out student.pupil
+///
+/// Encoder teacher (a BERT sentence encoder, e.g. all-MiniLM-L6-v2 from `pupil convert`):
+/// the student keeps the teacher's embeddings and --layers of its layers, picked evenly
+/// (--pick), and learns the teacher's sentence embeddings and token states (1 - cosine) on
+/// the sentences of the --text files; the last --held-out fraction of each file is never trained on and gives
+/// the held-out mean cosine. The student is a .pupil file that `pupil embed` loads:
+///
+///   pupil distill --teacher minilm.pupil --text news.txt --text play.txt --out student.pupil
+#[derive(clap::Parser)]
 pub struct Args {
-    /// The teacher (.pupil classifier, e.g. the CNN from `cargo run --release --example
-    /// mnist -- --model cnn --save cnn.pupil`).
+    /// The teacher: a .pupil classifier (e.g. the CNN from `cargo run --release --example
+    /// mnist -- --model cnn --save cnn.pupil`) or a BERT sentence encoder (from `pupil
+    /// convert` of a sentence-transformers checkpoint).
     #[arg(long)]
-    teacher: PathBuf,
-    /// The student's architecture: mlp (784-200-200-10) or cnn.
-    #[arg(long, default_value = "mlp")]
-    student: String,
+    pub(crate) teacher: PathBuf,
     /// Where to write the student.
     #[arg(long)]
-    out: PathBuf,
-    /// Passes over the 60,000 training images.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Examples per step.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
+    pub(crate) out: PathBuf,
+    /// Passes over the training data [default: 10 for classifiers, 4 for encoders].
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
+    /// Examples per step [default: 128 images for classifiers, 32 sentences for encoders].
+    #[arg(long)]
+    pub(crate) batch: Option<usize>,
+    /// AdamW learning rate [default: 1e-3 for classifiers, 5e-4 for encoders].
+    #[arg(long)]
+    pub(crate) lr: Option<f32>,
     /// Learning-rate multiplier after each epoch.
     #[arg(long, default_value_t = 0.8)]
-    lr_decay: f32,
-    /// Softmax temperature T of the distillation loss.
-    #[arg(long, default_value_t = 4.0)]
-    temperature: f32,
-    /// Weight of the distillation term; 1 - alpha goes to cross-entropy on the true labels.
-    #[arg(long, default_value_t = 0.9)]
-    alpha: f32,
-    /// Anchor examples to ship in the file for replay and the quality gate (0: none).
-    #[arg(long, default_value_t = 1000)]
-    anchors: usize,
-    /// Storage of the student's weights: f32 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    pub(crate) lr_decay: f32,
     /// Seed of the student's initial weights, shuffling and anchors.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Adapter (name, backend or cpu).
     #[arg(long)]
-    adapter: Option<String>,
+    pub(crate) adapter: Option<String>,
+
+    /// Classifiers: the student's architecture, mlp (784-200-200-10) or cnn.
+    #[arg(long, default_value = "mlp", help_heading = "Classifier teachers")]
+    pub(crate) student: String,
+    /// Classifiers: softmax temperature T of the distillation loss.
+    #[arg(long, default_value_t = 4.0, help_heading = "Classifier teachers")]
+    pub(crate) temperature: f32,
+    /// Classifiers: weight of the distillation term; 1 - alpha goes to cross-entropy on the
+    /// true labels.
+    #[arg(long, default_value_t = 0.9, help_heading = "Classifier teachers")]
+    pub(crate) alpha: f32,
+    /// Classifiers: anchor examples to ship in the file for replay and the quality gate (0:
+    /// none).
+    #[arg(long, default_value_t = 1000, help_heading = "Classifier teachers")]
+    pub(crate) anchors: usize,
+    /// Classifiers: storage of the student's weights, f32 or f16.
+    #[arg(long, default_value = "f32", help_heading = "Classifier teachers")]
+    pub(crate) dtype: String,
+
+    /// Encoders: unlabelled UTF-8 text to learn from (repeat for several files), split into
+    /// sentences at . ! or ? (line breaks inside a sentence are joined).
+    #[arg(long, help_heading = "Encoder teachers")]
+    pub(crate) text: Vec<PathBuf>,
+    /// Encoders: the student's layer count.
+    #[arg(long, default_value_t = 3, help_heading = "Encoder teachers")]
+    pub(crate) layers: usize,
+    /// Encoders: which teacher layers start the student: `probe` (drop, one at a time, the
+    /// layer whose removal leaves the copy closest to the teacher on 256 training sentences),
+    /// `last` (evenly, ending on the last: 1,3,5 of 6), `first` (0,2,4) or a list like 0,4,5.
+    #[arg(long, default_value = "probe", help_heading = "Encoder teachers")]
+    pub(crate) pick: String,
+    /// Encoders: start the student from the layers of this encoder instead of the teacher's
+    /// (a larger student distilled before, to shrink in steps: 6 -> 4 -> 3 layers).
+    #[arg(long, help_heading = "Encoder teachers")]
+    pub(crate) from: Option<PathBuf>,
+    /// Encoders: fraction of each text's sentences held out at its end for evaluation.
+    #[arg(long, default_value_t = 0.15, help_heading = "Encoder teachers")]
+    pub(crate) held_out: f64,
+    /// Encoders: sentences with fewer words are skipped (speaker names, stage cues).
+    #[arg(long, default_value_t = 4, help_heading = "Encoder teachers")]
+    pub(crate) min_words: usize,
+    /// Encoders: training sentences are truncated to this many tokens (held-out sentences
+    /// are embedded whole, as `pupil embed` does).
+    #[arg(long, default_value_t = 64, help_heading = "Encoder teachers")]
+    pub(crate) max_len: usize,
+    /// Encoders: weight of the token term, the mean 1 - cosine between the student's and the
+    /// teacher's last hidden state of every token, added to the sentence term 1 - cosine
+    /// (0: sentence embeddings only).
+    #[arg(long, default_value_t = 1.0, help_heading = "Encoder teachers")]
+    pub(crate) token_weight: f32,
+    /// Encoders: also train the word embedding table (frozen by default: it is most of the
+    /// parameters and stays the teacher's).
+    #[arg(long, help_heading = "Encoder teachers")]
+    pub(crate) train_words: bool,
+    /// Encoders: memory budget for training (weights, gradients, optimizer, activations),
+    /// e.g. 1GB; batches that do not fit are split and their gradients accumulated.
+    #[arg(long, default_value = "2GB", help_heading = "Encoder teachers")]
+    pub(crate) memory_budget: String,
 }
 
-/// Distil, report per epoch, write the student.
+/// Distil from a classifier or an encoder, whichever the teacher is.
 pub fn run(a: Args) -> CliResult {
+    let teacher = ModelFile::open(&a.teacher)?;
+    if teacher.info().arch.as_str() == "bert" {
+        return crate::distill_encoder::run(&a, &teacher);
+    }
+    if !a.text.is_empty() {
+        return Err(format!(
+            "--text is for encoder teachers, and {} is a {:?} classifier",
+            a.teacher.display(),
+            teacher.info().arch.as_str()
+        )
+        .into());
+    }
+    classifier(a, &teacher)
+}
+
+/// Distil a classifier, report per epoch, write the student with anchors.
+fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
     let arch = Arch::from_name(&a.student).ok_or("--student: use mlp or cnn")?;
     let dtype = match a.dtype.as_str() {
         "f32" => DType::F32,
@@ -70,7 +147,7 @@ pub fn run(a: Args) -> CliResult {
     let backend = Backend::auto(a.adapter.as_deref())?;
     println!("backend: {}", backend.describe());
     let data = Mnist::load()?;
-    let teacher = Model::open(&ModelFile::open(&a.teacher)?, &backend, Train::All)?;
+    let teacher = Model::open(teacher_file, &backend, Train::All)?;
     let teacher_acc = train::accuracy(&teacher.net, &teacher.params, &data.test, 1000)?;
     println!(
         "teacher: {} test accuracy {:.2}%",
@@ -87,9 +164,9 @@ pub fn run(a: Args) -> CliResult {
     bar.finish_and_clear();
     let student = Model::new(arch, &backend, a.seed)?;
     let cfg = DistillConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
+        epochs: a.epochs.unwrap_or(10),
+        batch: a.batch.unwrap_or(128),
+        lr: a.lr.unwrap_or(1e-3),
         lr_decay: a.lr_decay,
         temperature: a.temperature,
         alpha: a.alpha,
@@ -131,7 +208,7 @@ pub fn run(a: Args) -> CliResult {
         teacher.arch.name(),
         a.temperature,
         a.alpha,
-        a.epochs
+        cfg.epochs
     ))?;
     if a.anchors > 0 {
         Anchors::pick(&data.train, a.anchors, a.seed).add_to(&mut b, DType::Q8_0)?;

@@ -53,8 +53,6 @@ pub fn run(args: Args) -> CliResult {
     let encoder = SentenceEncoder::load(&ModelFile::open(&args.model)?, &backend)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = encoder.tokenize(&refs)?;
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
     let bar = if args.file.is_some() {
         let bar = ProgressBar::new(texts.len() as u64);
         bar.set_style(ProgressStyle::with_template(
@@ -64,14 +62,7 @@ pub fn run(args: Args) -> CliResult {
     } else {
         ProgressBar::hidden()
     };
-    let mut out = vec![Vec::new(); texts.len()];
-    for chunk in order.chunks(args.batch.max(1)) {
-        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-        for (&i, e) in chunk.iter().zip(encoder.embed_ids(&batch)?) {
-            out[i] = e;
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    let out = encoder.embed_all(&ids, args.batch, |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     if args.json {
         let items: Vec<_> = texts

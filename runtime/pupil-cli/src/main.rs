@@ -6,6 +6,7 @@ mod convert;
 mod data;
 mod demo;
 mod distill;
+mod distill_encoder;
 mod embed;
 mod generate;
 mod info;
@@ -54,7 +55,8 @@ enum Command {
     /// Write simulated device data (MNIST digits in a device-specific style).
     #[command(subcommand)]
     Data(data::Data),
-    /// Distil a student classifier from a teacher (temperature-scaled KL on logits).
+    // The help text is the doc comment of `distill::Args` (a doc comment here would hide
+    // its examples from `pupil distill --help`).
     Distill(distill::Args),
     /// Refine a classifier on local data: active labels, pseudo-labels, curriculum, replay.
     Refine(refine::Args),

@@ -273,9 +273,20 @@ impl Params {
     /// returns the names of the parameters the file lacks, which keep their initial values
     /// (a LoRA adapter on a base model, say). A shape mismatch is an error.
     pub fn load(&self, file: &ModelFile) -> Result<Vec<String>> {
+        self.load_mapped(file, str::to_owned)
+    }
+
+    /// [`Params::load`] where parameter `name` is read from the file's tensor `source(name)`
+    /// (a shallower model starting from chosen layers of a deeper one, say); returns the
+    /// names of the parameters whose source the file lacks.
+    pub fn load_mapped(
+        &self,
+        file: &ModelFile,
+        source: impl Fn(&str) -> String,
+    ) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         for (i, p) in self.infos.iter().enumerate() {
-            let Ok(t) = file.tensor(&p.name) else {
+            let Ok(t) = file.tensor(&source(&p.name)) else {
                 missing.push(p.name.clone());
                 continue;
             };

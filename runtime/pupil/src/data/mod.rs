@@ -2,6 +2,7 @@
 
 pub mod idx;
 pub mod mnist;
+pub mod sentences;
 pub mod shift;
 
 pub use mnist::{Mnist, Split};

@@ -9,8 +9,9 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::format::{ConfigValue, ModelFile};
+use crate::format::{ConfigValue, ModelBuilder, ModelFile};
 use crate::graph::{Graph, Var};
+use crate::import::TOKENIZER_TENSOR;
 use crate::models::tokenizer::TextTokenizer;
 use crate::nn::{Embedding, LayerNorm, Linear};
 use crate::params::{Params, ParamsBuilder};
@@ -202,6 +203,43 @@ impl Bert {
         Ok(x)
     }
 
+    /// The encoder's shape.
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// The last hidden states `[B, T, D]` of token id sequences, run as one batch padded to
+    /// the longest (padding is masked out of attention), and their mean over each sequence's
+    /// own tokens `[B, D]`. The mean is not normalised: sentence embeddings are it scaled to
+    /// unit length.
+    pub fn encode(&self, g: &mut Graph, p: &Params, ids: &[Vec<u32>]) -> Result<(Var, Var)> {
+        let bsz = ids.len();
+        let t = ids.iter().map(Vec::len).max().unwrap_or(0);
+        if bsz == 0 || t == 0 {
+            return Err(Error::Invalid(
+                "bert: nothing to pool (no sequences, or only empty ones)".into(),
+            ));
+        }
+        let mut flat = vec![0.0f32; bsz * t];
+        let mut mask = vec![0.0f32; bsz * t];
+        for (row, seq) in ids.iter().enumerate() {
+            for (j, &id) in seq.iter().enumerate() {
+                flat[row * t + j] = id as f32;
+                mask[row * t + j] = 1.0;
+            }
+        }
+        let counts: Vec<f32> = ids.iter().map(|s| s.len().max(1) as f32).collect();
+        let backend = g.backend().clone();
+        let idv = g.input(Tensor::from_slice(&backend, &[bsz, t], &flat)?);
+        let maskv = g.input(Tensor::from_slice(&backend, &[bsz, t], &mask)?);
+        let countv = g.input(Tensor::from_slice(&backend, &[bsz, 1], &counts)?);
+        let hidden = self.forward(g, p, idv, maskv)?;
+        let weights = g.reshape(maskv, &[bsz, 1, t])?;
+        let sums = g.matmul(weights, hidden)?;
+        let sums = g.reshape(sums, &[bsz, self.cfg.hidden])?;
+        Ok((hidden, g.div(sums, countv)?))
+    }
+
     /// One post-LN encoder layer over `x` `[B, T, D]`.
     fn layer(
         &self,
@@ -244,13 +282,34 @@ pub struct SentenceEncoder {
 
 impl SentenceEncoder {
     /// Loads the encoder, its parameters and its tokenizer (no padding, truncation at the
-    /// config's `max_seq_len`) from `file` onto `backend`.
+    /// config's `max_seq_len`) from `file` onto `backend`, every parameter frozen.
     pub fn load(file: &ModelFile, backend: &Backend) -> Result<SentenceEncoder> {
-        let cfg = BertConfig::from_model(file)?;
+        let layers: Vec<usize> = (0..BertConfig::from_model(file)?.layers).collect();
+        Self::load_layers(file, backend, &layers, |_| false)
+    }
+
+    /// Loads a shallower encoder from `file`: its layer `j` starts as the file's layer
+    /// `layers[j]` (embeddings and tokenizer as in the file). Parameters whose Hugging Face
+    /// name `trainable` accepts are trainable, the rest frozen.
+    pub fn load_layers(
+        file: &ModelFile,
+        backend: &Backend,
+        layers: &[usize],
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<SentenceEncoder> {
+        let mut cfg = BertConfig::from_model(file)?;
+        if layers.is_empty() || layers.iter().any(|&l| l >= cfg.layers) {
+            return Err(Error::Invalid(format!(
+                "layers {layers:?}: pick at least one of the model's layers 0 to {}",
+                cfg.layers.saturating_sub(1)
+            )));
+        }
+        cfg.layers = layers.len();
         let mut b = ParamsBuilder::new(0);
         let bert = Bert::new(&mut b, &cfg)?;
+        b.train_only(trainable);
         let params = b.build(backend)?;
-        let missing = params.load(file)?;
+        let missing = params.load_mapped(file, |name| source_name(name, layers))?;
         if !missing.is_empty() {
             return Err(Error::Invalid(format!(
                 "model {:?} lacks {} bert parameters, first {:?}; convert the full checkpoint",
@@ -265,6 +324,31 @@ impl SentenceEncoder {
             params,
             tokenizer,
         })
+    }
+
+    /// A model file of this encoder: the config of `source` (the file it was loaded from,
+    /// which keeps pooling, truncation and the like) with this encoder's layer count, its
+    /// tokenizer, and every parameter as f32 under its Hugging Face name.
+    pub fn to_builder(&self, source: &ModelFile, model_id: &str) -> Result<ModelBuilder> {
+        let mut b = ModelBuilder::new(model_id, "bert")?;
+        for entry in source.info().config.iter() {
+            b.config(entry.key.as_str(), entry.value.clone())?;
+        }
+        b.config_int("layers", self.bert.cfg.layers as i64)?;
+        let tok = source.tensor(TOKENIZER_TENSOR)?;
+        b.add_tensor(TOKENIZER_TENSOR, tok.dtype, tok.shape, tok.bytes)?;
+        self.params.export(&mut b)?;
+        Ok(b)
+    }
+
+    /// The encoder's layers.
+    pub fn bert(&self) -> &Bert {
+        &self.bert
+    }
+
+    /// The encoder's parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
     }
 
     /// The embedding width.
@@ -291,40 +375,62 @@ impl SentenceEncoder {
 
     /// Unit-length embeddings of token id sequences, run as one padded batch.
     pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let bsz = ids.len();
-        let t = ids.iter().map(Vec::len).max().unwrap_or(0);
-        if bsz == 0 || t == 0 {
-            return Ok(vec![Vec::new(); bsz]);
+        if ids.iter().all(Vec::is_empty) {
+            return Ok(vec![Vec::new(); ids.len()]);
         }
-        let mut flat = vec![0.0f32; bsz * t];
-        let mut mask = vec![0.0f32; bsz * t];
-        for (row, seq) in ids.iter().enumerate() {
-            for (j, &id) in seq.iter().enumerate() {
-                flat[row * t + j] = id as f32;
-                mask[row * t + j] = 1.0;
+        let mut g = Graph::new(self.params.backend());
+        let (_, mean) = self.bert.encode(&mut g, &self.params, ids)?;
+        let means = g.value(mean).to_vec()?;
+        Ok(means.chunks_exact(self.dim()).map(unit_length).collect())
+    }
+
+    /// Unit-length embeddings of many token id sequences, in input order, run in batches of
+    /// `batch` sequences of similar length (to limit padding); `done` sees the number of
+    /// sequences embedded after each batch.
+    pub fn embed_all(
+        &self,
+        ids: &[Vec<u32>],
+        batch: usize,
+        mut done: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = vec![Vec::new(); ids.len()];
+        let mut count = 0;
+        for chunk in order.chunks(batch.max(1)) {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            for (&i, e) in chunk.iter().zip(self.embed_ids(&seqs)?) {
+                out[i] = e;
             }
+            count += chunk.len();
+            done(count);
         }
-        let backend = self.params.backend();
-        let mut g = Graph::new(backend);
-        let idv = g.input(Tensor::from_slice(backend, &[bsz, t], &flat)?);
-        let maskv = g.input(Tensor::from_slice(backend, &[bsz, t], &mask)?);
-        let hidden = self.bert.forward(&mut g, &self.params, idv, maskv)?;
-        let weights = g.reshape(maskv, &[bsz, 1, t])?;
-        let sums = g.matmul(weights, hidden)?;
-        let sums = g.value(sums).to_vec()?;
-        let d = self.dim();
-        Ok(sums
-            .chunks_exact(d)
-            .zip(ids)
-            .map(|(s, seq)| normalize(s, seq.len()))
-            .collect())
+        Ok(out)
     }
 }
 
-/// The mean of `count` summed vectors, scaled to unit length (in f64).
-fn normalize(sum: &[f32], count: usize) -> Vec<f32> {
-    let n = count.max(1) as f64;
-    let mean: Vec<f64> = sum.iter().map(|&v| f64::from(v) / n).collect();
-    let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-    mean.iter().map(|v| (v / norm) as f32).collect()
+/// The name of the file parameter that student parameter `name` starts from when its layer
+/// `j` is the file's layer `layers[j]` (other names are unchanged).
+fn source_name(name: &str, layers: &[usize]) -> String {
+    let Some(rest) = name.strip_prefix("encoder.layer.") else {
+        return name.to_owned();
+    };
+    let Some((index, tail)) = rest.split_once('.') else {
+        return name.to_owned();
+    };
+    match index.parse::<usize>().ok().and_then(|j| layers.get(j)) {
+        Some(l) => format!("encoder.layer.{l}.{tail}"),
+        None => name.to_owned(),
+    }
+}
+
+/// `v` scaled to unit length (in f64; a zero vector stays zero).
+pub fn unit_length(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
+    v.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
 }

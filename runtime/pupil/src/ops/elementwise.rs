@@ -321,19 +321,71 @@ pub(crate) mod cpu {
         sa: &[usize],
         sb: &[usize],
     ) {
-        for (i, o) in out.iter_mut().enumerate() {
-            let (u, v) = (a[offset(i, dims, sa)], b[offset(i, dims, sb)]);
-            *o = match op {
-                0 => u + v,
-                1 => u - v,
-                2 => u * v,
-                3 => u / v,
-                4 => u + alpha * v,
-                _ => alpha * u,
-            };
+        // One monomorphised loop per op, so the op is not matched per element.
+        match op {
+            0 => rows(a, b, out, dims, sa, sb, |u, v| u + v),
+            1 => rows(a, b, out, dims, sa, sb, |u, v| u - v),
+            2 => rows(a, b, out, dims, sa, sb, |u, v| u * v),
+            3 => rows(a, b, out, dims, sa, sb, |u, v| u / v),
+            4 => rows(a, b, out, dims, sa, sb, |u, v| u + alpha * v),
+            _ => rows(a, b, out, dims, sa, sb, |u, _| alpha * u),
         }
     }
 
+    /// `out = f(a, b)` under broadcast strides, a row (the last axis) at a time: the offsets
+    /// are decoded once per row and the row runs as a plain loop.
+    fn rows(
+        a: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+        dims: &[usize],
+        sa: &[usize],
+        sb: &[usize],
+        f: impl Fn(f32, f32) -> f32,
+    ) {
+        let (Some((&n, outer)), Some((&ia, outer_a)), Some((&ib, outer_b))) =
+            (dims.split_last(), sa.split_last(), sb.split_last())
+        else {
+            // Rank 0: one element.
+            if let (Some(o), Some(&u), Some(&v)) = (out.first_mut(), a.first(), b.first()) {
+                *o = f(u, v);
+            }
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        for (r, row) in out.chunks_mut(n).enumerate() {
+            let (oa, ob) = (offset(r, outer, outer_a), offset(r, outer, outer_b));
+            match (ia, ib) {
+                (1, 1) => {
+                    for ((o, &u), &v) in row.iter_mut().zip(&a[oa..oa + n]).zip(&b[ob..ob + n]) {
+                        *o = f(u, v);
+                    }
+                }
+                (1, 0) => {
+                    let v = b[ob];
+                    for (o, &u) in row.iter_mut().zip(&a[oa..oa + n]) {
+                        *o = f(u, v);
+                    }
+                }
+                (0, 1) => {
+                    let u = a[oa];
+                    for (o, &v) in row.iter_mut().zip(&b[ob..ob + n]) {
+                        *o = f(u, v);
+                    }
+                }
+                _ => {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o = f(a[oa + j * ia], b[ob + j * ib]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sums over the reduced axes `rd` (strides `rs`) for every kept index; each output adds
+    /// its terms in the order of the reduced index, whatever the loop order.
     pub(crate) fn sum_to(
         x: &[f32],
         out: &mut [f32],
@@ -343,9 +395,15 @@ pub(crate) mod cpu {
         rs: &[usize],
     ) {
         let count: usize = rd.iter().product();
-        for (i, o) in out.iter_mut().enumerate() {
-            let base = offset(i, kd, ks);
-            *o = (0..count).map(|r| x[base + offset(r, rd, rs)]).sum();
+        let reduced: Vec<usize> = (0..count).map(|r| offset(r, rd, rs)).collect();
+        let kept: Vec<usize> = (0..out.len()).map(|i| offset(i, kd, ks)).collect();
+        out.fill(0.0);
+        // Reduced index outermost: each pass reads x in the kept order (contiguous when the
+        // kept axes are the innermost, as for bias gradients).
+        for &ro in &reduced {
+            for (o, &base) in out.iter_mut().zip(&kept) {
+                *o += x[base + ro];
+            }
         }
     }
 }

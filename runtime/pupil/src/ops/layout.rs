@@ -98,14 +98,30 @@ impl Graph {
 
 /// The CPU reference.
 pub(crate) mod cpu {
+    /// Gathers `x` into `out` (shape `dims`, input strides `strides`), a row (the last
+    /// axis) at a time: the source offset is decoded once per row.
     pub(crate) fn permute(x: &[f32], out: &mut [f32], dims: &[usize], strides: &[usize]) {
-        for (i, o) in out.iter_mut().enumerate() {
-            let (mut rest, mut src) = (i, 0);
-            for d in (0..dims.len()).rev() {
-                src += (rest % dims[d]) * strides[d];
-                rest /= dims[d];
+        let (Some((&n, outer)), Some((&step, outer_s))) = (dims.split_last(), strides.split_last())
+        else {
+            out.copy_from_slice(&x[..out.len()]);
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        for (r, row) in out.chunks_mut(n).enumerate() {
+            let (mut rest, mut src) = (r, 0);
+            for d in (0..outer.len()).rev() {
+                src += (rest % outer[d]) * outer_s[d];
+                rest /= outer[d];
             }
-            *o = x[src];
+            if step == 1 {
+                row.copy_from_slice(&x[src..src + n]);
+            } else {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = x[src + j * step];
+                }
+            }
         }
     }
 }

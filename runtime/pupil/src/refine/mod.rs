@@ -9,15 +9,19 @@
 //! - [`gate`]: the quality gate that keeps or rolls back a round;
 //! - [`session`]: the round loop tying them together for classifiers;
 //! - [`distill`]: training a student from a teacher's temperature-softened logits;
+//! - [`distill_encoder`]: a shallower sentence encoder from a deeper one's embeddings;
+//! - [`student_layers`]: which teacher layers such a student starts from;
 //! - [`text`]: decoder personalisation (LoRA on local text, perplexity, generate-score-train).
 
 pub mod checkpoint;
 pub mod distill;
+pub mod distill_encoder;
 pub mod gate;
 pub mod plan;
 pub mod replay;
 pub mod select;
 pub mod session;
+pub mod student_layers;
 pub mod text;
 
 pub use session::{Active, Eval, History, Outcome, Progress, RefineConfig, RoundReport, Session};

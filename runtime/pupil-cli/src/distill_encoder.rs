@@ -1,0 +1,282 @@
+//! `pupil distill` with a sentence encoder teacher: a shallower student started from the
+//! teacher's own layers learns the teacher's embeddings of unlabelled sentences; a table
+//! compares the student with the teacher on the training and held-out sentences before and
+//! after training.
+
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pupil::data::sentences::{sentences, split_tail};
+use pupil::format::ModelFile;
+use pupil::models::bert::{BertConfig, SentenceEncoder};
+use pupil::models::tokenizer::TextTokenizer;
+use pupil::refine::distill_encoder::{teacher_targets, Distiller, EncoderDistillConfig};
+use pupil::refine::plan::{mib, parse_bytes};
+use pupil::refine::student_layers::{cosines, evenly, mean, probe, student};
+use pupil::Backend;
+
+use crate::distill::Args;
+use crate::CliResult;
+
+/// Sentences per batch when embedding (teacher targets and evaluation).
+const EMBED_BATCH: usize = 32;
+
+/// Training sentences the layer probe compares copies on.
+const PROBE_SENTENCES: usize = 256;
+
+/// One text's sentences: token ids for training (truncated at --max-len) and held out
+/// (whole), and the teacher's embeddings of each.
+struct Text {
+    name: String,
+    train: Vec<Vec<u32>>,
+    held: Vec<Vec<u32>>,
+}
+
+/// The teacher layers that start the student, from `--pick` (`probe` is handled apart).
+fn picks(pick: &str, teacher: usize, layers: usize) -> Result<Vec<usize>, String> {
+    match pick {
+        "last" | "first" => evenly(teacher, layers, pick == "last").map_err(|e| e.to_string()),
+        list => {
+            let picked = list
+                .split(',')
+                .map(|s| s.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    format!("--pick {list:?}: use probe, last, first or a list like 0,4,5")
+                })?;
+            if picked.len() != layers {
+                return Err(format!(
+                    "--pick lists {} layers but --layers is {layers}",
+                    picked.len()
+                ));
+            }
+            Ok(picked)
+        }
+    }
+}
+
+/// Reads `path` and splits it into tokenized training and held-out sentences.
+fn read_text(
+    path: &Path,
+    a: &Args,
+    truncating: &TextTokenizer,
+    whole: &TextTokenizer,
+) -> Result<Text, Box<dyn std::error::Error>> {
+    let body = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --text {}: {e}", path.display()))?;
+    let all = sentences(&body, a.min_words);
+    let (train, held) = split_tail(&all, a.held_out);
+    if train.is_empty() {
+        return Err(format!(
+            "--text {} has no training sentences of {} words or more",
+            path.display(),
+            a.min_words
+        )
+        .into());
+    }
+    let ids = |tok: &TextTokenizer, s: &[String]| -> pupil::Result<Vec<Vec<u32>>> {
+        s.iter().map(|t| tok.encode(t)).collect()
+    };
+    Ok(Text {
+        name: path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        ),
+        train: ids(truncating, &train)?,
+        held: ids(whole, &held)?,
+    })
+}
+
+/// A progress bar over `len` items with a message.
+fn bar(len: usize, template: &str) -> Result<ProgressBar, Box<dyn std::error::Error>> {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(ProgressStyle::with_template(template)?.progress_chars("=> "));
+    Ok(bar)
+}
+
+/// Mean cosines of `enc` to the teacher: over all training sentences, then held out per text
+/// and over all texts.
+fn measure(
+    enc: &SentenceEncoder,
+    train: &[Vec<u32>],
+    train_t: &[Vec<f32>],
+    texts: &[Text],
+    held_t: &[Vec<Vec<f32>>],
+) -> pupil::Result<(f64, Vec<f64>, f64)> {
+    let tr = mean(&cosines(enc, train, train_t, EMBED_BATCH)?);
+    let mut all = Vec::new();
+    let mut per = Vec::new();
+    for (t, targets) in texts.iter().zip(held_t) {
+        let c = cosines(enc, &t.held, targets, EMBED_BATCH)?;
+        per.push(mean(&c));
+        all.extend(c);
+    }
+    Ok((tr, per, mean(&all)))
+}
+
+/// Distil a shallower encoder from `teacher_file`, report, write the student.
+pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
+    if a.text.is_empty() {
+        return Err(
+            "an encoder teacher needs unlabelled text: --text FILE (repeat for more)".into(),
+        );
+    }
+    if !(0.0..1.0).contains(&a.held_out) || a.max_len < 3 {
+        return Err("--held-out must be in [0, 1) and --max-len at least 3".into());
+    }
+    let start = Instant::now();
+    let backend = Backend::auto(a.adapter.as_deref())?;
+    println!("backend: {}", backend.describe());
+    let teacher = SentenceEncoder::load(teacher_file, &backend)?;
+    let from_file = a.from.as_ref().map(ModelFile::open).transpose()?;
+    let source = from_file.as_ref().unwrap_or(teacher_file);
+    let tcfg = teacher.bert().config().clone();
+    let truncating =
+        TextTokenizer::from_model(teacher_file, Some(a.max_len.min(tcfg.max_seq_len)))?;
+    let texts = a
+        .text
+        .iter()
+        .map(|p| read_text(p, a, &truncating, teacher.tokenizer()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let train: Vec<Vec<u32>> = texts.iter().flat_map(|t| t.train.clone()).collect();
+    let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
+    println!(
+        "teacher: {} ({} layers, width {}); {} training and {held_n} held-out sentences from {} text(s)",
+        teacher_file.info().model_id.as_str(),
+        tcfg.layers,
+        tcfg.hidden,
+        train.len(),
+        texts.len()
+    );
+
+    let t0 = Instant::now();
+    let pb = bar(
+        train.len() + held_n,
+        "teacher embeddings [{bar:30}] {pos}/{len} eta {eta}",
+    )?;
+    let targets = teacher_targets(&teacher, &train, a.token_weight != 0.0, EMBED_BATCH, |n| {
+        pb.set_position(n as u64)
+    })?;
+    let mut held_t = Vec::new();
+    for t in &texts {
+        let done = pb.position();
+        held_t.push(teacher.embed_all(&t.held, EMBED_BATCH, |n| pb.set_position(done + n as u64))?);
+    }
+    pb.finish_and_clear();
+    let teacher_secs = t0.elapsed().as_secs_f64();
+    drop(teacher);
+
+    let layers = if a.pick == "probe" {
+        // Evenly spaced training sentences: the probe never sees held-out ones.
+        let step = train.len().div_ceil(PROBE_SENTENCES).max(1);
+        let ids: Vec<Vec<u32>> = train.iter().step_by(step).cloned().collect();
+        let want: Vec<Vec<f32>> = targets.sentences.iter().step_by(step).cloned().collect();
+        let t0 = Instant::now();
+        let (layers, c) = probe(source, &backend, a.layers, &ids, &want, |l, c| {
+            println!("probe: layers {l:?} copied: mean cosine {c:.4}")
+        })?;
+        println!(
+            "probe: keeping layers {layers:?} (mean cosine {c:.4} on {} training sentences, {:.1} s)",
+            ids.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        layers
+    } else {
+        picks(&a.pick, BertConfig::from_model(source)?.layers, a.layers)?
+    };
+    let s = student(source, &backend, &layers, a.train_words)?;
+    let before = measure(&s, &train, &targets.sentences, &texts, &held_t)?;
+    println!(
+        "student: teacher layers {layers:?}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
+        s.params().count(false),
+        s.params().count(true),
+        before.2
+    );
+    let cfg = EncoderDistillConfig {
+        batch: a.batch.unwrap_or(32),
+        lr: a.lr.unwrap_or(5e-4),
+        lr_decay: a.lr_decay,
+        token_weight: a.token_weight,
+        budget: parse_bytes(&a.memory_budget)?,
+        seed: a.seed,
+    };
+    let epochs = a.epochs.unwrap_or(4);
+    let mut d = Distiller::new(&s, &train, &targets, &cfg)?;
+    let plan = *d.plan();
+    println!(
+        "plan: batch {} = {} x {} micro-batch, {} of {} budget",
+        plan.batch,
+        plan.accumulation,
+        plan.micro_batch,
+        mib(plan.planned_bytes),
+        mib(plan.budget)
+    );
+    let t0 = Instant::now();
+    let pb = bar(
+        d.steps_per_epoch(),
+        "epoch {msg} [{bar:30}] {pos}/{len} eta {eta}",
+    )?;
+    for epoch in 1..=epochs {
+        pb.set_position(0);
+        let loss = d.epoch(|r| {
+            pb.set_position(r.step as u64);
+            pb.set_message(format!("{epoch}/{epochs} loss {:.4}", r.loss));
+        })?;
+        let held = measure(&s, &[], &[], &texts, &held_t)?.2;
+        pb.suspend(|| println!("epoch {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}"));
+    }
+    pb.finish_and_clear();
+    let train_secs = t0.elapsed().as_secs_f64();
+    let after = measure(&s, &train, &targets.sentences, &texts, &held_t)?;
+
+    let id = a
+        .out
+        .file_stem()
+        .map_or_else(|| "student".into(), |s| s.to_string_lossy().into_owned());
+    let mut b = s.to_builder(teacher_file, &id)?;
+    b.created_by(&format!(
+        "pupil distill: {} layers {layers:?} of {}, {epochs} epochs",
+        layers.len(),
+        teacher_file.info().model_id.as_str()
+    ))?;
+    b.write_atomic(&a.out)?;
+
+    println!();
+    println!(
+        "mean cosine to the teacher's embeddings: student from teacher layers {layers:?}, then distilled ({epochs} epochs)"
+    );
+    println!("| sentences | count | before | after |\n| --- | --- | --- | --- |");
+    println!(
+        "| train, all texts (at most {} tokens) | {} | {:.4} | {:.4} |",
+        a.max_len,
+        train.len(),
+        before.0,
+        after.0
+    );
+    for (i, t) in texts.iter().enumerate() {
+        println!(
+            "| held out: {} | {} | {:.4} | {:.4} |",
+            t.name,
+            t.held.len(),
+            before.1[i],
+            after.1[i]
+        );
+    }
+    println!(
+        "| **held out, all texts** | {held_n} | {:.4} | **{:.4}** |",
+        before.2, after.2
+    );
+    println!();
+    println!(
+        "teacher embeddings {teacher_secs:.1} s, training {train_secs:.1} s, total {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    println!(
+        "wrote {} ({} layers); try `pupil embed --model {} \"some text\"`",
+        a.out.display(),
+        layers.len(),
+        a.out.display()
+    );
+    Ok(())
+}
