@@ -25,10 +25,11 @@ use crate::CliResult;
 ///   pupil distill --teacher cnn.pupil --out student.pupil
 ///
 /// Encoder teacher (a BERT sentence encoder, e.g. all-MiniLM-L6-v2 from `pupil convert`):
-/// the student keeps the teacher's embeddings and --layers of its layers, picked evenly
-/// (--pick), and learns the teacher's sentence embeddings and token states (1 - cosine) on
-/// the sentences of the --text files; the last --held-out fraction of each file is never trained on and gives
-/// the held-out mean cosine. The student is a .pupil file that `pupil embed` loads:
+/// the student keeps the teacher's embeddings and --layers of its layers (--pick: by a probe,
+/// evenly, or listed), and learns the teacher's sentence embeddings and token states
+/// (1 - cosine) on the sentences of the --text files; the last --held-out fraction of each
+/// file is never trained on and gives the held-out mean cosine. The student is a .pupil file
+/// that `pupil embed` loads:
 ///
 ///   pupil distill --teacher minilm.pupil --text news.txt --text play.txt --out student.pupil
 #[derive(clap::Parser)]
@@ -41,7 +42,7 @@ pub struct Args {
     /// Where to write the student.
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Passes over the training data [default: 10 for classifiers, 4 for encoders].
+    /// Passes over the training data [default: 10 for classifiers, 6 for encoders].
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
     /// Examples per step [default: 128 images for classifiers, 32 sentences for encoders].
@@ -82,6 +83,10 @@ pub struct Args {
     /// sentences at . ! or ? (line breaks inside a sentence are joined).
     #[arg(long, help_heading = "Encoder teachers")]
     pub(crate) text: Vec<PathBuf>,
+    /// Encoders: more unlabelled text that is only trained on (no held-out slice), e.g. a
+    /// large general corpus next to the --text files the held-out cosine is measured on.
+    #[arg(long, help_heading = "Encoder teachers")]
+    pub(crate) train_text: Vec<PathBuf>,
     /// Encoders: the student's layer count.
     #[arg(long, default_value_t = 3, help_heading = "Encoder teachers")]
     pub(crate) layers: usize,

@@ -11,10 +11,11 @@ use pupil::data::sentences::{sentences, split_tail};
 use pupil::format::ModelFile;
 use pupil::models::bert::{BertConfig, SentenceEncoder};
 use pupil::models::tokenizer::TextTokenizer;
-use pupil::refine::distill_encoder::{teacher_targets, Distiller, EncoderDistillConfig};
+use pupil::refine::distill_encoder::{teacher_targets, Distiller, EncoderDistillConfig, Targets};
 use pupil::refine::plan::{mib, parse_bytes};
 use pupil::refine::student_layers::{cosines, evenly, mean, probe, student};
 use pupil::Backend;
+use pupil_wire::{MAX_CREATED_BY_LEN, MAX_ID_LEN};
 
 use crate::distill::Args;
 use crate::CliResult;
@@ -25,8 +26,8 @@ const EMBED_BATCH: usize = 32;
 /// Training sentences the layer probe compares copies on.
 const PROBE_SENTENCES: usize = 256;
 
-/// One text's sentences: token ids for training (truncated at --max-len) and held out
-/// (whole), and the teacher's embeddings of each.
+/// One text's sentences as token ids: for training (truncated at --max-len) and held out
+/// (whole, as `pupil embed` sees them).
 struct Text {
     name: String,
     train: Vec<Vec<u32>>,
@@ -56,20 +57,22 @@ fn picks(pick: &str, teacher: usize, layers: usize) -> Result<Vec<usize>, String
     }
 }
 
-/// Reads `path` and splits it into tokenized training and held-out sentences.
+/// Reads `path` and splits it into tokenized training and held-out sentences (the last
+/// `held_out` fraction).
 fn read_text(
     path: &Path,
     a: &Args,
+    held_out: f64,
     truncating: &TextTokenizer,
     whole: &TextTokenizer,
 ) -> Result<Text, Box<dyn std::error::Error>> {
     let body = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read --text {}: {e}", path.display()))?;
     let all = sentences(&body, a.min_words);
-    let (train, held) = split_tail(&all, a.held_out);
+    let (train, held) = split_tail(&all, held_out);
     if train.is_empty() {
         return Err(format!(
-            "--text {} has no training sentences of {} words or more",
+            "{} has no training sentences of {} words or more",
             path.display(),
             a.min_words
         )
@@ -88,6 +91,15 @@ fn read_text(
     })
 }
 
+/// `text` cut to at most `max` bytes at a character boundary (manifest strings are bounded).
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A progress bar over `len` items with a message.
 fn bar(len: usize, template: &str) -> Result<ProgressBar, Box<dyn std::error::Error>> {
     let bar = ProgressBar::new(len as u64);
@@ -95,16 +107,20 @@ fn bar(len: usize, template: &str) -> Result<ProgressBar, Box<dyn std::error::Er
     Ok(bar)
 }
 
-/// Mean cosines of `enc` to the teacher: over all training sentences, then held out per text
-/// and over all texts.
-fn measure(
+/// Mean cosines of a student to the teacher: over the training sentences, over each text's
+/// held-out sentences, and over all held-out sentences.
+struct Cosines {
+    train: f64,
+    per_text: Vec<f64>,
+    held_out: f64,
+}
+
+/// The held-out mean cosines of `enc`: per text, and over all texts.
+fn held_out(
     enc: &SentenceEncoder,
-    train: &[Vec<u32>],
-    train_t: &[Vec<f32>],
     texts: &[Text],
     held_t: &[Vec<Vec<f32>>],
-) -> pupil::Result<(f64, Vec<f64>, f64)> {
-    let tr = mean(&cosines(enc, train, train_t, EMBED_BATCH)?);
+) -> pupil::Result<(Vec<f64>, f64)> {
     let mut all = Vec::new();
     let mut per = Vec::new();
     for (t, targets) in texts.iter().zip(held_t) {
@@ -112,7 +128,77 @@ fn measure(
         per.push(mean(&c));
         all.extend(c);
     }
-    Ok((tr, per, mean(&all)))
+    Ok((per, mean(&all)))
+}
+
+/// All mean cosines of `enc` (see [`Cosines`]).
+fn measure(
+    enc: &SentenceEncoder,
+    train: &[Vec<u32>],
+    train_t: &[Vec<f32>],
+    texts: &[Text],
+    held_t: &[Vec<Vec<f32>>],
+) -> pupil::Result<Cosines> {
+    let (per_text, held_out) = held_out(enc, texts, held_t)?;
+    Ok(Cosines {
+        train: mean(&cosines(enc, train, train_t, EMBED_BATCH)?),
+        per_text,
+        held_out,
+    })
+}
+
+/// The layers of `source` that start the student: by `--pick`; a probe compares copies on
+/// evenly spaced training sentences (never held-out ones).
+fn choose_layers(
+    a: &Args,
+    source: &ModelFile,
+    backend: &Backend,
+    train: &[Vec<u32>],
+    targets: &Targets,
+) -> Result<Vec<usize>, Box<dyn std::error::Error>> {
+    if a.pick != "probe" {
+        return Ok(picks(
+            &a.pick,
+            BertConfig::from_model(source)?.layers,
+            a.layers,
+        )?);
+    }
+    let step = train.len().div_ceil(PROBE_SENTENCES).max(1);
+    let ids: Vec<Vec<u32>> = train.iter().step_by(step).cloned().collect();
+    let want: Vec<Vec<f32>> = targets.sentences.iter().step_by(step).cloned().collect();
+    let t0 = Instant::now();
+    let (layers, c) = probe(source, backend, a.layers, &ids, &want, |l, c| {
+        println!("probe: layers {l:?} copied: mean cosine {c:.4}")
+    })?;
+    println!(
+        "probe: keeping layers {layers:?} (mean cosine {c:.4} on {} training sentences, {:.1} s)",
+        ids.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(layers)
+}
+
+/// Prints the table of mean cosines before and after training.
+fn report(a: &Args, texts: &[Text], train_n: usize, before: &Cosines, after: &Cosines) {
+    println!("| sentences | count | before | after |\n| --- | --- | --- | --- |");
+    println!(
+        "| train, all texts (at most {} tokens) | {train_n} | {:.4} | {:.4} |",
+        a.max_len, before.train, after.train
+    );
+    for (i, t) in texts.iter().enumerate() {
+        println!(
+            "| held out: {} | {} | {:.4} | {:.4} |",
+            t.name,
+            t.held.len(),
+            before.per_text[i],
+            after.per_text[i]
+        );
+    }
+    let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
+    println!(
+        "| **held out, all texts** | {held_n} | {:.4} | **{:.4}** |",
+        before.held_out, after.held_out
+    );
 }
 
 /// Distil a shallower encoder from `teacher_file`, report, write the student.
@@ -137,9 +223,18 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     let texts = a
         .text
         .iter()
-        .map(|p| read_text(p, a, &truncating, teacher.tokenizer()))
+        .map(|p| read_text(p, a, a.held_out, &truncating, teacher.tokenizer()))
         .collect::<Result<Vec<_>, _>>()?;
-    let train: Vec<Vec<u32>> = texts.iter().flat_map(|t| t.train.clone()).collect();
+    let extra = a
+        .train_text
+        .iter()
+        .map(|p| read_text(p, a, 0.0, &truncating, teacher.tokenizer()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let train: Vec<Vec<u32>> = texts
+        .iter()
+        .chain(&extra)
+        .flat_map(|t| t.train.clone())
+        .collect();
     let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
     println!(
         "teacher: {} ({} layers, width {}); {} training and {held_n} held-out sentences from {} text(s)",
@@ -147,7 +242,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         tcfg.layers,
         tcfg.hidden,
         train.len(),
-        texts.len()
+        texts.len() + extra.len()
     );
 
     let t0 = Instant::now();
@@ -167,31 +262,15 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     let teacher_secs = t0.elapsed().as_secs_f64();
     drop(teacher);
 
-    let layers = if a.pick == "probe" {
-        // Evenly spaced training sentences: the probe never sees held-out ones.
-        let step = train.len().div_ceil(PROBE_SENTENCES).max(1);
-        let ids: Vec<Vec<u32>> = train.iter().step_by(step).cloned().collect();
-        let want: Vec<Vec<f32>> = targets.sentences.iter().step_by(step).cloned().collect();
-        let t0 = Instant::now();
-        let (layers, c) = probe(source, &backend, a.layers, &ids, &want, |l, c| {
-            println!("probe: layers {l:?} copied: mean cosine {c:.4}")
-        })?;
-        println!(
-            "probe: keeping layers {layers:?} (mean cosine {c:.4} on {} training sentences, {:.1} s)",
-            ids.len(),
-            t0.elapsed().as_secs_f64()
-        );
-        layers
-    } else {
-        picks(&a.pick, BertConfig::from_model(source)?.layers, a.layers)?
-    };
+    let layers = choose_layers(a, source, &backend, &train, &targets)?;
     let s = student(source, &backend, &layers, a.train_words)?;
     let before = measure(&s, &train, &targets.sentences, &texts, &held_t)?;
     println!(
-        "student: teacher layers {layers:?}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
+        "student: layers {layers:?} of {}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
+        source.info().model_id.as_str(),
         s.params().count(false),
         s.params().count(true),
-        before.2
+        before.held_out
     );
     let cfg = EncoderDistillConfig {
         batch: a.batch.unwrap_or(32),
@@ -201,7 +280,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         budget: parse_bytes(&a.memory_budget)?,
         seed: a.seed,
     };
-    let epochs = a.epochs.unwrap_or(4);
+    let epochs = a.epochs.unwrap_or(6);
     let mut d = Distiller::new(&s, &train, &targets, &cfg)?;
     let plan = *d.plan();
     println!(
@@ -223,50 +302,29 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
             pb.set_position(r.step as u64);
             pb.set_message(format!("{epoch}/{epochs} loss {:.4}", r.loss));
         })?;
-        let held = measure(&s, &[], &[], &texts, &held_t)?.2;
+        let held = held_out(&s, &texts, &held_t)?.1;
         pb.suspend(|| println!("epoch {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}"));
     }
     pb.finish_and_clear();
     let train_secs = t0.elapsed().as_secs_f64();
     let after = measure(&s, &train, &targets.sentences, &texts, &held_t)?;
 
-    let id = a
-        .out
-        .file_stem()
-        .map_or_else(|| "student".into(), |s| s.to_string_lossy().into_owned());
-    let mut b = s.to_builder(teacher_file, &id)?;
-    b.created_by(&format!(
-        "pupil distill: {} layers {layers:?} of {}, {epochs} epochs",
-        layers.len(),
-        teacher_file.info().model_id.as_str()
-    ))?;
+    let stem = a.out.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let id = clip(stem.as_deref().unwrap_or("student"), MAX_ID_LEN);
+    let mut b = s.to_builder(teacher_file, id)?;
+    let note = format!(
+        "pupil distill: layers {layers:?} of {}, {epochs} epochs",
+        source.info().model_id.as_str()
+    );
+    b.created_by(clip(&note, MAX_CREATED_BY_LEN))?;
     b.write_atomic(&a.out)?;
 
     println!();
     println!(
-        "mean cosine to the teacher's embeddings: student from teacher layers {layers:?}, then distilled ({epochs} epochs)"
+        "mean cosine to the teacher's embeddings: student from layers {layers:?} of {}, then distilled ({epochs} epochs)",
+        source.info().model_id.as_str()
     );
-    println!("| sentences | count | before | after |\n| --- | --- | --- | --- |");
-    println!(
-        "| train, all texts (at most {} tokens) | {} | {:.4} | {:.4} |",
-        a.max_len,
-        train.len(),
-        before.0,
-        after.0
-    );
-    for (i, t) in texts.iter().enumerate() {
-        println!(
-            "| held out: {} | {} | {:.4} | {:.4} |",
-            t.name,
-            t.held.len(),
-            before.1[i],
-            after.1[i]
-        );
-    }
-    println!(
-        "| **held out, all texts** | {held_n} | {:.4} | **{:.4}** |",
-        before.2, after.2
-    );
+    report(a, &texts, train.len(), &before, &after);
     println!();
     println!(
         "teacher embeddings {teacher_secs:.1} s, training {train_secs:.1} s, total {:.1} s",

@@ -494,17 +494,31 @@ pub(crate) mod cpu {
         if m <= MATVEC_ROWS {
             return matvec_nt(format, words, [rows, cols], x, y);
         }
-        let mut scratch = vec![0.0; CPU_CHUNK_ROWS.min(rows) * cols];
-        for r0 in (0..rows).step_by(CPU_CHUNK_ROWS) {
-            let r = CPU_CHUNK_ROWS.min(rows - r0);
-            let chunk = &mut scratch[..r * cols];
-            dequantize_rows(format, words, cols, r0, chunk);
+        let mut part = vec![0.0; m * CPU_CHUNK_ROWS.min(rows)];
+        for_each_chunk(format, words, [rows, cols], |r0, chunk| {
             // y[:, r0..r0 + r] = x chunk^T, written through y's row stride.
-            let mut part = vec![0.0; m * r];
-            gemm(x, (cols, 1), chunk, (1, cols), &mut part, [m, cols, r], 0.0);
+            let r = chunk.len() / cols;
+            let part = &mut part[..m * r];
+            gemm(x, (cols, 1), chunk, (1, cols), part, [m, cols, r], 0.0);
             for (dst, src) in y.chunks_exact_mut(rows).zip(part.chunks_exact(r)) {
                 dst[r0..r0 + r].copy_from_slice(src);
             }
+        });
+    }
+
+    /// Calls `f(first row, dequantized rows)` for W `[rows, cols]` in chunks of
+    /// [`CPU_CHUNK_ROWS`] rows, so that a product never holds all of W in f32.
+    fn for_each_chunk(
+        format: QFormat,
+        words: &[u32],
+        [rows, cols]: [usize; 2],
+        mut f: impl FnMut(usize, &[f32]),
+    ) {
+        let mut scratch = vec![0.0; CPU_CHUNK_ROWS.min(rows) * cols];
+        for r0 in (0..rows).step_by(CPU_CHUNK_ROWS) {
+            let chunk = &mut scratch[..CPU_CHUNK_ROWS.min(rows - r0) * cols];
+            dequantize_rows(format, words, cols, r0, chunk);
+            f(r0, chunk);
         }
     }
 
@@ -546,7 +560,7 @@ pub(crate) mod cpu {
                 let handles: Vec<_> = starts.iter().map(|&r0| s.spawn(move || part(r0))).collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                     .collect()
             })
         } else {
@@ -581,18 +595,15 @@ pub(crate) mod cpu {
     ) {
         let m = dy.len() / rows;
         dx.fill(0.0);
-        let mut scratch = vec![0.0; CPU_CHUNK_ROWS.min(rows) * cols];
         let mut slice = vec![0.0; m * CPU_CHUNK_ROWS.min(rows)];
-        for r0 in (0..rows).step_by(CPU_CHUNK_ROWS) {
-            let r = CPU_CHUNK_ROWS.min(rows - r0);
-            let chunk = &mut scratch[..r * cols];
-            dequantize_rows(format, words, cols, r0, chunk);
+        for_each_chunk(format, words, [rows, cols], |r0, chunk| {
+            let r = chunk.len() / cols;
             let dys = &mut slice[..m * r];
             for (dst, src) in dys.chunks_exact_mut(r).zip(dy.chunks_exact(rows)) {
                 dst.copy_from_slice(&src[r0..r0 + r]);
             }
             gemm(dys, (r, 1), chunk, (cols, 1), dx, [m, r, cols], 1.0);
-        }
+        });
     }
 }
 

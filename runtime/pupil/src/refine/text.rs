@@ -127,15 +127,20 @@ pub fn perplexity(lm: &Llama, tokens: &[u32], window: usize) -> Result<f64> {
     }
     let (mut nll, mut count) = (0.0f64, 0usize);
     for w in &wins {
-        let (inputs, targets) = batch_tensors(&backend, std::slice::from_ref(w))?;
-        let mut g = Graph::new(&backend);
-        let ids = g.input(inputs);
-        let logits = lm.forward_all(&mut g, ids)?;
-        let rows = cross_entropy_rows(g.value(logits), &targets)?.to_vec()?;
+        let rows = token_losses(lm, &backend, w)?;
         nll += rows.iter().map(|&v| f64::from(v)).sum::<f64>();
         count += rows.len();
     }
     Ok((nll / count as f64).exp())
+}
+
+/// The cross-entropy of each next token of `tokens` under `lm` (`tokens.len() - 1` values).
+fn token_losses(lm: &Llama, backend: &Backend, tokens: &[u32]) -> Result<Vec<f32>> {
+    let (inputs, targets) = batch_tensors(backend, &[tokens.to_vec()])?;
+    let mut g = Graph::new(backend);
+    let ids = g.input(inputs);
+    let logits = lm.forward_all(&mut g, ids)?;
+    cross_entropy_rows(g.value(logits), &targets)?.to_vec()
 }
 
 /// What training a decoder holds: frozen weights, the adapters with their gradients and
@@ -367,11 +372,7 @@ pub fn score(
             let ll = if new == 0 {
                 f64::NEG_INFINITY
             } else {
-                let (inputs, targets) = batch_tensors(&backend, std::slice::from_ref(&tokens))?;
-                let mut g = Graph::new(&backend);
-                let ids = g.input(inputs);
-                let logits = lm.forward_all(&mut g, ids)?;
-                let rows = cross_entropy_rows(g.value(logits), &targets)?.to_vec()?;
+                let rows = token_losses(lm, &backend, &tokens)?;
                 -rows[prompt_len - 1..]
                     .iter()
                     .map(|&v| f64::from(v))
