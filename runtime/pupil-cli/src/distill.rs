@@ -27,8 +27,9 @@ use crate::CliResult;
 /// Encoder teacher (a BERT sentence encoder, e.g. all-MiniLM-L6-v2 from `pupil convert`):
 /// the student keeps the teacher's embeddings and --layers of its layers (--pick: by a probe,
 /// evenly, or listed), and learns the teacher's sentence embeddings and token states
-/// (1 - cosine) on the sentences of the --text files; the last --held-out fraction of each
-/// file is never trained on and gives the held-out mean cosine. The student is a .pupil file
+/// (1 - cosine) on the sentences of the --text files (and --train-text files), then polishes
+/// on the sentence embeddings alone (--polish-epochs); the last --held-out fraction of each
+/// --text file is never trained on and gives the held-out mean cosine. The student is a .pupil file
 /// that `pupil embed` loads:
 ///
 ///   pupil distill --teacher minilm.pupil --text news.txt --text play.txt --out student.pupil
@@ -114,6 +115,13 @@ pub struct Args {
     /// (0: sentence embeddings only).
     #[arg(long, default_value_t = 1.0, help_heading = "Encoder teachers")]
     pub(crate) token_weight: f32,
+    /// Encoders: epochs at the end that learn the sentence embeddings alone (no token term),
+    /// with a fresh optimizer at --polish-lr (0: no polish).
+    #[arg(long, default_value_t = 3, help_heading = "Encoder teachers")]
+    pub(crate) polish_epochs: usize,
+    /// Encoders: learning rate of the polish's first epoch (it decays by --lr-decay too).
+    #[arg(long, default_value_t = 2e-4, help_heading = "Encoder teachers")]
+    pub(crate) polish_lr: f32,
     /// Encoders: also train the word embedding table (frozen by default: it is most of the
     /// parameters and stays the teacher's).
     #[arg(long, help_heading = "Encoder teachers")]

@@ -294,16 +294,24 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     let t0 = Instant::now();
     let pb = bar(
         d.steps_per_epoch(),
-        "epoch {msg} [{bar:30}] {pos}/{len} eta {eta}",
+        "{msg} [{bar:30}] {pos}/{len} eta {eta}",
     )?;
-    for epoch in 1..=epochs {
-        pb.set_position(0);
-        let loss = d.epoch(|r| {
-            pb.set_position(r.step as u64);
-            pb.set_message(format!("{epoch}/{epochs} loss {:.4}", r.loss));
-        })?;
-        let held = held_out(&s, &texts, &held_t)?.1;
-        pb.suspend(|| println!("epoch {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}"));
+    let polish = a.polish_epochs;
+    for (phase, n) in [("epoch", epochs), ("polish", polish)] {
+        if phase == "polish" && n > 0 {
+            d.polish(a.polish_lr)?;
+        }
+        for epoch in 1..=n {
+            pb.set_position(0);
+            let loss = d.epoch(|r| {
+                pb.set_position(r.step as u64);
+                pb.set_message(format!("{phase} {epoch}/{n} loss {:.4}", r.loss));
+            })?;
+            let held = held_out(&s, &texts, &held_t)?.1;
+            pb.suspend(|| {
+                println!("{phase} {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}")
+            });
+        }
     }
     pb.finish_and_clear();
     let train_secs = t0.elapsed().as_secs_f64();
@@ -313,7 +321,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     let id = clip(stem.as_deref().unwrap_or("student"), MAX_ID_LEN);
     let mut b = s.to_builder(teacher_file, id)?;
     let note = format!(
-        "pupil distill: layers {layers:?} of {}, {epochs} epochs",
+        "pupil distill: layers {layers:?} of {}, {epochs} + {polish} epochs",
         source.info().model_id.as_str()
     );
     b.created_by(clip(&note, MAX_CREATED_BY_LEN))?;
@@ -321,7 +329,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
 
     println!();
     println!(
-        "mean cosine to the teacher's embeddings: student from layers {layers:?} of {}, then distilled ({epochs} epochs)",
+        "mean cosine to the teacher's embeddings: student from layers {layers:?} of {}, then distilled ({epochs} epochs, {polish} of polish)",
         source.info().model_id.as_str()
     );
     report(a, &texts, train.len(), &before, &after);
