@@ -138,9 +138,9 @@ pub fn run(a: Args) -> CliResult {
     if teacher.info().arch.as_str() == "bert" {
         return crate::distill_encoder::run(&a, &teacher);
     }
-    if !a.text.is_empty() {
+    if !a.text.is_empty() || !a.train_text.is_empty() {
         return Err(format!(
-            "--text is for encoder teachers, and {} is a {:?} classifier",
+            "--text and --train-text are for encoder teachers, and {} is a {:?} classifier",
             a.teacher.display(),
             teacher.info().arch.as_str()
         )

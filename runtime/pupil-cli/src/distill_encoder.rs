@@ -67,7 +67,7 @@ fn read_text(
     whole: &TextTokenizer,
 ) -> Result<Text, Box<dyn std::error::Error>> {
     let body = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read --text {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let all = sentences(&body, a.min_words);
     let (train, held) = split_tail(&all, held_out);
     if train.is_empty() {
