@@ -393,11 +393,9 @@ impl SentenceEncoder {
         batch: usize,
         mut done: impl FnMut(usize),
     ) -> Result<Vec<Vec<f32>>> {
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
         let mut out = vec![Vec::new(); ids.len()];
         let mut count = 0;
-        for chunk in order.chunks(batch.max(1)) {
+        for chunk in length_batches(ids, batch) {
             let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             for (&i, e) in chunk.iter().zip(self.embed_ids(&seqs)?) {
                 out[i] = e;
@@ -407,6 +405,14 @@ impl SentenceEncoder {
         }
         Ok(out)
     }
+}
+
+/// The indices of `ids` in batches of at most `batch` sequences of similar length (sorted by
+/// length, then cut), so that little compute goes to padding.
+pub fn length_batches(ids: &[Vec<u32>], batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
 }
 
 /// The name of the file parameter that student parameter `name` starts from when its layer

@@ -301,7 +301,7 @@ pub fn sum_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
 /// The CPU reference.
 pub(crate) mod cpu {
     /// Offset of the element at multi-index (decoded from `i` over `dims`) under `strides`.
-    fn offset(mut i: usize, dims: &[usize], strides: &[usize]) -> usize {
+    pub(crate) fn offset(mut i: usize, dims: &[usize], strides: &[usize]) -> usize {
         let mut off = 0;
         for d in (0..dims.len()).rev() {
             off += (i % dims[d]) * strides[d];

@@ -98,6 +98,8 @@ impl Graph {
 
 /// The CPU reference.
 pub(crate) mod cpu {
+    use crate::ops::elementwise::cpu::offset;
+
     /// Gathers `x` into `out` (shape `dims`, input strides `strides`), a row (the last
     /// axis) at a time: the source offset is decoded once per row.
     pub(crate) fn permute(x: &[f32], out: &mut [f32], dims: &[usize], strides: &[usize]) {
@@ -110,11 +112,7 @@ pub(crate) mod cpu {
             return;
         }
         for (r, row) in out.chunks_mut(n).enumerate() {
-            let (mut rest, mut src) = (r, 0);
-            for d in (0..outer.len()).rev() {
-                src += (rest % outer[d]) * outer_s[d];
-                rest /= outer[d];
-            }
+            let src = offset(r, outer, outer_s);
             if step == 1 {
                 row.copy_from_slice(&x[src..src + n]);
             } else {

@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use super::plan::{plan, MemoryNeeds, Plan};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::models::bert::{unit_length, SentenceEncoder};
+use crate::models::bert::{length_batches, unit_length, SentenceEncoder};
 use crate::optim::{AdamWConfig, Optimizer, Rule};
 use crate::tensor::Tensor;
 
@@ -96,8 +96,6 @@ pub fn teacher_targets(
     mut done: impl FnMut(usize),
 ) -> Result<Targets> {
     let d = teacher.dim();
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
     let mut out = Targets {
         sentences: vec![Vec::new(); ids.len()],
         tokens: if tokens {
@@ -107,7 +105,7 @@ pub fn teacher_targets(
         },
     };
     let mut count = 0;
-    for chunk in order.chunks(batch.max(1)) {
+    for chunk in length_batches(ids, batch) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let mut g = Graph::new(teacher.params().backend());
@@ -203,9 +201,7 @@ impl<'a> Distiller<'a> {
         }
         let longest = train.iter().map(Vec::len).max().unwrap_or(0);
         let plan = plan(memory_needs(student, longest), cfg.batch, cfg.budget)?;
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| train[i].len());
-        let batches = order.chunks(plan.batch).map(<[usize]>::to_vec).collect();
+        let batches = length_batches(train, plan.batch);
         let opt = adamw(student, cfg.lr)?;
         Ok(Distiller {
             student,
