@@ -26,6 +26,9 @@ const EMBED_BATCH: usize = 32;
 /// Training sentences the layer probe compares copies on.
 const PROBE_SENTENCES: usize = 256;
 
+/// Training sentences the report's training cosine is measured on (evenly spaced).
+const REPORT_SENTENCES: usize = 2000;
+
 /// One text's sentences as token ids: for training (truncated at --max-len) and held out
 /// (whole, as `pupil embed` sees them).
 struct Text {
@@ -107,8 +110,13 @@ fn bar(len: usize, template: &str) -> Result<ProgressBar, Box<dyn std::error::Er
     Ok(bar)
 }
 
-/// Mean cosines of a student to the teacher: over the training sentences, over each text's
-/// held-out sentences, and over all held-out sentences.
+/// Every `len.div_ceil(most)`-th index below `len`: at most `most` evenly spaced ones.
+fn evenly_spaced(len: usize, most: usize) -> impl Iterator<Item = usize> {
+    (0..len).step_by(len.div_ceil(most.max(1)).max(1))
+}
+
+/// Mean cosines of a student to the teacher: over a sample of the training sentences, over
+/// each text's held-out sentences, and over all held-out sentences.
 struct Cosines {
     train: f64,
     per_text: Vec<f64>,
@@ -131,17 +139,21 @@ fn held_out(
     Ok((per, mean(&all)))
 }
 
-/// All mean cosines of `enc` (see [`Cosines`]).
+/// All mean cosines of `enc` (see [`Cosines`]): on the training sentences `sample` (with
+/// their targets) and, unless already `known`, on the held-out ones.
 fn measure(
     enc: &SentenceEncoder,
-    train: &[Vec<u32>],
-    train_t: &[Vec<f32>],
+    sample: &(Vec<Vec<u32>>, Vec<Vec<f32>>),
     texts: &[Text],
     held_t: &[Vec<Vec<f32>>],
+    known: Option<(Vec<f64>, f64)>,
 ) -> pupil::Result<Cosines> {
-    let (per_text, held_out) = held_out(enc, texts, held_t)?;
+    let (per_text, held_out) = match known {
+        Some(k) => k,
+        None => held_out(enc, texts, held_t)?,
+    };
     Ok(Cosines {
-        train: mean(&cosines(enc, train, train_t, EMBED_BATCH)?),
+        train: mean(&cosines(enc, &sample.0, &sample.1, EMBED_BATCH)?),
         per_text,
         held_out,
     })
@@ -163,9 +175,12 @@ fn choose_layers(
             a.layers,
         )?);
     }
-    let step = train.len().div_ceil(PROBE_SENTENCES).max(1);
-    let ids: Vec<Vec<u32>> = train.iter().step_by(step).cloned().collect();
-    let want: Vec<Vec<f32>> = targets.sentences.iter().step_by(step).cloned().collect();
+    let ids: Vec<Vec<u32>> = evenly_spaced(train.len(), PROBE_SENTENCES)
+        .map(|i| train[i].clone())
+        .collect();
+    let want: Vec<Vec<f32>> = evenly_spaced(train.len(), PROBE_SENTENCES)
+        .map(|i| targets.sentences[i].clone())
+        .collect();
     let t0 = Instant::now();
     let (layers, c) = probe(source, backend, a.layers, &ids, &want, |l, c| {
         println!("probe: layers {l:?} copied: mean cosine {c:.4}")
@@ -178,11 +193,23 @@ fn choose_layers(
     Ok(layers)
 }
 
-/// Prints the table of mean cosines before and after training.
-fn report(a: &Args, texts: &[Text], train_n: usize, before: &Cosines, after: &Cosines) {
+/// Prints the table of mean cosines before and after training (the training row on
+/// `sampled` of the `train_n` training sentences).
+fn report(
+    a: &Args,
+    texts: &[Text],
+    [sampled, train_n]: [usize; 2],
+    before: &Cosines,
+    after: &Cosines,
+) {
     println!("| sentences | count | before | after |\n| --- | --- | --- | --- |");
+    let of = if sampled < train_n {
+        format!("{sampled} of {train_n}")
+    } else {
+        train_n.to_string()
+    };
     println!(
-        "| train, all texts (at most {} tokens) | {train_n} | {:.4} | {:.4} |",
+        "| train, all texts (at most {} tokens) | {of} | {:.4} | {:.4} |",
         a.max_len, before.train, after.train
     );
     for (i, t) in texts.iter().enumerate() {
@@ -264,7 +291,10 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
 
     let layers = choose_layers(a, source, &backend, &train, &targets)?;
     let s = student(source, &backend, &layers, a.train_words)?;
-    let before = measure(&s, &train, &targets.sentences, &texts, &held_t)?;
+    let sample: (Vec<Vec<u32>>, Vec<Vec<f32>>) = evenly_spaced(train.len(), REPORT_SENTENCES)
+        .map(|i| (train[i].clone(), targets.sentences[i].clone()))
+        .unzip();
+    let before = measure(&s, &sample, &texts, &held_t, None)?;
     println!(
         "student: layers {layers:?} of {}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
         source.info().model_id.as_str(),
@@ -297,6 +327,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         "{msg} [{bar:30}] {pos}/{len} eta {eta}",
     )?;
     let polish = a.polish_epochs;
+    let mut last_held = None;
     for (phase, n) in [("epoch", epochs), ("polish", polish)] {
         if phase == "polish" && n > 0 {
             d.polish(a.polish_lr)?;
@@ -307,15 +338,16 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
                 pb.set_position(r.step as u64);
                 pb.set_message(format!("{phase} {epoch}/{n} loss {:.4}", r.loss));
             })?;
-            let held = held_out(&s, &texts, &held_t)?.1;
+            let (per_text, held) = held_out(&s, &texts, &held_t)?;
             pb.suspend(|| {
                 println!("{phase} {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}")
             });
+            last_held = Some((per_text, held));
         }
     }
     pb.finish_and_clear();
     let train_secs = t0.elapsed().as_secs_f64();
-    let after = measure(&s, &train, &targets.sentences, &texts, &held_t)?;
+    let after = measure(&s, &sample, &texts, &held_t, last_held)?;
 
     let stem = a.out.file_stem().map(|s| s.to_string_lossy().into_owned());
     let id = clip(stem.as_deref().unwrap_or("student"), MAX_ID_LEN);
@@ -332,7 +364,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         "mean cosine to the teacher's embeddings: student from layers {layers:?} of {}, then distilled ({epochs} epochs, {polish} of polish)",
         source.info().model_id.as_str()
     );
-    report(a, &texts, train.len(), &before, &after);
+    report(a, &texts, [sample.0.len(), train.len()], &before, &after);
     println!();
     println!(
         "teacher embeddings {teacher_secs:.1} s, training {train_secs:.1} s, total {:.1} s",
