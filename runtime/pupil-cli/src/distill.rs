@@ -84,8 +84,10 @@ pub struct Args {
     /// sentences at . ! or ? (line breaks inside a sentence are joined).
     #[arg(long, help_heading = "Encoder teachers")]
     pub(crate) text: Vec<PathBuf>,
-    /// Encoders: more unlabelled text that is only trained on (no held-out slice), e.g. a
-    /// large general corpus next to the --text files the held-out cosine is measured on.
+    /// Encoders: more unlabelled text that is only trained on (no held-out slice), next to
+    /// the --text files the held-out cosine is measured on: a large general corpus
+    /// (`models/fetch brown`) and more text of their own domain (`models/fetch plays` for a
+    /// play) both help; see docs/refine.md.
     #[arg(long, help_heading = "Encoder teachers")]
     pub(crate) train_text: Vec<PathBuf>,
     /// Encoders: the student's layer count.

@@ -3,6 +3,7 @@
 //! compares the student with the teacher on the training and held-out sentences before and
 //! after training.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -257,11 +258,23 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         .iter()
         .map(|p| read_text(p, a, 0.0, &truncating, teacher.tokenizer()))
         .collect::<Result<Vec<_>, _>>()?;
-    let train: Vec<Vec<u32>> = texts
+    // A sentence held out of one text stays unseen even where another text has it too
+    // (short lines such as "Ay, my good lord." recur across plays).
+    let held_set: HashSet<&[u32]> = texts
+        .iter()
+        .flat_map(|t| t.held.iter().map(Vec::as_slice))
+        .collect();
+    let (train, repeats): (Vec<Vec<u32>>, Vec<Vec<u32>>) = texts
         .iter()
         .chain(&extra)
-        .flat_map(|t| t.train.clone())
-        .collect();
+        .flat_map(|t| t.train.iter().cloned())
+        .partition(|ids| !held_set.contains(ids.as_slice()));
+    if !repeats.is_empty() {
+        println!(
+            "left out {} training sentence(s) that are also held-out sentences",
+            repeats.len()
+        );
+    }
     let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
     println!(
         "teacher: {} ({} layers, width {}); {} training and {held_n} held-out sentences from {} text(s)",
