@@ -95,6 +95,22 @@ fn read_text(
     })
 }
 
+/// The training sentences of `texts` and `extra`, less those equal to a held-out sentence of
+/// any text (short lines such as "Ay, my good lord." recur across plays: a sentence held out
+/// of one text stays unseen), and how many were left out.
+fn training_sentences(texts: &[Text], extra: &[Text]) -> (Vec<Vec<u32>>, usize) {
+    let held: HashSet<&[u32]> = texts
+        .iter()
+        .flat_map(|t| t.held.iter().map(Vec::as_slice))
+        .collect();
+    let (train, repeats): (Vec<Vec<u32>>, Vec<Vec<u32>>) = texts
+        .iter()
+        .chain(extra)
+        .flat_map(|t| t.train.iter().cloned())
+        .partition(|ids| !held.contains(ids.as_slice()));
+    (train, repeats.len())
+}
+
 /// `text` cut to at most `max` bytes at a character boundary (manifest strings are bounded).
 fn clip(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
@@ -258,22 +274,9 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         .iter()
         .map(|p| read_text(p, a, 0.0, &truncating, teacher.tokenizer()))
         .collect::<Result<Vec<_>, _>>()?;
-    // A sentence held out of one text stays unseen even where another text has it too
-    // (short lines such as "Ay, my good lord." recur across plays).
-    let held_set: HashSet<&[u32]> = texts
-        .iter()
-        .flat_map(|t| t.held.iter().map(Vec::as_slice))
-        .collect();
-    let (train, repeats): (Vec<Vec<u32>>, Vec<Vec<u32>>) = texts
-        .iter()
-        .chain(&extra)
-        .flat_map(|t| t.train.iter().cloned())
-        .partition(|ids| !held_set.contains(ids.as_slice()));
-    if !repeats.is_empty() {
-        println!(
-            "left out {} training sentence(s) that are also held-out sentences",
-            repeats.len()
-        );
+    let (train, repeats) = training_sentences(&texts, &extra);
+    if repeats > 0 {
+        println!("left out {repeats} training sentence(s) that are also held-out sentences");
     }
     let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
     println!(
@@ -390,4 +393,28 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         a.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(train: &[&[u32]], held: &[&[u32]]) -> Text {
+        Text {
+            name: "t".into(),
+            train: train.iter().map(|s| s.to_vec()).collect(),
+            held: held.iter().map(|s| s.to_vec()).collect(),
+        }
+    }
+
+    /// A training sentence of any text that equals a held-out sentence is left out; the
+    /// rest keep their order.
+    #[test]
+    fn held_out_sentences_are_never_trained_on() {
+        let texts = [text(&[&[1, 2], &[3]], &[&[7, 8]]), text(&[&[4]], &[&[9]])];
+        let extra = [text(&[&[7, 8], &[5], &[9], &[7]], &[])];
+        let (train, repeats) = training_sentences(&texts, &extra);
+        assert_eq!(train, vec![vec![1, 2], vec![3], vec![4], vec![5], vec![7]]);
+        assert_eq!(repeats, 2);
+    }
 }
