@@ -30,11 +30,16 @@ const PROBE_SENTENCES: usize = 256;
 /// Training sentences the report's training cosine is measured on (evenly spaced).
 const REPORT_SENTENCES: usize = 2000;
 
-/// One text's sentences as token ids: for training (truncated at --max-len) and held out
-/// (whole, as `pupil embed` sees them).
+/// One text's sentences: for training, and held out (the last `--held-out` fraction).
+struct Sentences {
+    name: String,
+    train: Vec<String>,
+    held: Vec<String>,
+}
+
+/// One text's held-out sentences as token ids (whole, as `pupil embed` sees them).
 struct Text {
     name: String,
-    train: Vec<Vec<u32>>,
     held: Vec<Vec<u32>>,
 }
 
@@ -61,15 +66,13 @@ fn picks(pick: &str, teacher: usize, layers: usize) -> Result<Vec<usize>, String
     }
 }
 
-/// Reads `path` and splits it into tokenized training and held-out sentences (the last
-/// `held_out` fraction).
+/// Reads `path` and splits it into training and held-out sentences (the last `held_out`
+/// fraction).
 fn read_text(
     path: &Path,
     a: &Args,
     held_out: f64,
-    truncating: &TextTokenizer,
-    whole: &TextTokenizer,
-) -> Result<Text, Box<dyn std::error::Error>> {
+) -> Result<Sentences, Box<dyn std::error::Error>> {
     let body = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let all = sentences(&body, a.min_words);
@@ -82,32 +85,35 @@ fn read_text(
         )
         .into());
     }
-    let ids = |tok: &TextTokenizer, s: &[String]| -> pupil::Result<Vec<Vec<u32>>> {
-        s.iter().map(|t| tok.encode(t)).collect()
-    };
-    Ok(Text {
+    Ok(Sentences {
         name: path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into(),
         ),
-        train: ids(truncating, &train)?,
-        held: ids(whole, &held)?,
+        train,
+        held,
     })
+}
+
+/// `sentences` as token ids by `tok`.
+fn token_ids(tok: &TextTokenizer, sentences: &[String]) -> pupil::Result<Vec<Vec<u32>>> {
+    sentences.iter().map(|t| tok.encode(t)).collect()
 }
 
 /// The training sentences of `texts` and `extra`, less those equal to a held-out sentence of
 /// any text (short lines such as "Ay, my good lord." recur across plays: a sentence held out
 /// of one text stays unseen), and how many were left out.
-fn training_sentences(texts: &[Text], extra: &[Text]) -> (Vec<Vec<u32>>, usize) {
-    let held: HashSet<&[u32]> = texts
+/// The sentences are compared as text, before training truncates them.
+fn training_sentences(texts: &[Sentences], extra: &[Sentences]) -> (Vec<String>, usize) {
+    let held: HashSet<&str> = texts
         .iter()
-        .flat_map(|t| t.held.iter().map(Vec::as_slice))
+        .flat_map(|t| t.held.iter().map(String::as_str))
         .collect();
-    let (train, repeats): (Vec<Vec<u32>>, Vec<Vec<u32>>) = texts
+    let (train, repeats): (Vec<String>, Vec<String>) = texts
         .iter()
         .chain(extra)
         .flat_map(|t| t.train.iter().cloned())
-        .partition(|ids| !held.contains(ids.as_slice()));
+        .partition(|s| !held.contains(s.as_str()));
     (train, repeats.len())
 }
 
@@ -127,9 +133,20 @@ fn bar(len: usize, template: &str) -> Result<ProgressBar, Box<dyn std::error::Er
     Ok(bar)
 }
 
-/// Every `len.div_ceil(most)`-th index below `len`: at most `most` evenly spaced ones.
-fn evenly_spaced(len: usize, most: usize) -> impl Iterator<Item = usize> {
-    (0..len).step_by(len.div_ceil(most.max(1)).max(1))
+/// At most `most` evenly spaced training sentences (every `len.div_ceil(most)`-th) with their
+/// target sentence embeddings.
+fn evenly_spaced(
+    train: &[Vec<u32>],
+    targets: &Targets,
+    most: usize,
+) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    let step = train.len().div_ceil(most.max(1)).max(1);
+    train
+        .iter()
+        .zip(&targets.sentences)
+        .step_by(step)
+        .map(|(ids, t)| (ids.clone(), t.clone()))
+        .unzip()
 }
 
 /// Mean cosines of a student to the teacher: over a sample of the training sentences, over
@@ -192,12 +209,7 @@ fn choose_layers(
             a.layers,
         )?);
     }
-    let ids: Vec<Vec<u32>> = evenly_spaced(train.len(), PROBE_SENTENCES)
-        .map(|i| train[i].clone())
-        .collect();
-    let want: Vec<Vec<f32>> = evenly_spaced(train.len(), PROBE_SENTENCES)
-        .map(|i| targets.sentences[i].clone())
-        .collect();
+    let (ids, want) = evenly_spaced(train, targets, PROBE_SENTENCES);
     let t0 = Instant::now();
     let (layers, c) = probe(source, backend, a.layers, &ids, &want, |l, c| {
         println!("probe: layers {l:?} copied: mean cosine {c:.4}")
@@ -267,17 +279,27 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     let texts = a
         .text
         .iter()
-        .map(|p| read_text(p, a, a.held_out, &truncating, teacher.tokenizer()))
+        .map(|p| read_text(p, a, a.held_out))
         .collect::<Result<Vec<_>, _>>()?;
     let extra = a
         .train_text
         .iter()
-        .map(|p| read_text(p, a, 0.0, &truncating, teacher.tokenizer()))
+        .map(|p| read_text(p, a, 0.0))
         .collect::<Result<Vec<_>, _>>()?;
     let (train, repeats) = training_sentences(&texts, &extra);
     if repeats > 0 {
         println!("left out {repeats} training sentence(s) that are also held-out sentences");
     }
+    let train = token_ids(&truncating, &train)?;
+    let texts = texts
+        .into_iter()
+        .map(|t| {
+            Ok(Text {
+                held: token_ids(teacher.tokenizer(), &t.held)?,
+                name: t.name,
+            })
+        })
+        .collect::<pupil::Result<Vec<_>>>()?;
     let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
     println!(
         "teacher: {} ({} layers, width {}); {} training and {held_n} held-out sentences from {} text(s)",
@@ -307,9 +329,7 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
 
     let layers = choose_layers(a, source, &backend, &train, &targets)?;
     let s = student(source, &backend, &layers, a.train_words)?;
-    let sample: (Vec<Vec<u32>>, Vec<Vec<f32>>) = evenly_spaced(train.len(), REPORT_SENTENCES)
-        .map(|i| (train[i].clone(), targets.sentences[i].clone()))
-        .unzip();
+    let sample = evenly_spaced(&train, &targets, REPORT_SENTENCES);
     let before = measure(&s, &sample, &texts, &held_t, None)?;
     println!(
         "student: layers {layers:?} of {}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
@@ -399,11 +419,12 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
 mod tests {
     use super::*;
 
-    fn text(train: &[&[u32]], held: &[&[u32]]) -> Text {
-        Text {
+    fn text(train: &[&str], held: &[&str]) -> Sentences {
+        let owned = |s: &[&str]| s.iter().map(|t| t.to_string()).collect();
+        Sentences {
             name: "t".into(),
-            train: train.iter().map(|s| s.to_vec()).collect(),
-            held: held.iter().map(|s| s.to_vec()).collect(),
+            train: owned(train),
+            held: owned(held),
         }
     }
 
@@ -411,10 +432,10 @@ mod tests {
     /// rest keep their order.
     #[test]
     fn held_out_sentences_are_never_trained_on() {
-        let texts = [text(&[&[1, 2], &[3]], &[&[7, 8]]), text(&[&[4]], &[&[9]])];
-        let extra = [text(&[&[7, 8], &[5], &[9], &[7]], &[])];
+        let texts = [text(&["a b", "c"], &["g h"]), text(&["d"], &["i"])];
+        let extra = [text(&["g h", "e", "i", "g"], &[])];
         let (train, repeats) = training_sentences(&texts, &extra);
-        assert_eq!(train, vec![vec![1, 2], vec![3], vec![4], vec![5], vec![7]]);
+        assert_eq!(train, ["a b", "c", "d", "e", "g"]);
         assert_eq!(repeats, 2);
     }
 }
