@@ -9,10 +9,9 @@
 use std::time::Duration;
 
 use pupil::format::ModelFile;
-use pupil_sync::client::{Client, Outbox, PullOutcome};
+use pupil_sync::client::{Client, DeltaEncoding, Outbox, PullOutcome, UpdateOptions};
 use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
 use pupil_sync::KeyPair;
-use pupil_wire::update::{EncodedDelta, UpdateDraft};
 use pupil_wire::Metric;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,26 +38,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.register("phone-1", &key.public(), Some("secret"))?;
     let server_key = client.server_key()?;
 
-    // A refined head: here a small nudge to the last layer's bias, sent as int8 per row.
+    // A refined head: here a small nudge to the last layer's bias. One call builds the
+    // delta of what changed, encodes it (int8 per row), signs it and queues it durably.
     let base = ModelFile::from_bytes(student)?;
-    let delta = vec![0.01f32; 10];
-    let encoded = EncodedDelta::int8("mlp.2.bias", &[10], &delta)?;
+    let mut bias = base.to_f32("mlp.2.bias")?;
+    bias.iter_mut().for_each(|b| *b += 0.01);
+    let refined = vec![("mlp.2.bias".to_string(), vec![10], bias)];
     let outbox = Outbox::open(&dir.path().join("outbox"))?;
-    let seq = outbox.enqueue(&key, |seq| {
-        UpdateDraft {
-            model_id: "mnist",
-            base_version: base.content_hash(),
-            device_id: "phone-1",
-            seq,
-            num_examples: 100,
-            metrics: &[Metric {
-                name: "loss",
-                value: 0.1,
-            }],
-            deltas: &[encoded.as_delta()],
-        }
-        .encode()
-    })?;
+    let options = UpdateOptions {
+        device_id: "phone-1",
+        encoding: DeltaEncoding::Int8,
+        num_examples: 100,
+        metrics: &[Metric {
+            name: "loss",
+            value: 0.1,
+        }],
+        personal: &[],
+    };
+    let seq = outbox.queue_update(&key, &base, &refined, &options)?.seq;
     // Queued durably first: a crash now loses nothing; push retries with backoff.
     let report = client.push(&outbox)?;
     println!("update {seq}: accepted {:?}", report.accepted);

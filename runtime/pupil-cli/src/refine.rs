@@ -16,8 +16,11 @@ use pupil::refine::replay::Anchors;
 use pupil::refine::select::{SelfTraining, Uncertainty};
 use pupil::refine::{Active, Eval, History, Outcome, Progress, RefineConfig, Session};
 use pupil::Backend;
+use pupil_sync::client::{DeltaEncoding, DeviceDir};
+use pupil_wire::Metric;
 
 use crate::plot::{draw, Panel, Series};
+use crate::sync::{queued_line, QueueOptions};
 use crate::CliResult;
 
 /// Arguments of `pupil refine`.
@@ -100,6 +103,13 @@ pub struct Args {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Device directory (as in `pupil sync --dir`, registered with `pupil sync register`):
+    /// queue the delta from --model to the refined model as a signed update in its outbox,
+    /// for `pupil sync push`.
+    #[arg(long, value_name = "DEVICE_DIR")]
+    outbox: Option<PathBuf>,
+    #[command(flatten)]
+    queue: QueueOptions,
     /// Print the history as JSON.
     #[arg(long)]
     json: bool,
@@ -142,6 +152,16 @@ pub fn run(a: Args) -> CliResult {
                 .into(),
         );
     }
+    // A device that cannot queue the result is refused before the work, not after it.
+    let device = match &a.outbox {
+        Some(dir) => {
+            DeltaEncoding::parse(&a.queue.encoding)?;
+            let device = DeviceDir::open(dir)?;
+            device.device_id()?;
+            Some(device)
+        }
+        None => None,
+    };
     // The pool's labels are real only with --labels; they answer label requests and
     // measure pseudo-labels, and are never trained on directly.
     let pool = read_split(&a.data.join("images.idx"), a.labels.as_deref())?;
@@ -313,6 +333,10 @@ pub fn run(a: Args) -> CliResult {
     let info = file.info();
     model.save(&out, DType::F32, info.version, info.parent)?;
     println!("wrote {}", out.display());
+    if let Some(device) = &device {
+        let q = queue(device, &a.queue, &file, &model, &history)?;
+        println!("{}", queued_line(&q));
+    }
     if let Some(path) = &a.plot {
         plot(path, &history)?;
         println!("plot: {}", path.display());
@@ -321,6 +345,37 @@ pub fn run(a: Args) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&history)?);
     }
     Ok(())
+}
+
+/// Queues the refined `model`'s delta to `base` in `device`'s outbox, weighted by the
+/// examples the last round trained on, with the local accuracy before and after.
+fn queue(
+    device: &DeviceDir,
+    options: &QueueOptions,
+    base: &ModelFile,
+    model: &Model,
+    h: &History,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let last = h.rounds.last();
+    let examples = last.map_or(0, |r| (r.labels + r.pseudo_labels) as u64);
+    let mut metrics = Vec::new();
+    if let Some(loss) = last.map(|r| r.loss) {
+        metrics.push(Metric {
+            name: "loss",
+            value: loss,
+        });
+    }
+    if let (Some(before), Some(after)) = (h.start.0, last.and_then(|r| r.local_accuracy)) {
+        metrics.push(Metric {
+            name: "local_accuracy_before",
+            value: before,
+        });
+        metrics.push(Metric {
+            name: "local_accuracy_after",
+            value: after,
+        });
+    }
+    options.queue(device, base, &model.merged()?, examples, &metrics)
 }
 
 fn pct(x: Option<f32>) -> String {

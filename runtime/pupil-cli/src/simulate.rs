@@ -13,10 +13,9 @@ use pupil::models::classifier::{Arch, Model, Train};
 use pupil::optim::{Optimizer, Rule, SgdConfig};
 use pupil::{train, Backend};
 use pupil_sync::aggregate::Rule as AggRule;
-use pupil_sync::client::{Client, Outbox};
+use pupil_sync::client::{Client, DeltaEncoding, NamedValues, Outbox, UpdateOptions};
 use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
 use pupil_sync::KeyPair;
-use pupil_wire::update::{EncodedDelta, UpdateDraft};
 use pupil_wire::Metric;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -219,32 +218,32 @@ pub fn run(a: Args) -> CliResult {
             }
             let scale = if d < attackers { a.attack_scale } else { 1.0 };
             let after = model.params.trainable_values()?.to_vec()?;
-            let mut encoded = Vec::new();
-            for p in model.params.infos() {
-                let n: usize = p.shape.iter().product();
-                let delta: Vec<f32> = (p.offset..p.offset + n)
-                    .map(|i| (after[i] - before[i]) * scale)
-                    .collect();
-                let shape: Vec<u64> = p.shape.iter().map(|&x| x as u64).collect();
-                encoded.push(EncodedDelta::f16(&p.name, &shape, &delta)?);
-            }
-            let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
-            let device_id = format!("sim-{d}");
-            outboxes[d].enqueue(&keys[d], |seq| {
-                UpdateDraft {
-                    model_id: "mnist",
-                    base_version: file.content_hash(),
-                    device_id: &device_id,
-                    seq,
-                    num_examples: parts[d].len() as u64,
-                    metrics: &[Metric {
-                        name: "examples",
-                        value: parts[d].len() as f32,
-                    }],
-                    deltas: &views,
-                }
-                .encode()
-            })?;
+            // An attacker scales its honest delta.
+            let refined: Vec<NamedValues> = model
+                .params
+                .infos()
+                .iter()
+                .map(|p| {
+                    let n: usize = p.shape.iter().product();
+                    let values = (p.offset..p.offset + n)
+                        .map(|i| before[i] + (after[i] - before[i]) * scale)
+                        .collect();
+                    let shape = p.shape.iter().map(|&x| x as u64).collect();
+                    (p.name.clone(), shape, values)
+                })
+                .collect();
+            let metrics = [Metric {
+                name: "examples",
+                value: parts[d].len() as f32,
+            }];
+            let options = UpdateOptions {
+                device_id: &format!("sim-{d}"),
+                encoding: DeltaEncoding::F16,
+                num_examples: parts[d].len() as u64,
+                metrics: &metrics,
+                personal: &[],
+            };
+            outboxes[d].queue_update(&keys[d], &file, &refined, &options)?;
             client.push(&outboxes[d])?;
         }
         // The server's round policy aggregates once every selected device has reported.

@@ -1,12 +1,15 @@
-//! `pupil serve` and `pupil sync register|push|pull|status`.
+//! `pupil serve` and `pupil sync register|queue|push|pull|status|versions|rollback`.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Subcommand;
+use pupil::format::ModelFile;
 use pupil_sync::cli::{run_serve, ServeArgs};
-use pupil_sync::client::{Client, Outbox, PullOutcome, Transfer};
-use pupil_sync::{hex, KeyPair};
+use pupil_sync::client::{
+    Client, DeltaEncoding, DeviceDir, PullOutcome, PullReport, PushReport, Transfer, UpdateOptions,
+};
+use pupil_sync::hex;
+use serde_json::json;
 
 use crate::CliResult;
 
@@ -18,30 +21,77 @@ pub fn serve(args: ServeArgs) -> CliResult {
 /// Where a device keeps its sync state and which server it talks to.
 #[derive(clap::Args)]
 pub struct Device {
-    /// Device directory: `device.key`, `outbox/`, `server.pub` (the pinned server key).
+    /// Device directory: `device.key`, `device.id`, `server.pub` (the pinned server key),
+    /// `outbox/`.
     #[arg(long, default_value = "pupil-device")]
     dir: PathBuf,
     /// Server URL.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     server: String,
+    /// Print one JSON object on stdout instead of lines of text.
+    #[arg(long)]
+    json: bool,
 }
 
 impl Device {
-    /// The device key, created on first use.
-    fn key(&self) -> Result<KeyPair, pupil_sync::SyncError> {
-        KeyPair::load_or_create(&self.dir.join("device.key"))
+    /// The device directory.
+    fn open(&self) -> Result<DeviceDir, pupil_sync::SyncError> {
+        DeviceDir::open(&self.dir)
     }
 
-    /// The outbox.
-    fn outbox(&self) -> Result<Outbox, pupil_sync::SyncError> {
-        Outbox::open(&self.dir.join("outbox"))
+    /// A client of the server.
+    fn client(&self) -> Client {
+        Client::new(&self.server)
+    }
+}
+
+/// What a queued update carries, as `pupil refine --outbox` and `pupil sync queue` take it.
+#[derive(clap::Args)]
+pub struct QueueOptions {
+    /// Delta encoding: f16, int8 (per-row scales) or topk:FRACTION (error feedback kept on
+    /// the device).
+    #[arg(long, default_value = "int8")]
+    pub encoding: String,
+    /// Tensor name prefixes that stay on the device (personal heads or adapters),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub personal: Vec<String>,
+}
+
+impl QueueOptions {
+    /// Builds the update from `base` to `refined` and queues it in `device`'s outbox;
+    /// returns a line saying what was queued.
+    pub fn queue(
+        &self,
+        device: &DeviceDir,
+        base: &ModelFile,
+        refined: &[pupil_sync::client::NamedValues],
+        num_examples: u64,
+        metrics: &[pupil_wire::Metric<'_>],
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let personal: Vec<&str> = self.personal.iter().map(String::as_str).collect();
+        let options = UpdateOptions {
+            device_id: "",
+            encoding: DeltaEncoding::parse(&self.encoding)?,
+            num_examples,
+            metrics,
+            personal: &personal,
+        };
+        let q = device.queue_update(base, refined, &options)?;
+        Ok(json!({
+            "seq": q.seq,
+            "bytes": q.bytes,
+            "tensors": q.tensors,
+            "outbox": device.outbox()?.dir(),
+        }))
     }
 }
 
 /// Device-side sync commands.
 #[derive(Subcommand)]
 pub enum Sync {
-    /// Register this device's public key with the server.
+    /// Register this device's public key with the server; saves the device id and pins the
+    /// server's key (pass --server-key to check it against one given out of band).
     Register {
         #[command(flatten)]
         device: Device,
@@ -51,44 +101,74 @@ pub enum Sync {
         /// The server's admin token (unless it allows open registration).
         #[arg(long, env = "PUPIL_ADMIN_TOKEN")]
         admin_token: Option<String>,
+        /// The server's public key (hex), as `pupil serve` prints it.
+        #[arg(long)]
+        server_key: Option<String>,
     },
-    /// Upload every queued update (retrying with backoff, large ones in resumable chunks); acknowledged ones leave the outbox.
+    /// Queue the delta from a base version to a refined model as a signed update.
+    Queue {
+        #[command(flatten)]
+        device: Device,
+        /// The version the refinement started from (the file `pupil sync pull` keeps).
+        #[arg(long)]
+        base: PathBuf,
+        /// The refined model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Local examples the refinement saw (the server's FedAvg weight).
+        #[arg(long, default_value_t = 1)]
+        examples: u64,
+        #[command(flatten)]
+        options: QueueOptions,
+    },
+    /// Upload every queued update (retrying with backoff, large ones in resumable chunks);
+    /// acknowledged ones leave the outbox.
     Push {
         #[command(flatten)]
         device: Device,
     },
-    /// Fetch the latest model version (as a delta from the local file where possible), verify it and swap it in atomically.
+    /// Fetch the latest model version (as a delta from the local file where possible),
+    /// verify it and swap it in atomically.
     Pull {
         #[command(flatten)]
         device: Device,
         /// The model file to update.
         #[arg(long)]
         model: PathBuf,
-        /// The server's public key (hex); pinned in `server.pub` on first use.
+        /// The server's public key (hex); pinned in `server.pub` once checked.
         #[arg(long)]
         server_key: Option<String>,
     },
-    /// Show the outbox and the device key.
+    /// Show the device, its outbox and the server's current version.
     Status {
         #[command(flatten)]
         device: Device,
     },
+    /// List the server's published versions.
+    Versions {
+        #[command(flatten)]
+        device: Device,
+    },
+    /// Make an earlier version the current one again (admin).
+    Rollback {
+        #[command(flatten)]
+        device: Device,
+        /// The version to return to.
+        #[arg(long)]
+        to: u64,
+        /// The server's admin token.
+        #[arg(long, env = "PUPIL_ADMIN_TOKEN")]
+        admin_token: String,
+    },
 }
 
-/// The pinned server key: `given` (then pinned) or the one pinned before.
-fn server_key(dir: &Path, given: Option<&str>) -> Result<[u8; 32], Box<dyn std::error::Error>> {
-    let pinned = dir.join("server.pub");
-    let text = match given {
-        Some(k) => {
-            fs::create_dir_all(dir)?;
-            fs::write(&pinned, k)?;
-            k.to_owned()
-        }
-        None => fs::read_to_string(&pinned).map_err(|_| {
-            format!("no server key pinned in {}; pass --server-key once (from the server's /v1/server-key, over a trusted channel)", pinned.display())
-        })?,
-    };
-    Ok(hex::decode(text.trim()).ok_or("the server key must be 64 hex digits")?)
+/// Prints `value` as JSON when `json`, else the text `lines` make.
+fn print(json: bool, value: &serde_json::Value, lines: impl FnOnce() -> Vec<String>) {
+    if json {
+        println!("{value}");
+    } else {
+        lines().iter().for_each(|l| println!("{l}"));
+    }
 }
 
 /// Runs a `pupil sync` command.
@@ -98,74 +178,280 @@ pub fn run(cmd: Sync) -> CliResult {
             device,
             device_id,
             admin_token,
+            server_key,
+        } => register(&device, &device_id, admin_token.as_deref(), server_key),
+        Sync::Queue {
+            device,
+            base,
+            model,
+            examples,
+            options,
         } => {
-            let key = device.key()?;
-            Client::new(&device.server).register(
-                &device_id,
-                &key.public(),
-                admin_token.as_deref(),
-            )?;
-            println!(
-                "registered {device_id} with key {}",
-                hex::encode(&key.public())
-            );
+            let (base, refined) = (ModelFile::open(&base)?, ModelFile::open(&model)?);
+            let values: Vec<_> = refined
+                .tensors()
+                .map(|t| (t.name.to_owned(), t.shape.to_vec(), t.to_f32()))
+                .collect();
+            let q = options.queue(&device.open()?, &base, &values, examples, &[])?;
+            print(device.json, &q, || vec![queued_line(&q)]);
+            Ok(())
         }
         Sync::Push { device } => {
-            let report = Client::new(&device.server)
-                .with_device_key(device.key()?)
-                .push(&device.outbox()?)?;
-            println!(
-                "accepted {}, duplicates {}, rejected {}; sent {} bytes",
-                report.accepted.len(),
-                report.duplicates.len(),
-                report.rejected.len(),
-                report.bytes_sent
-            );
-            for (seq, offset) in &report.resumed {
-                println!("  update {seq} resumed at byte {offset} (held by the server)");
-            }
-            for (seq, kind) in &report.rejected {
-                println!("  update {seq} rejected: {kind} (kept in outbox/rejected)");
-            }
+            let dir = device.open()?;
+            let report = device
+                .client()
+                .with_device_key(dir.key()?)
+                .push(&dir.outbox()?)?;
+            print(device.json, &push_json(&report), || push_lines(&report));
+            Ok(())
         }
         Sync::Pull {
             device,
             model,
-            server_key: given,
-        } => {
-            let key = server_key(&device.dir, given.as_deref())?;
-            let report = Client::new(&device.server).pull_report(&model, &key)?;
-            match report.outcome {
-                PullOutcome::UpToDate(m) => {
-                    println!("up to date: version {} ({})", m.version, m.hash)
-                }
-                PullOutcome::Updated(m) => {
-                    println!("updated to version {} ({})", m.version, m.hash)
-                }
-            }
-            match report.transfer {
-                Some(Transfer::Delta { bytes }) => {
-                    println!("pulled a delta: {bytes} bytes transferred")
-                }
-                Some(Transfer::Full {
-                    bytes,
-                    delta_refused,
-                }) => {
-                    println!("pulled the full file: {bytes} bytes transferred");
-                    if let Some(why) = delta_refused {
-                        println!("  (no delta: {why})");
-                    }
-                }
-                None => {}
-            }
+            server_key,
+        } => pull(&device, &model, server_key),
+        Sync::Status { device } => status(&device),
+        Sync::Versions { device } => {
+            let versions = device.client().versions()?;
+            print(device.json, &json!(versions), || {
+                versions
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "version {:>4}  {}  round {:>5}  {} bytes",
+                            v.version,
+                            &v.hash[..16.min(v.hash.len())],
+                            v.round.map_or("-".into(), |r| r.to_string()),
+                            v.size
+                        )
+                    })
+                    .collect()
+            });
+            Ok(())
         }
-        Sync::Status { device } => {
-            let status = device.outbox()?.status()?;
-            println!("device key  {}", hex::encode(&device.key()?.public()));
-            println!("queued      {:?}", status.queued);
-            println!("rejected    {:?}", status.rejected);
-            println!("next seq    {}", status.next_seq);
+        Sync::Rollback {
+            device,
+            to,
+            admin_token,
+        } => {
+            device.client().rollback(to, &admin_token)?;
+            print(device.json, &json!({ "current": to }), || {
+                vec![format!("version {to} is current again")]
+            });
+            Ok(())
         }
     }
+}
+
+/// The line saying what `pupil sync queue` or `pupil refine --outbox` queued.
+pub fn queued_line(q: &serde_json::Value) -> String {
+    format!(
+        "queued update {} ({} bytes, {} tensors) in {}",
+        q["seq"],
+        q["bytes"],
+        q["tensors"].as_array().map_or(0, Vec::len),
+        q["outbox"].as_str().unwrap_or("")
+    )
+}
+
+/// `pupil sync register`.
+fn register(
+    device: &Device,
+    device_id: &str,
+    admin_token: Option<&str>,
+    given_key: Option<String>,
+) -> CliResult {
+    let dir = device.open()?;
+    let client = device.client();
+    let announced = client.server_key()?;
+    if let Some(given) = &given_key {
+        let parsed: [u8; 32] = hex::decode(given.trim())
+            .ok_or("--server-key must be 64 hex digits, as `pupil serve` prints it")?;
+        if parsed != announced {
+            return Err(format!(
+                "the server at {} announces key {}, not the --server-key given: \
+                 check the address (someone may be in between)",
+                device.server,
+                hex::encode(&announced)
+            )
+            .into());
+        }
+    }
+    match dir.server_key()? {
+        Some(pinned) if pinned != announced => {
+            return Err(format!(
+                "the server announces key {} but {} pins {}; if the server was replaced on \
+                 purpose, delete that file and register again",
+                hex::encode(&announced),
+                dir.server_key_path().display(),
+                hex::encode(&pinned)
+            )
+            .into())
+        }
+        Some(_) => {}
+        None => {
+            dir.pin_server_key(&hex::encode(&announced))?;
+        }
+    }
+    let key = dir.key()?;
+    client.register(device_id, &key.public(), admin_token)?;
+    dir.set_device_id(device_id)?;
+    let value = json!({
+        "device_id": device_id,
+        "public_key": hex::encode(&key.public()),
+        "server_key": hex::encode(&announced),
+        "dir": dir.path(),
+    });
+    print(device.json, &value, || {
+        vec![
+            format!(
+                "registered {device_id} with key {}",
+                hex::encode(&key.public())
+            ),
+            format!(
+                "server key {} pinned in {}{}",
+                hex::encode(&announced),
+                dir.server_key_path().display(),
+                if given_key.is_some() {
+                    " (checked against --server-key)"
+                } else {
+                    " (trusted on first use: compare it with `pupil serve`'s output)"
+                }
+            ),
+        ]
+    });
     Ok(())
+}
+
+/// `pupil sync pull`.
+fn pull(device: &Device, model: &std::path::Path, given_key: Option<String>) -> CliResult {
+    let dir = device.open()?;
+    let key = match given_key {
+        Some(k) => dir.pin_server_key(&k)?,
+        None => dir.server_key()?.ok_or_else(|| {
+            format!(
+                "no server key pinned in {}; run `pupil sync register` or pass --server-key \
+                 once (as `pupil serve` prints it)",
+                dir.server_key_path().display()
+            )
+        })?,
+    };
+    let report = device.client().pull_report(model, &key).map_err(|e| {
+        format!(
+            "{e} (the server key is pinned in {})",
+            dir.server_key_path().display()
+        )
+    })?;
+    print(device.json, &pull_json(&report), || pull_lines(&report));
+    Ok(())
+}
+
+/// `pupil sync status`.
+fn status(device: &Device) -> CliResult {
+    let dir = device.open()?;
+    let status = dir.outbox()?.status()?;
+    let id = dir.device_id().ok();
+    let latest = device.client().latest();
+    let value = json!({
+        "device_id": id,
+        "device_key": hex::encode(&dir.key()?.public()),
+        "server": device.server,
+        "server_key": dir.server_key()?.map(|k| hex::encode(&k)),
+        "queued": status.queued,
+        "rejected": status.rejected,
+        "next_seq": status.next_seq,
+        "server_version": latest.as_ref().ok().map(|v| v.version),
+        "server_error": latest.as_ref().err().map(ToString::to_string),
+    });
+    print(device.json, &value, || {
+        vec![
+            format!(
+                "device id   {}",
+                id.as_deref().unwrap_or("(not registered)")
+            ),
+            format!("device key  {}", value["device_key"].as_str().unwrap_or("")),
+            format!("queued      {:?}", status.queued),
+            format!("rejected    {:?}", status.rejected),
+            format!("next seq    {}", status.next_seq),
+            match &latest {
+                Ok(v) => format!("server      {} at version {}", device.server, v.version),
+                Err(e) => format!("server      {} unreachable: {e}", device.server),
+            },
+        ]
+    });
+    Ok(())
+}
+
+/// A push report as JSON.
+fn push_json(r: &PushReport) -> serde_json::Value {
+    json!({
+        "accepted": r.accepted,
+        "duplicates": r.duplicates,
+        "rejected": r.rejected.iter().map(|(s, k)| json!({"seq": s, "error": k})).collect::<Vec<_>>(),
+        "bytes_sent": r.bytes_sent,
+        "resumed": r.resumed.iter().map(|(s, o)| json!({"seq": s, "offset": o})).collect::<Vec<_>>(),
+    })
+}
+
+/// A push report as lines.
+fn push_lines(r: &PushReport) -> Vec<String> {
+    let mut out = vec![format!(
+        "accepted {}, duplicates {}, rejected {}; sent {} bytes",
+        r.accepted.len(),
+        r.duplicates.len(),
+        r.rejected.len(),
+        r.bytes_sent
+    )];
+    for (seq, offset) in &r.resumed {
+        out.push(format!(
+            "  update {seq} resumed at byte {offset} (held by the server)"
+        ));
+    }
+    for (seq, kind) in &r.rejected {
+        out.push(format!(
+            "  update {seq} rejected: {kind} (kept in outbox/rejected)"
+        ));
+    }
+    out
+}
+
+/// A pull report as JSON.
+fn pull_json(r: &PullReport) -> serde_json::Value {
+    let (updated, meta) = match &r.outcome {
+        PullOutcome::UpToDate(m) => (false, m),
+        PullOutcome::Updated(m) => (true, m),
+    };
+    let transfer = match &r.transfer {
+        Some(Transfer::Delta { bytes }) => json!({"kind": "delta", "bytes": bytes}),
+        Some(Transfer::Full {
+            bytes,
+            delta_refused,
+        }) => json!({"kind": "full", "bytes": bytes, "delta_refused": delta_refused}),
+        None => serde_json::Value::Null,
+    };
+    json!({ "updated": updated, "version": meta.version, "hash": meta.hash, "transfer": transfer })
+}
+
+/// A pull report as lines.
+fn pull_lines(r: &PullReport) -> Vec<String> {
+    let mut out = vec![match &r.outcome {
+        PullOutcome::UpToDate(m) => format!("up to date: version {} ({})", m.version, m.hash),
+        PullOutcome::Updated(m) => format!("updated to version {} ({})", m.version, m.hash),
+    }];
+    match &r.transfer {
+        Some(Transfer::Delta { bytes }) => {
+            out.push(format!("pulled a delta: {bytes} bytes transferred"))
+        }
+        Some(Transfer::Full {
+            bytes,
+            delta_refused,
+        }) => {
+            out.push(format!("pulled the full file: {bytes} bytes transferred"));
+            if let Some(why) = delta_refused {
+                out.push(format!("  (no delta: {why})"));
+            }
+        }
+        None => {}
+    }
+    out
 }

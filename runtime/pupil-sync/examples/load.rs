@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pupil::format::{ModelBuilder, ModelFile};
+use pupil_format::{ModelBuilder, ModelFile};
 use pupil_sync::client::sign_envelope;
 use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
 use pupil_sync::KeyPair;

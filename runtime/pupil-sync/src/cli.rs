@@ -71,7 +71,8 @@ impl ServeArgs {
     }
 }
 
-/// Runs the server until Ctrl-C or SIGTERM; prints `listening on ADDR` once bound.
+/// Runs the server until Ctrl-C or SIGTERM; prints `listening on ADDR` and the server's
+/// public key once bound.
 pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
     let server = Server::open(&args.store, args.config()?, finite_gate())?;
     if let Some(path) = &args.init_model {
@@ -88,6 +89,10 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
             .local_addr()
             .map_err(io_err("listen on", args.addr.as_ref()))?;
         println!("listening on {addr}");
+        println!(
+            "server key {} (devices pin it: pupil sync register --server-key ...)",
+            crate::hex::encode(&server.public_key())
+        );
         server::serve(server, listener, shutdown()).await
     })
 }

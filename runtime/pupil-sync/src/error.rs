@@ -37,6 +37,7 @@ pub enum SyncError {
         mode: u32,
     },
     /// The embedded database failed.
+    #[cfg(feature = "server")]
     #[error("store error: {0}; check the store directory's disk and permissions, or restore it from a backup")]
     Store(Box<redb::Error>),
     /// A stored record does not decode.
@@ -49,7 +50,7 @@ pub enum SyncError {
     },
     /// A model file is invalid.
     #[error(transparent)]
-    Model(#[from] pupil::format::ModelFileError),
+    Model(#[from] pupil_format::ModelFileError),
     /// A model delta cannot be applied.
     #[error("cannot apply the model delta: {0}")]
     Delta(#[from] crate::delta::DeltaError),
@@ -102,6 +103,7 @@ pub(crate) fn io_err(
 }
 
 /// Maps any redb error into [`SyncError::Store`].
+#[cfg(feature = "server")]
 pub(crate) fn db<E: Into<redb::Error>>(e: E) -> SyncError {
     SyncError::Store(Box::new(e.into()))
 }

@@ -6,9 +6,15 @@
 //! database ([`store`]) before acknowledging it, aggregates rounds with robust
 //! rules ([`aggregate`]), gates candidates on a holdout and publishes signed
 //! model versions that devices verify before use.
+//!
+//! The server, its store and `pupil serve`'s arguments are behind the `server`
+//! feature (on by default); a device app takes `default-features = false` and
+//! links neither axum, tokio nor redb, and no GPU runtime either: model files
+//! are read with `pupil-format`.
 
 pub mod aggregate;
 pub mod auth;
+#[cfg(feature = "server")]
 pub mod cli;
 pub mod client;
 pub mod delta;
@@ -16,7 +22,10 @@ pub mod error;
 mod fsutil;
 pub mod hex;
 pub mod keys;
+pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
 
 pub use error::SyncError;

@@ -8,7 +8,6 @@
 //! Resumable uploads and their chunks have tables of their own
 //! ([`Store::open_upload`], [`Store::append_chunk`]).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -19,6 +18,7 @@ use crate::error::{db, io_err, SyncError};
 
 mod uploads;
 
+pub use crate::protocol::VersionMeta;
 pub use uploads::{Append, UploadId, UploadMeta, UploadOpen, UPLOAD_ID_LEN};
 
 /// Device id → 32-byte Ed25519 public key.
@@ -42,27 +42,6 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
 /// The key of an update: device id and sequence number.
 pub type UpdateKey = (String, u64);
-
-/// A published model version.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VersionMeta {
-    /// Version number in this store, counting from 1.
-    pub version: u64,
-    /// Content hash of the model file, hex.
-    pub hash: String,
-    /// Content hash of the version it was made from, hex.
-    pub parent: Option<String>,
-    /// Seconds since the Unix epoch when it was published.
-    pub published_unix: u64,
-    /// The server's Ed25519 signature of the content hash, hex.
-    pub signature: String,
-    /// The model file's size in bytes.
-    pub size: u64,
-    /// The round that made it (none for an imported model).
-    pub round: Option<u64>,
-    /// Metrics: the quality gate's holdout scores and the round's mean device metrics.
-    pub metrics: BTreeMap<String, f64>,
-}
 
 /// What a round did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -432,6 +411,8 @@ fn put_version(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn meta(version: u64) -> VersionMeta {

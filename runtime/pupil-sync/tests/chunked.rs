@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pupil::format::ModelFile;
+use pupil_format::ModelFile;
 use pupil_sync::client::{ChunkPolicy, Client, Outbox, RetryPolicy};
 use pupil_sync::server::ServerConfig;
 use pupil_sync::store::Store;

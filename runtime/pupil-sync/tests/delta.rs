@@ -12,7 +12,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use common::*;
-use pupil::format::{ModelBuilder, ModelFile};
+use pupil_format::{ModelBuilder, ModelFile};
 use pupil_sync::client::{Client, Outbox, PullOutcome, PullReport, Transfer};
 use pupil_sync::KeyPair;
 

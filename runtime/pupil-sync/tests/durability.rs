@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use pupil::format::ModelFile;
+use pupil_format::ModelFile;
 use pupil_sync::client::{Client, Outbox, RetryPolicy};
 use pupil_sync::store::Store;
 use pupil_sync::KeyPair;

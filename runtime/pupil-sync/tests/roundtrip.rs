@@ -55,7 +55,7 @@ fn push_aggregate_pull_and_roll_back() {
         .collect();
     assert!(tensor_close(&model, "b", &expected, 1e-3));
     assert!(tensor_close(&model, "w", &W, 0.0));
-    let m = pupil::format::ModelFile::open(&model).unwrap();
+    let m = pupil_format::ModelFile::open(&model).unwrap();
     assert_eq!(m.info().parent, Some(base));
     assert!(matches!(
         client.pull(&model, &server_key).unwrap(),

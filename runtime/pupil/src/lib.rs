@@ -12,7 +12,7 @@ pub mod backend;
 pub mod data;
 pub mod device;
 pub mod error;
-pub mod format;
+pub use pupil_format as format;
 pub mod graph;
 pub mod import;
 pub mod models;

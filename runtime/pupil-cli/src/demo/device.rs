@@ -16,9 +16,8 @@ use pupil::refine::select::{SelfTraining, Uncertainty};
 use pupil::refine::{Active, Eval, RefineConfig, Session};
 use pupil::train;
 use pupil::Backend;
-use pupil_sync::client::{Client, Outbox, PullOutcome};
+use pupil_sync::client::{Client, DeltaEncoding, Outbox, PullOutcome, UpdateOptions};
 use pupil_sync::KeyPair;
-use pupil_wire::update::{EncodedDelta, UpdateDraft};
 use pupil_wire::Metric;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -179,15 +178,6 @@ impl Device {
         phases.refine += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let mut encoded = Vec::new();
-        for (name, shape, values) in model.merged()? {
-            let base = file.to_f32(&name)?;
-            let delta: Vec<f32> = values.iter().zip(&base).map(|(a, b)| a - b).collect();
-            if delta.iter().any(|&d| d != 0.0) {
-                encoded.push(EncodedDelta::int8(&name, &shape, &delta)?);
-            }
-        }
-        let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
         let examples = (report.pseudo_labels + report.labels) as u64;
         let metrics = [
             Metric {
@@ -203,19 +193,17 @@ impl Device {
                 value: report.loss,
             },
         ];
-        let seq = self.outbox.enqueue(&self.key, |seq| {
-            UpdateDraft {
-                model_id: &file.info().model_id,
-                base_version: file.content_hash(),
-                device_id: &self.name,
-                seq,
-                num_examples: examples.max(1),
-                metrics: &metrics,
-                deltas: &views,
-            }
-            .encode()
-        })?;
-        let update_bytes = self.outbox.read(seq)?.len();
+        let options = UpdateOptions {
+            device_id: &self.name,
+            encoding: DeltaEncoding::Int8,
+            num_examples: examples,
+            metrics: &metrics,
+            personal: &[],
+        };
+        let queued = self
+            .outbox
+            .queue_update(&self.key, &file, &model.merged()?, &options)?;
+        let (seq, update_bytes) = (queued.seq, queued.bytes);
         let pushed = client.push(&self.outbox)?;
         if let Some((_, why)) = pushed.rejected.first() {
             return Err(format!("{}: the server refused update {seq}: {why}", self.name).into());

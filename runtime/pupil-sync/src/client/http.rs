@@ -13,7 +13,7 @@ use ureq::Body;
 use super::upload::ChunkPolicy;
 use super::Outbox;
 use crate::keys::KeyPair;
-use crate::store::VersionMeta;
+use crate::protocol::VersionMeta;
 use crate::{hex, SyncError};
 
 /// Largest answer a request accepts (a model file), in bytes.
@@ -314,6 +314,33 @@ impl Client {
         let (body, _) = self.get("/v1/models/latest")?;
         serde_json::from_slice(&body)
             .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))
+    }
+
+    /// Every published version's metadata, oldest first.
+    pub fn versions(&self) -> Result<Vec<VersionMeta>, SyncError> {
+        let (body, _) = self.get("/v1/versions")?;
+        serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadAnswer(format!("version list: {e}")))
+    }
+
+    /// Makes `version` the current one again (needs the server's admin token).
+    pub fn rollback(&self, version: u64, admin_token: &str) -> Result<(), SyncError> {
+        let url = format!("{}/v1/rollback", self.url);
+        let body = serde_json::json!({ "version": version }).to_string();
+        let req = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {admin_token}"));
+        match Self::classify(&url, req.send(body.as_bytes())) {
+            Attempt::Done(_) => Ok(()),
+            Attempt::Refused(status, err) => Err(Self::refused(
+                format!("rollback to version {version}"),
+                status,
+                err,
+            )),
+            Attempt::Retry(e) => Err(e),
+        }
     }
 }
 

@@ -56,6 +56,11 @@ impl Outbox {
         })
     }
 
+    /// The outbox's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The sequence number the next update gets (1 for a new outbox).
     pub fn next_seq(&self) -> Result<u64, SyncError> {
         let path = self.dir.join(NEXT_SEQ);

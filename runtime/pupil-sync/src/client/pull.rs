@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
-use pupil::format::ModelFile;
+use pupil_format::ModelFile;
 use ureq::http::Response;
 
 use super::http::Client;
-use crate::server::model_signing_message;
-use crate::store::VersionMeta;
+use crate::protocol::model_signing_message;
+use crate::protocol::VersionMeta;
 use crate::{delta, fsutil, hex, keys, SyncError};
 
 /// What a pull did.

@@ -9,7 +9,7 @@ use ureq::Body;
 
 use super::http::{Attempt, Client, PushReport};
 use crate::keys::KeyPair;
-use crate::server::{unix_now, OpenUpload, UploadState, MAX_UPLOAD_CHUNKS};
+use crate::protocol::{unix_now, OpenUpload, UploadState, MAX_UPLOAD_CHUNKS};
 use crate::{auth, hex, SyncError};
 
 /// Refusals after which the next try opens the upload again and continues

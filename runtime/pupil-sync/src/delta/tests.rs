@@ -1,6 +1,6 @@
 //! Round trips and every kind of damaged delta.
 
-use pupil::format::ModelBuilder;
+use pupil_format::ModelBuilder;
 
 use super::*;
 

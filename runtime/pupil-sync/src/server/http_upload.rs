@@ -14,8 +14,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{blocking, body_error};
-use super::upload::{OpenUpload, Opened};
+use super::upload::Opened;
 use super::{ApiError, Server};
+use crate::protocol::OpenUpload;
 
 /// Query of `PUT /v1/uploads/{id}`.
 #[derive(Debug, Deserialize)]

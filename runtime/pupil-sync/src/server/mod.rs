@@ -16,29 +16,24 @@ mod upload;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use pupil::format::ModelFile;
+use pupil_format::ModelFile;
 
+pub(crate) use crate::protocol::unix_now;
+pub use crate::protocol::{
+    model_signing_message, OpenUpload, UploadState, MAX_UPLOAD_CHUNKS, MODEL_SIGNING_CONTEXT,
+};
 pub use api_error::ApiError;
 pub use http::serve;
 pub use submit::Submitted;
-pub use upload::{OpenUpload, Opened, UploadState, MAX_UPLOAD_CHUNKS};
+pub use upload::Opened;
 
 use crate::aggregate::{Rule, ServerOpt};
 use crate::hex;
 use crate::keys::KeyPair;
 use crate::store::{Store, VersionMeta};
 use crate::SyncError;
-
-/// What the server signs for a model version: this context, then the 32-byte
-/// content hash. Devices verify it before using a pulled model.
-pub const MODEL_SIGNING_CONTEXT: &[u8] = b"pupil model v1\0";
-
-/// The message signed for a model with content hash `hash`.
-pub fn model_signing_message(hash: &[u8; 32]) -> Vec<u8> {
-    [MODEL_SIGNING_CONTEXT, hash.as_slice()].concat()
-}
 
 /// A quality gate's verdict on a candidate version.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,13 +133,6 @@ pub struct Server {
     counters: Mutex<BTreeMap<String, u64>>,
     last_round: Mutex<Instant>,
     round_lock: Mutex<()>,
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Server {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::PoisonError;
 use std::time::Instant;
 
-use pupil::format::{ModelBuilder, ModelFile};
+use pupil_format::{ModelBuilder, ModelFile};
 use pupil_wire::{Envelope, Update};
 
 use super::{unix_now, Server};

@@ -7,39 +7,13 @@ use axum::http::StatusCode;
 use pupil_wire::{Envelope, Update};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{unix_now, ApiError, Server, Submitted};
 use crate::hex;
+use crate::protocol::{OpenUpload, UploadState, MAX_UPLOAD_CHUNKS};
 use crate::store::{Append, UploadId, UploadMeta, UploadOpen, UPLOAD_ID_LEN};
 use crate::SyncError;
-
-/// Most chunks one upload may have; a client picks chunks of at least
-/// `length / MAX_UPLOAD_CHUNKS` bytes.
-pub const MAX_UPLOAD_CHUNKS: u64 = 4096;
-
-/// Body of `POST /v1/uploads`: the update an upload will carry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenUpload {
-    /// The update's sequence number.
-    pub seq: u64,
-    /// The signed envelope's length in bytes.
-    pub length: u64,
-    /// The signed envelope's SHA-256, hex.
-    pub sha256: String,
-}
-
-/// The server's view of an upload, as every upload endpoint answers it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadState {
-    /// The upload's id, 32 hex digits.
-    pub upload_id: String,
-    /// Bytes the server holds: the next chunk starts here.
-    pub offset: u64,
-    /// The declared length.
-    pub length: u64,
-}
 
 /// The outcome of opening an upload.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pupil::format::ModelBuilder;
+use pupil_format::ModelBuilder;
 use pupil_sync::client::sign_envelope;
 use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
 use pupil_sync::KeyPair;
@@ -88,7 +88,7 @@ pub fn quiet() -> ServerConfig {
 
 /// The content hash of the test model (version 1).
 pub fn base_hash() -> [u8; 32] {
-    pupil::format::ModelFile::from_bytes(model_bytes())
+    pupil_format::ModelFile::from_bytes(model_bytes())
         .unwrap()
         .content_hash()
 }
@@ -261,7 +261,7 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 /// Whether `path` holds a model whose `name` tensor is close to `expected`.
 pub fn tensor_close(path: &Path, name: &str, expected: &[f32], tol: f32) -> bool {
-    let m = pupil::format::ModelFile::open(path).unwrap();
+    let m = pupil_format::ModelFile::open(path).unwrap();
     let got = m.to_f32(name).unwrap();
     got.len() == expected.len() && got.iter().zip(expected).all(|(a, b)| (a - b).abs() <= tol)
 }

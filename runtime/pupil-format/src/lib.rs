@@ -2,13 +2,15 @@
 //! building and writing them atomically.
 //!
 //! The byte layout and its limits are defined and documented in [`pupil_wire`],
-//! which also builds `no_std` for microcontrollers; this module adds owned,
-//! file-system level conveniences on top.
+//! which also builds `no_std` for microcontrollers; this crate adds owned,
+//! file-system level conveniences on top. It needs no GPU runtime, so a sync
+//! client or server reads model files without linking wgpu; the runtime
+//! re-exports it as `pupil::format`.
 
 mod atomic;
 pub use atomic::write_atomic;
 mod builder;
-pub(crate) mod convert;
+pub mod convert;
 mod error;
 mod file;
 

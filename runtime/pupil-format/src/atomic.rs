@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::error::ModelFileError;
+use crate::error::ModelFileError;
 
 /// Distinguishes temporary files of concurrent writes within one process.
 static NEXT_TMP: AtomicU64 = AtomicU64::new(0);

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use pupil_wire::{DType, Manifest, ModelInfo, ModelView, TensorTable, HEADER_LEN};
 
-use super::convert;
-use super::error::ModelFileError;
+use crate::convert;
+use crate::error::ModelFileError;
 
 /// How many tensor names a [`ModelFileError::NoSuchTensor`] lists.
 const NAMES_LISTED: usize = 8;

@@ -10,9 +10,9 @@ use pupil_wire::{
     MAX_TENSORS,
 };
 
-use super::atomic;
-use super::convert;
-use super::error::ModelFileError;
+use crate::atomic;
+use crate::convert;
+use crate::error::ModelFileError;
 
 /// A tensor waiting to be written.
 #[derive(Clone, Debug)]

@@ -18,7 +18,7 @@ fn f16_at(b: &[u8]) -> f32 {
 
 /// Decodes `bytes` of `dtype` to f32 values; integers convert by value and
 /// block formats dequantize. A trailing partial element or block is ignored.
-pub(crate) fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes
             .chunks_exact(4)
@@ -73,7 +73,7 @@ fn unpack_nibbles(qs: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
 
 /// Encodes f32 `values` as `dtype`; `None` for integer dtypes. The value count
 /// must be a multiple of [`QK`] for block formats (the caller checks shapes).
-pub(crate) fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
+pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
     let bytes = match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => values
