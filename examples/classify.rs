@@ -4,7 +4,7 @@
 //!
 //! Swap the embedded bytes for `ModelFile::open("your.pupil")` to run your own file.
 
-use pupil::data::mnist::{Mnist, PIXELS};
+use pupil::data::mnist::Mnist;
 use pupil::format::ModelFile;
 use pupil::graph::Graph;
 use pupil::models::classifier::{Model, Train};
@@ -22,12 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     test.batch_f32(&(0..8).collect::<Vec<_>>(), &mut pixels, &mut labels)?;
     let mut g = Graph::new(&backend);
-    let x = g.input(Tensor::from_slice(&backend, &[8, PIXELS], &pixels)?);
+    let x = g.input(Tensor::from_slice(
+        &backend,
+        &[8, model.spec.inputs()],
+        &pixels,
+    )?);
     let logits = model.logits(&mut g, x)?;
     let scores = g.value(logits).to_vec()?; // one read-back at the end
 
-    for (row, label) in scores.chunks(10).zip(&labels) {
-        let guess = (0..10).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+    let classes = model.classes();
+    for (row, label) in scores.chunks(classes).zip(&labels) {
+        let guess = (0..classes).fold(0, |b, j| if row[j] > row[b] { j } else { b });
         println!("digit {label}: predicted {guess}");
     }
     let accuracy = pupil::train::accuracy(&model.net, &model.params, &test, 1000)?;

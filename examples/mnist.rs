@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::Mnist;
+use pupil::data::mnist::{self, Mnist};
 use pupil::format::{DType, ModelFile};
-use pupil::models::classifier::{Arch, Model, Train};
+use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
 use pupil::train;
 
@@ -57,12 +57,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = Mnist::load()?;
     let model = match &args.init {
         Some(path) => Model::open(&ModelFile::open(path)?, &backend, Train::All)?,
-        None => Model::new(arch, &backend, args.seed)?,
+        None => {
+            let spec = ClassifierSpec::new(arch, &mnist::SHAPE, mnist::CLASSES);
+            Model::new("mnist", &spec, &backend, args.seed)?
+        }
     };
-    if model.arch != arch {
+    if model.spec.arch != arch {
         return Err(format!(
             "--init holds a {} classifier, not {}",
-            model.arch.name(),
+            model.spec.arch.name(),
             arch.name()
         )
         .into());

@@ -23,8 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The device's data: 1,000 unlabelled images in its own style, 500 labelled ones to measure.
     let mnist = Mnist::load()?;
     let style = Style::parse("rot=25,thick=1")?;
-    let pool = style.apply_split(&mnist.train.subset(&(0..1000).collect::<Vec<_>>()));
-    let local_test = style.apply_split(&mnist.test.subset(&(0..500).collect::<Vec<_>>()));
+    let pool = style.apply_split(&mnist.train.subset(&(0..1000).collect::<Vec<_>>()))?;
+    let local_test = style.apply_split(&mnist.test.subset(&(0..500).collect::<Vec<_>>()))?;
 
     let cfg = RefineConfig {
         rounds: 2,

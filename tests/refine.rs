@@ -7,9 +7,9 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use pupil::data::mnist::Mnist;
+use pupil::data::mnist::{self, Mnist};
 use pupil::format::{DType, ModelFile};
-use pupil::models::classifier::{Arch, Model, Train};
+use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
 use pupil::refine::replay::Anchors;
 use pupil::refine::select::Uncertainty;
@@ -22,7 +22,8 @@ fn pupil() -> Command {
 
 /// An MLP trained for one pass over 6,000 MNIST images on the CPU, with anchors.
 fn small_model(mnist: &Mnist, path: &Path) -> Model {
-    let model = Model::new(Arch::Mlp, &Backend::Cpu, 7).unwrap();
+    let spec = ClassifierSpec::new(Arch::Mlp, &mnist::SHAPE, mnist::CLASSES);
+    let model = Model::new("mnist", &spec, &Backend::Cpu, 7).unwrap();
     let mut opt = Optimizer::new(&model.params, Rule::AdamW(AdamWConfig::default())).unwrap();
     let part = mnist.train.subset(&(0..6000).collect::<Vec<_>>());
     train::train_epoch(

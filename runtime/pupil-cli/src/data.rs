@@ -65,8 +65,8 @@ fn shift(a: ShiftArgs) -> CliResult {
         .into());
     }
     std::fs::create_dir_all(&a.out)?;
-    let pool = style.apply_split(&mnist.train.subset(&train[..a.count]));
-    let eval = style.apply_split(&mnist.test.subset(&test[..a.eval]));
+    let pool = style.apply_split(&mnist.train.subset(&train[..a.count]))?;
+    let eval = style.apply_split(&mnist.test.subset(&test[..a.eval]))?;
     write_split(
         &pool,
         &a.out.join("images.idx"),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::mnist::Mnist;
 use pupil::format::{DType, ModelFile};
-use pupil::models::classifier::{Arch, Model, Train};
+use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::refine::distill::{distill, teacher_logits, DistillConfig};
 use pupil::refine::replay::Anchors;
 use pupil::train;
@@ -166,7 +166,7 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
     let teacher_acc = train::accuracy(&teacher.net, &teacher.params, &data.test, 1000)?;
     println!(
         "teacher: {} test accuracy {:.2}%",
-        teacher.arch.name(),
+        teacher.spec.arch.name(),
         teacher_acc * 100.0
     );
     let bar = ProgressBar::new(data.train.n as u64);
@@ -177,7 +177,9 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
     bar.set_message("teacher logits");
     let logits = teacher_logits(&teacher, &data.train, 500)?;
     bar.finish_and_clear();
-    let student = Model::new(arch, &backend, a.seed)?;
+    // The student reads what the teacher reads and predicts the same classes.
+    let spec = ClassifierSpec::new(arch, &teacher.spec.input, teacher.classes());
+    let student = Model::new(&teacher.model_id, &spec, &backend, a.seed)?;
     let cfg = DistillConfig {
         epochs: a.epochs.unwrap_or(10),
         batch: a.batch.unwrap_or(128),
@@ -220,7 +222,7 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
     let mut b = student.to_builder(dtype, 1, None)?;
     b.created_by(&format!(
         "pupil distill: teacher {} (T={}, alpha={}, {} epochs)",
-        teacher.arch.name(),
+        teacher.spec.arch.name(),
         a.temperature,
         a.alpha,
         cfg.epochs

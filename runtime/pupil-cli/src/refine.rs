@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::idx::read_split;
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::Mnist;
+use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Model, Train};
 use pupil::refine::plan::{mib, parse_bytes};
@@ -185,11 +186,7 @@ pub fn run(a: Args) -> CliResult {
     });
     let anchors = match (anchors, a.replay) {
         (Ok(x), _) => x,
-        (Err(_), 0) => Anchors::new(&Split {
-            images: Vec::new(),
-            labels: Vec::new(),
-            n: 0,
-        }),
+        (Err(_), 0) => Anchors::new(&Split::empty(&pool.shape)),
         (Err(e), _) => return Err(e.into()),
     };
     let train = Train::parse(&a.train)?;
@@ -235,7 +232,7 @@ pub fn run(a: Args) -> CliResult {
     println!("backend: {}", backend.describe());
     println!(
         "model: {} ({} parameters, training {} = {}); pool {} images",
-        model.arch.name(),
+        model.spec.arch.name(),
         model.params.count(false),
         train,
         model.params.count(true),

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::{self, Mnist};
+use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
-use pupil::models::classifier::{Arch, Model, Train};
+use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::optim::{Optimizer, Rule, SgdConfig};
 use pupil::{train, Backend};
 use pupil_sync::aggregate::Rule as AggRule;
@@ -138,7 +139,8 @@ pub fn run(a: Args) -> CliResult {
         ..ServerConfig::default()
     };
     let server = Server::open(dir.path(), config, finite_gate())?;
-    let init = Model::new(Arch::Mlp, &Backend::Cpu, a.seed)?;
+    let spec = ClassifierSpec::new(Arch::Mlp, &mnist::SHAPE, mnist::CLASSES);
+    let init = Model::new("mnist", &spec, &Backend::Cpu, a.seed)?;
     server.import_model(init.to_builder(DType::F32, 1, None)?.to_bytes()?)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;

@@ -33,12 +33,12 @@ pub trait Examples {
     fn label(&self, i: usize) -> Result<usize>;
 }
 
-impl Examples for crate::data::mnist::Split {
+impl Examples for crate::data::Split {
     fn len(&self) -> usize {
         self.n
     }
     fn dim(&self) -> usize {
-        crate::data::mnist::PIXELS
+        crate::data::Split::dim(self)
     }
     fn label(&self, i: usize) -> Result<usize> {
         self.labels

@@ -7,8 +7,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use pupil::data::idx::{read_split, write_split};
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
+use pupil::data::Split;
 use pupil::format::ModelFile;
 use pupil::models::classifier::{Model, Train};
 use pupil::refine::replay::Anchors;
@@ -76,12 +77,12 @@ impl Device {
             let mut test: Vec<usize> = (0..mnist.test.n).collect();
             test.shuffle(&mut rng);
             write_split(
-                &style.apply_split(&mnist.train.subset(&train[..pool])),
+                &style.apply_split(&mnist.train.subset(&train[..pool]))?,
                 &images,
                 Some(&labels),
             )?;
             write_split(
-                &style.apply_split(&mnist.test.subset(&test[..1000])),
+                &style.apply_split(&mnist.test.subset(&test[..1000]))?,
                 &eval_images,
                 Some(&eval_labels),
             )?;

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
+use pupil::data::Split;
 use pupil::format::ModelFile;
 use pupil::models::classifier::{Model, Train};
 use pupil::train;

@@ -1,13 +1,15 @@
-//! The IDX format of the original MNIST files (LeCun et al.): a big-endian header of magic
-//! (`0x00000803` for u8 images `[n, rows, cols]`, `0x00000801` for u8 labels `[n]`) and
-//! dimensions, then the bytes. Devices keep their local digits in this format.
+//! The IDX format of the original MNIST files (LeCun et al.), also used by Fashion-MNIST: a
+//! big-endian header of magic (`0x00000803` for u8 images `[n, rows, cols]`, `0x00000802`
+//! for u8 vectors `[n, d]`, `0x00000801` for u8 labels `[n]`) and dimensions, then the
+//! bytes. Devices keep their local examples in this format.
 
 use std::path::Path;
 
-use super::mnist::{Split, PIXELS, SIDE};
+use super::split::Split;
 use super::DataError;
 
-const IMAGES: u32 = 0x0803;
+/// IDX magic of unsigned bytes; the low byte is the number of dimensions.
+const IMAGE_MAGIC: u32 = 0x0800;
 const LABELS: u32 = 0x0801;
 
 fn bad(path: &Path, why: impl Into<String>) -> DataError {
@@ -50,47 +52,62 @@ fn header(bytes: &[u8], path: &Path, magic: u32, dims: usize) -> Result<Vec<usiz
     Ok(shape)
 }
 
-/// Read 28 x 28 images, and labels when `labels` is given (else every label is 0).
+/// Reads an IDX file of unsigned bytes (magic `0x0000_08NN`, NN = dimensions, the first the
+/// example count) and, when given, its IDX labels file (`0x0801`). Two dimensions make
+/// feature vectors `[D]`, three make one-channel images `[1, H, W]`, four `[C, H, W]`.
+/// Without a labels file every label is 0.
 pub fn read_split(images: &Path, labels: Option<&Path>) -> Result<Split, DataError> {
     let bytes = read(images)?;
-    let shape = header(&bytes, images, IMAGES, 3)?;
-    if shape[1] != SIDE || shape[2] != SIDE {
-        return Err(bad(
-            images,
-            format!("images are {}x{}, not 28x28", shape[1], shape[2]),
-        ));
-    }
-    let n = shape[0];
+    let dims =
+        match bytes.get(..4) {
+            Some([0, 0, 0x08, d @ 2..=4]) => usize::from(*d),
+            _ => return Err(bad(
+                images,
+                "not an IDX file of bytes with 2 to 4 dimensions (magic 0x00000802..0x00000804)",
+            )),
+        };
+    let dims_shape = header(&bytes, images, IMAGE_MAGIC | dims as u32, dims)?;
+    let n = dims_shape[0];
+    let shape = match dims_shape[1..] {
+        [h, w] => vec![1, h, w],
+        ref rest => rest.to_vec(),
+    };
     let labels = match labels {
         Some(path) => {
             let lb = read(path)?;
             let ls = header(&lb, path, LABELS, 1)?;
             if ls[0] != n {
-                return Err(bad(path, format!("{} labels for {n} images", ls[0])));
-            }
-            if let Some(y) = lb[8..].iter().find(|&&y| y > 9) {
-                return Err(bad(path, format!("label {y} is not a digit")));
+                return Err(bad(path, format!("{} labels for {n} examples", ls[0])));
             }
             lb[8..].to_vec()
         }
         None => vec![0; n],
     };
-    Ok(Split {
-        images: bytes[16..].to_vec(),
-        labels,
-        n,
-    })
+    let start = 4 + 4 * dims;
+    Split::new(&shape, bytes[start..].to_vec(), labels).map_err(|e| bad(images, e.to_string()))
 }
 
-/// Write `split`'s images (and labels, when `labels` is given) in IDX format.
+/// Writes `split` as IDX files: its examples to `images` (one-channel images `[1, H, W]` as
+/// the usual three dimensions) and, when given, its labels to `labels`.
 pub fn write_split(split: &Split, images: &Path, labels: Option<&Path>) -> Result<(), DataError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DataError::Io { path, source }
     };
-    let mut out = Vec::with_capacity(16 + split.n * PIXELS);
-    for w in [IMAGES, split.n as u32, SIDE as u32, SIDE as u32] {
-        out.extend_from_slice(&w.to_be_bytes());
+    let dims: Vec<usize> = match split.shape.as_slice() {
+        [1, h, w] => vec![*h, *w],
+        other => other.to_vec(),
+    };
+    if dims.is_empty() || dims.len() > 3 {
+        return Err(bad(
+            images,
+            format!("cannot write examples of shape {:?} as IDX", split.shape),
+        ));
+    }
+    let mut out = Vec::with_capacity(8 + 4 * dims.len() + split.images.len());
+    out.extend_from_slice(&(IMAGE_MAGIC | (dims.len() as u32 + 1)).to_be_bytes());
+    for w in std::iter::once(split.n).chain(dims) {
+        out.extend_from_slice(&(w as u32).to_be_bytes());
     }
     out.extend_from_slice(&split.images);
     std::fs::write(images, out).map_err(io(images))?;
@@ -113,11 +130,12 @@ mod tests {
     fn round_trip_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
         let (img, lab) = (dir.path().join("i.idx"), dir.path().join("l.idx"));
-        let split = Split {
-            images: (0..3 * PIXELS).map(|i| (i % 256) as u8).collect(),
-            labels: vec![3, 1, 9],
-            n: 3,
-        };
+        let split = Split::new(
+            &[1, 28, 28],
+            (0..3 * 784).map(|i| (i % 256) as u8).collect(),
+            vec![3, 1, 9],
+        )
+        .unwrap();
         write_split(&split, &img, Some(&lab)).unwrap();
         assert_eq!(read_split(&img, Some(&lab)).unwrap(), split);
         assert_eq!(read_split(&img, None).unwrap().labels, vec![0, 0, 0]);
@@ -131,5 +149,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("magic"));
+    }
+
+    #[test]
+    fn any_shape_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, lab) = (dir.path().join("i.idx"), dir.path().join("l.idx"));
+        for shape in [vec![32], vec![1, 8, 8], vec![3, 4, 4]] {
+            let dim: usize = shape.iter().product();
+            let split =
+                Split::new(&shape, (0..2 * dim).map(|i| i as u8).collect(), vec![11, 0]).unwrap();
+            write_split(&split, &img, Some(&lab)).unwrap();
+            assert_eq!(read_split(&img, Some(&lab)).unwrap(), split);
+        }
     }
 }

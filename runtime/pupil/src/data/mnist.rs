@@ -6,6 +6,7 @@
 //! all `u32` little-endian, then a `u64` checksum of the payload), then train images,
 //! train labels, test images, test labels as raw bytes.
 
+use super::split::Split;
 use super::{cache_dir, fetch, DataError};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -14,6 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Side of an image in pixels.
 pub const SIDE: usize = 28;
+/// The shape of one MNIST example: one channel of 28 x 28.
+pub const SHAPE: [usize; 3] = [1, SIDE, SIDE];
+/// Digit classes.
+pub const CLASSES: usize = 10;
 /// Pixels per image (28 x 28).
 pub const PIXELS: usize = SIDE * SIDE;
 /// Examples in the training split.
@@ -28,17 +33,6 @@ const MAGIC: &[u8; 8] = b"PUPILMNI";
 const VERSION: u32 = 1;
 const HEADER: usize = 32;
 
-/// One split of MNIST.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    /// `n * 784` pixels (0..=255), each image row-major 28 x 28.
-    pub images: Vec<u8>,
-    /// `n` labels, each 0..=9.
-    pub labels: Vec<u8>,
-    /// Number of examples.
-    pub n: usize,
-}
-
 /// The MNIST training and test splits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mnist {
@@ -46,50 +40,6 @@ pub struct Mnist {
     pub train: Split,
     /// 10,000 test examples.
     pub test: Split,
-}
-
-impl Split {
-    /// The pixels of example `i` (row-major 28 x 28), or `None` past the end.
-    pub fn image(&self, i: usize) -> Option<&[u8]> {
-        let start = i.checked_mul(PIXELS)?;
-        self.images.get(start..)?.get(..PIXELS)
-    }
-
-    /// The examples at `indices` (each must be below `n`), in that order.
-    pub fn subset(&self, indices: &[usize]) -> Split {
-        let mut images = Vec::with_capacity(indices.len() * PIXELS);
-        for &i in indices {
-            images.extend_from_slice(&self.images[i * PIXELS..(i + 1) * PIXELS]);
-        }
-        Split {
-            images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-            n: indices.len(),
-        }
-    }
-
-    /// Fills `images` with the examples at `indices` as pixel / 255 (`indices.len() * 784`
-    /// floats) and `labels` with their labels, reusing both buffers' memory.
-    /// On error the buffers hold a partial batch.
-    pub fn batch_f32(
-        &self,
-        indices: &[usize],
-        images: &mut Vec<f32>,
-        labels: &mut Vec<u32>,
-    ) -> Result<(), DataError> {
-        images.clear();
-        labels.clear();
-        images.reserve(indices.len() * PIXELS);
-        labels.reserve(indices.len());
-        for &index in indices {
-            let (Some(image), Some(&label)) = (self.image(index), self.labels.get(index)) else {
-                return Err(DataError::Index { index, n: self.n });
-            };
-            images.extend(image.iter().map(|&p| f32::from(p) / 255.0));
-            labels.push(u32::from(label));
-        }
-        Ok(())
-    }
 }
 
 /// Where [`Mnist::load`] looks: `cache_dir()/mnist`.
@@ -178,6 +128,7 @@ fn parse_csv(path: &Path, text: &[u8]) -> Result<Split, DataError> {
         parse_row(row, &mut images, &mut labels).map_err(|reason| error(line, reason))?;
     }
     Ok(Split {
+        shape: SHAPE.to_vec(),
         n: labels.len(),
         images,
         labels,
@@ -319,11 +270,13 @@ fn read_bin(path: &Path, train_rows: usize, test_rows: usize) -> Option<Mnist> {
     };
     let mnist = Mnist {
         train: Split {
+            shape: SHAPE.to_vec(),
             images: read(train_rows * PIXELS)?,
             labels: read(train_rows)?,
             n: train_rows,
         },
         test: Split {
+            shape: SHAPE.to_vec(),
             images: read(test_rows * PIXELS)?,
             labels: read(test_rows)?,
             n: test_rows,
@@ -422,6 +375,7 @@ mod tests {
     #[test]
     fn binary_cache_round_trips_and_detects_damage() {
         let split = |labels: Vec<u8>| Split {
+            shape: SHAPE.to_vec(),
             images: (0..labels.len() * PIXELS)
                 .map(|i| (i % 251) as u8)
                 .collect(),

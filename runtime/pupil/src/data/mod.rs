@@ -4,8 +4,10 @@ pub mod idx;
 pub mod mnist;
 pub mod sentences;
 pub mod shift;
+pub mod split;
 
-pub use mnist::{Mnist, Split};
+pub use mnist::Mnist;
+pub use split::Split;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -82,6 +84,16 @@ pub enum DataError {
         expected: usize,
         /// Rows it has.
         found: usize,
+    },
+    /// Example bytes that do not fit the examples' shape.
+    #[error("{bytes} bytes do not make {n} examples of shape {shape:?}; every example needs the product of the shape, and the shape must not be empty")]
+    Shape {
+        /// The shape of one example.
+        shape: Vec<usize>,
+        /// The bytes given.
+        bytes: usize,
+        /// The examples (labels) given.
+        n: usize,
     },
     /// An example index past the end of a split.
     #[error(

@@ -1,10 +1,12 @@
-//! Device-specific styles for 28 x 28 digits: rotation, stroke thickening and translation, the
-//! kind of shift a device's own camera, pen or user brings. Used to simulate devices whose local
-//! data differs from what the shipped model was trained on.
+//! Device-specific styles for images: rotation, stroke thickening and translation, the kind
+//! of shift a device's own camera, pen or user brings. Used to simulate devices whose local
+//! data differs from what the shipped model was trained on. Works on examples of shape
+//! `[C, H, W]`, each channel restyled alike.
 
-use super::mnist::{Split, PIXELS, SIDE};
+use super::split::Split;
+use super::DataError;
 
-/// How one device's digits differ from MNIST's.
+/// How one device's images differ from the shipped model's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Style {
     /// Rotation in degrees, counter-clockwise, about the image centre.
@@ -13,6 +15,14 @@ pub struct Style {
     pub thicken: u32,
     /// Translation in pixels (right, down).
     pub shift: (i32, i32),
+}
+
+/// One channel of an image: its pixels, row-major, and its size.
+#[derive(Clone, Copy)]
+struct Plane<'a> {
+    pixels: &'a [u8],
+    width: usize,
+    height: usize,
 }
 
 impl Style {
@@ -42,47 +52,64 @@ impl Style {
         Ok(s)
     }
 
-    /// Apply to one image.
-    pub fn apply(&self, src: &[u8; PIXELS], dst: &mut [u8; PIXELS]) {
+    /// Apply to one channel of `width` x `height` pixels (`src` and `dst` hold that many).
+    pub fn apply(&self, src: &[u8], dst: &mut [u8], width: usize, height: usize) {
         let (sin, cos) = self.rotate_deg.to_radians().sin_cos();
-        let c = (SIDE as f32 - 1.0) / 2.0;
+        let (cx, cy) = ((width as f32 - 1.0) / 2.0, (height as f32 - 1.0) / 2.0);
+        let plane = Plane {
+            pixels: src,
+            width,
+            height,
+        };
         // Inverse mapping with bilinear interpolation: each output pixel samples the source.
-        for y in 0..SIDE {
-            for x in 0..SIDE {
+        for y in 0..height {
+            for x in 0..width {
                 let (ox, oy) = (
-                    x as f32 - c - self.shift.0 as f32,
-                    y as f32 - c - self.shift.1 as f32,
+                    x as f32 - cx - self.shift.0 as f32,
+                    y as f32 - cy - self.shift.1 as f32,
                 );
-                let sx = cos * ox - sin * oy + c;
-                let sy = sin * ox + cos * oy + c;
-                dst[y * SIDE + x] = bilinear(src, sx, sy);
+                let sx = cos * ox - sin * oy + cx;
+                let sy = sin * ox + cos * oy + cy;
+                dst[y * width + x] = bilinear(plane, sx, sy);
             }
         }
-        let mut tmp;
+        let mut tmp = vec![0u8; width * height];
         for _ in 0..self.thicken {
-            tmp = *dst;
-            dilate(&tmp, dst);
+            tmp.copy_from_slice(&dst[..width * height]);
+            dilate(
+                Plane {
+                    pixels: &tmp,
+                    width,
+                    height,
+                },
+                dst,
+            );
         }
     }
 
-    /// A copy of `split` with every image restyled (labels unchanged).
-    pub fn apply_split(&self, split: &Split) -> Split {
+    /// A copy of `split` with every image restyled (labels unchanged); refuses examples
+    /// that are not images (`[C, H, W]` or `[H, W]`).
+    pub fn apply_split(&self, split: &Split) -> Result<Split, DataError> {
+        let (width, height) = match split.shape.as_slice() {
+            [_, h, w] | [h, w] => (*w, *h),
+            _ => {
+                return Err(DataError::Shape {
+                    shape: split.shape.clone(),
+                    bytes: split.images.len(),
+                    n: split.n,
+                })
+            }
+        };
+        let plane = width * height;
         let mut images = vec![0u8; split.images.len()];
         for (src, dst) in split
             .images
-            .chunks_exact(PIXELS)
-            .zip(images.chunks_exact_mut(PIXELS))
+            .chunks_exact(plane)
+            .zip(images.chunks_exact_mut(plane))
         {
-            // `chunks_exact` yields whole images only, so both conversions succeed.
-            if let (Ok(src), Ok(dst)) = (src.try_into(), dst.try_into()) {
-                self.apply(src, dst);
-            }
+            self.apply(src, dst, width, height);
         }
-        Split {
-            images,
-            labels: split.labels.clone(),
-            n: split.n,
-        }
+        Split::new(&split.shape, images, split.labels.clone())
     }
 }
 
@@ -96,15 +123,15 @@ impl std::fmt::Display for Style {
     }
 }
 
-fn pixel(src: &[u8], x: i32, y: i32) -> f32 {
-    if (0..SIDE as i32).contains(&x) && (0..SIDE as i32).contains(&y) {
-        f32::from(src[y as usize * SIDE + x as usize])
+fn pixel(src: Plane<'_>, x: i32, y: i32) -> f32 {
+    if (0..src.width as i32).contains(&x) && (0..src.height as i32).contains(&y) {
+        f32::from(src.pixels[y as usize * src.width + x as usize])
     } else {
         0.0
     }
 }
 
-fn bilinear(src: &[u8], x: f32, y: f32) -> u8 {
+fn bilinear(src: Plane<'_>, x: f32, y: f32) -> u8 {
     let (x0, y0) = (x.floor(), y.floor());
     let (fx, fy) = (x - x0, y - y0);
     let (x0, y0) = (x0 as i32, y0 as i32);
@@ -115,14 +142,14 @@ fn bilinear(src: &[u8], x: f32, y: f32) -> u8 {
 
 /// Grey-level dilation with a 3 x 3 cross: each pixel becomes the brightest of itself and its
 /// four neighbours.
-fn dilate(src: &[u8; PIXELS], dst: &mut [u8; PIXELS]) {
-    for y in 0..SIDE as i32 {
-        for x in 0..SIDE as i32 {
+fn dilate(src: Plane<'_>, dst: &mut [u8]) {
+    for y in 0..src.height as i32 {
+        for x in 0..src.width as i32 {
             let v = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
                 .iter()
                 .map(|&(dx, dy)| pixel(src, x + dx, y + dy))
                 .fold(0.0f32, f32::max);
-            dst[y as usize * SIDE + x as usize] = v as u8;
+            dst[y as usize * src.width + x as usize] = v as u8;
         }
     }
 }
@@ -130,6 +157,9 @@ fn dilate(src: &[u8; PIXELS], dst: &mut [u8; PIXELS]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SIDE: usize = 28;
+    const PIXELS: usize = SIDE * SIDE;
 
     fn dot() -> [u8; PIXELS] {
         let mut img = [0u8; PIXELS];
@@ -141,14 +171,16 @@ mod tests {
     fn identity_keeps_the_image() {
         let src: [u8; PIXELS] = std::array::from_fn(|i| (i * 7 % 256) as u8);
         let mut dst = [0u8; PIXELS];
-        Style::IDENTITY.apply(&src, &mut dst);
+        Style::IDENTITY.apply(&src, &mut dst, SIDE, SIDE);
         assert_eq!(src, dst);
     }
 
     #[test]
     fn quarter_turn_moves_a_pixel_where_expected() {
         let mut dst = [0u8; PIXELS];
-        Style::parse("rot=90").unwrap().apply(&dot(), &mut dst);
+        Style::parse("rot=90")
+            .unwrap()
+            .apply(&dot(), &mut dst, SIDE, SIDE);
         // Counter-clockwise by 90 degrees about (13.5, 13.5), y pointing down on screen:
         // source (x=20, y=10) lands at output (x=10, y=7).
         let at = dst.iter().position(|&v| v == 255).unwrap();
@@ -160,13 +192,28 @@ mod tests {
         let mut dst = [0u8; PIXELS];
         Style::parse("thick=1,dx=2,dy=-1")
             .unwrap()
-            .apply(&dot(), &mut dst);
+            .apply(&dot(), &mut dst, SIDE, SIDE);
         let lit: Vec<usize> = (0..PIXELS).filter(|&i| dst[i] == 255).collect();
         let centre = 9 * SIDE + 22;
         assert_eq!(
             lit,
             vec![centre - SIDE, centre - 1, centre, centre + 1, centre + SIDE]
         );
+    }
+
+    #[test]
+    fn other_sizes_and_channels() {
+        // A 3-channel 8 x 6 image shifted one pixel right: every channel moves alike.
+        let src: Vec<u8> = (0..3 * 48)
+            .map(|i| if i % 48 == 9 { 200 } else { 0 })
+            .collect();
+        let split = Split::new(&[3, 6, 8], src, vec![2]).unwrap();
+        let out = Style::parse("dx=1").unwrap().apply_split(&split).unwrap();
+        let lit: Vec<usize> = (0..3 * 48).filter(|&i| out.images[i] == 200).collect();
+        assert_eq!(lit, vec![10, 58, 106]);
+        assert_eq!(out.labels, vec![2]);
+        let vectors = Split::new(&[32], vec![0; 32], vec![0]).unwrap();
+        assert!(Style::IDENTITY.apply_split(&vectors).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Image classifiers for 28 x 28 grey images (MNIST-like): the MLP 784-200-200-10 of
-//! McMahan et al. (the "2NN") and a small CNN sized for software adapters:
-//! conv 5x5 1->16, ReLU, max-pool 2, conv 5x5 16->32, ReLU, max-pool 2, FC 1568->128, ReLU,
-//! FC 128->10 (about 3 M multiply-adds per image). Inputs are `[B, 784]` pixels in [0, 1].
+//! Classifiers of any input shape and class count, their shape read from the model file
+//! ([`ClassifierSpec`]): an MLP (by default two hidden layers of 200, the "2NN" of McMahan
+//! et al. on MNIST's 784 pixels) and a small CNN sized for software adapters (conv 5x5
+//! C->16, ReLU, max-pool 2, conv 5x5 16->32, ReLU, max-pool 2, FC ->128, ReLU, FC ->classes;
+//! about 3 M multiply-adds on a 28 x 28 image). Inputs are `[B, inputs]` values in [0, 1].
 
 use std::path::Path;
 
@@ -40,6 +41,175 @@ impl Arch {
     }
 }
 
+/// The shape of a classifier: what one input looks like, how many classes, how wide its
+/// layers are. Stored in the model file's config (`classifier.*` keys), so a model's
+/// architecture comes from its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifierSpec {
+    /// Which architecture.
+    pub arch: Arch,
+    /// The shape of one input: `[C, H, W]` (the CNN needs H and W divisible by 4) or `[D]`.
+    pub input: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+    /// Hidden widths: the MLP's hidden layers, or the CNN's fully connected ones.
+    pub hidden: Vec<usize>,
+    /// The CNN's two convolutions' output channels (5 x 5, each followed by a 2 x 2
+    /// max-pool); empty for the MLP.
+    pub channels: Vec<usize>,
+}
+
+/// Config keys of [`ClassifierSpec`] in a model file.
+const INPUT_KEY: &str = "classifier.input";
+const CLASSES_KEY: &str = "classifier.classes";
+const HIDDEN_KEY: &str = "classifier.hidden";
+const CHANNELS_KEY: &str = "classifier.channels";
+
+impl ClassifierSpec {
+    /// `arch` for inputs of `input` shape and `classes` classes with the default widths:
+    /// the MLP of McMahan et al. (two hidden layers of 200), the CNN with 16 and 32 channels
+    /// and a hidden layer of 128.
+    pub fn new(arch: Arch, input: &[usize], classes: usize) -> ClassifierSpec {
+        let (hidden, channels) = match arch {
+            Arch::Mlp => (vec![200, 200], Vec::new()),
+            Arch::Cnn => (vec![128], vec![16, 32]),
+        };
+        ClassifierSpec {
+            arch,
+            input: input.to_vec(),
+            classes,
+            hidden,
+            channels,
+        }
+    }
+
+    /// Values per input.
+    pub fn inputs(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    /// Checks the spec can be built: positive sizes, and for the CNN an image input
+    /// `[C, H, W]` with H and W divisible by 4 and two channel counts.
+    pub fn check(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Invalid(format!("classifier {self:?}: {why}")));
+        if self.inputs() == 0 || self.input.is_empty() || self.classes < 2 {
+            return bad("needs a non-empty input shape and at least 2 classes".into());
+        }
+        if self.hidden.contains(&0) || self.channels.contains(&0) {
+            return bad("layer widths must be positive".into());
+        }
+        if self.arch == Arch::Cnn {
+            match self.input.as_slice() {
+                [_, h, w] if h % 4 == 0 && w % 4 == 0 && self.channels.len() == 2 => {}
+                _ => {
+                    return bad(
+                        "the CNN needs an input [C, H, W] with H and W divisible by 4 and two \
+                         channel counts"
+                            .into(),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec a model file describes: its `arch` and `classifier.*` config; files written
+    /// before those keys existed hold 28 x 28 one-channel inputs and 10 classes.
+    pub fn from_file(file: &ModelFile) -> Result<ClassifierSpec> {
+        let info = file.info();
+        let arch = Arch::from_name(&info.arch).ok_or_else(|| {
+            Error::Invalid(format!(
+                "model file holds {:?} ({:?}), not a classifier (mlp or cnn)",
+                info.model_id.as_str(),
+                info.arch.as_str()
+            ))
+        })?;
+        let value = |key: &str| info.config.iter().find(|e| e.key.as_str() == key);
+        let ints = |key: &str| -> Result<Option<Vec<usize>>> {
+            value(key)
+                .map(|e| {
+                    e.value
+                        .as_ints()
+                        .map(|v| v.iter().map(|&x| usize::try_from(x).unwrap_or(0)).collect())
+                        .or_else(|| {
+                            e.value
+                                .as_int()
+                                .map(|x| vec![usize::try_from(x).unwrap_or(0)])
+                        })
+                        .ok_or_else(|| {
+                            Error::Invalid(format!("the model's config {key:?} is not integers"))
+                        })
+                })
+                .transpose()
+        };
+        let mut spec = match (ints(INPUT_KEY)?, ints(CLASSES_KEY)?) {
+            (Some(input), Some(classes)) => {
+                ClassifierSpec::new(arch, &input, classes.first().copied().unwrap_or(0))
+            }
+            _ => Self::from_tensors(arch, file)?,
+        };
+        if let Some(hidden) = ints(HIDDEN_KEY)? {
+            spec.hidden = hidden;
+        }
+        if let Some(channels) = ints(CHANNELS_KEY)? {
+            spec.channels = channels;
+        }
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The spec of a file without `classifier.*` config, read off its weights' shapes (the
+    /// CNN's images taken as square).
+    fn from_tensors(arch: Arch, file: &ModelFile) -> Result<ClassifierSpec> {
+        let shape = |name: &str| -> Result<Vec<usize>> {
+            let t = file.tensor(name).map_err(|_| {
+                Error::Invalid(format!(
+                    "model file has neither classifier.* config nor the tensor {name}"
+                ))
+            })?;
+            Ok(t.shape.iter().map(|&d| d as usize).collect())
+        };
+        let prefix = match arch {
+            Arch::Mlp => "mlp",
+            Arch::Cnn => "cnn.fc",
+        };
+        let mut widths = Vec::new();
+        let mut first_in = 0;
+        while let Ok(t) = file.tensor(&format!("{prefix}.{}.weight", widths.len())) {
+            if let [out, inputs] = t.shape {
+                if widths.is_empty() {
+                    first_in = *inputs as usize;
+                }
+                widths.push(*out as usize);
+            } else {
+                return Err(Error::Invalid(format!("{prefix} weights are not matrices")));
+            }
+        }
+        let classes = widths.pop().unwrap_or(0);
+        let mut spec = ClassifierSpec::new(arch, &[first_in], classes);
+        spec.hidden = widths;
+        if arch == Arch::Cnn {
+            let (c1, c2) = (shape("cnn.conv1.weight")?, shape("cnn.conv2.weight")?);
+            let side = ((first_in / c2[0].max(1)) as f64).sqrt().round() as usize;
+            spec.input = vec![c1[1], 4 * side, 4 * side];
+            spec.channels = vec![c1[0], c2[0]];
+        }
+        Ok(spec)
+    }
+
+    /// Writes the spec into a model file's config.
+    pub fn write_config(&self, b: &mut ModelBuilder) -> Result<()> {
+        let ints = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        b.config_ints(INPUT_KEY, &ints(&self.input))?;
+        b.config_int(CLASSES_KEY, self.classes as i64)?;
+        b.config_ints(HIDDEN_KEY, &ints(&self.hidden))?;
+        if !self.channels.is_empty() {
+            b.config_ints(CHANNELS_KEY, &ints(&self.channels))?;
+        }
+        Ok(())
+    }
+}
+
 /// A classifier's layers (parameters live in a [`Params`] store).
 #[derive(Clone, Debug)]
 pub enum Classifier {
@@ -49,20 +219,31 @@ pub enum Classifier {
     Cnn(Cnn),
 }
 
-/// Layers of the small CNN.
+/// Layers of the small CNN and the input shape they read.
 #[derive(Clone, Debug)]
 pub struct Cnn {
+    input: [usize; 3],
+    channels: usize,
     conv1: Conv2d,
     conv2: Conv2d,
     head: Mlp,
 }
 
 impl Cnn {
-    fn new(b: &mut ParamsBuilder, lora: Option<(usize, f32)>) -> Cnn {
-        let dims = [32 * 7 * 7, 128, CLASSES];
+    fn new(b: &mut ParamsBuilder, spec: &ClassifierSpec, lora: Option<(usize, f32)>) -> Cnn {
+        let (c, h, w) = match spec.input.as_slice() {
+            [c, h, w] => (*c, *h, *w),
+            _ => (1, 4, 4),
+        };
+        let (c1, c2) = (spec.channels[0], spec.channels[1]);
+        let mut dims = vec![c2 * (h / 4) * (w / 4)];
+        dims.extend_from_slice(&spec.hidden);
+        dims.push(spec.classes);
         Cnn {
-            conv1: Conv2d::new(b, "cnn.conv1", 1, 16, 5, 1, 2),
-            conv2: Conv2d::new(b, "cnn.conv2", 16, 32, 5, 1, 2),
+            input: [c, h, w],
+            channels: c2,
+            conv1: Conv2d::new(b, "cnn.conv1", c, c1, 5, 1, 2),
+            conv2: Conv2d::new(b, "cnn.conv2", c1, c2, 5, 1, 2),
             head: match lora {
                 Some((rank, alpha)) => Mlp::with_lora(b, "cnn.fc", &dims, rank, alpha),
                 None => Mlp::new(b, "cnn.fc", &dims),
@@ -72,15 +253,16 @@ impl Cnn {
 
     fn forward(&self, g: &mut Graph, p: &Params, x: Var) -> Result<Var> {
         let n = g.shape(x)[0];
-        let x = g.reshape(x, &[n, 1, 28, 28])?;
-        let h = self.conv1.forward(g, p, x)?;
-        let h = g.relu(h)?;
-        let h = g.max_pool2d(h, 2, 2)?;
-        let h = self.conv2.forward(g, p, h)?;
-        let h = g.relu(h)?;
-        let h = g.max_pool2d(h, 2, 2)?;
-        let h = g.reshape(h, &[n, 32 * 7 * 7])?;
-        self.head.forward(g, p, h)
+        let [c, h, w] = self.input;
+        let x = g.reshape(x, &[n, c, h, w])?;
+        let y = self.conv1.forward(g, p, x)?;
+        let y = g.relu(y)?;
+        let y = g.max_pool2d(y, 2, 2)?;
+        let y = self.conv2.forward(g, p, y)?;
+        let y = g.relu(y)?;
+        let y = g.max_pool2d(y, 2, 2)?;
+        let y = g.reshape(y, &[n, self.channels * (h / 4) * (w / 4)])?;
+        self.head.forward(g, p, y)
     }
 }
 
@@ -125,25 +307,26 @@ impl std::fmt::Display for Train {
     }
 }
 
-/// Pixels per input image.
-pub const INPUTS: usize = 784;
-/// Classes.
-pub const CLASSES: usize = 10;
-
 impl Classifier {
-    /// Declare the layers of `arch` in `b`.
-    pub fn new(arch: Arch, b: &mut ParamsBuilder) -> Classifier {
-        Self::build(arch, b, None)
+    /// Declare the layers of `spec` in `b`.
+    pub fn new(spec: &ClassifierSpec, b: &mut ParamsBuilder) -> Classifier {
+        Self::build(spec, b, None)
     }
 
     /// Declare the layers, with LoRA adapters `(rank, alpha)` on the linear layers when given
     /// (their base weights, and the convolutions, frozen).
-    pub fn build(arch: Arch, b: &mut ParamsBuilder, lora: Option<(usize, f32)>) -> Classifier {
-        const DIMS: [usize; 4] = [INPUTS, 200, 200, CLASSES];
-        match (arch, lora) {
-            (Arch::Mlp, None) => Classifier::Mlp(Mlp::new(b, "mlp", &DIMS)),
-            (Arch::Mlp, Some((r, a))) => Classifier::Mlp(Mlp::with_lora(b, "mlp", &DIMS, r, a)),
-            (Arch::Cnn, lora) => Classifier::Cnn(Cnn::new(b, lora)),
+    pub fn build(
+        spec: &ClassifierSpec,
+        b: &mut ParamsBuilder,
+        lora: Option<(usize, f32)>,
+    ) -> Classifier {
+        let mut dims = vec![spec.inputs()];
+        dims.extend_from_slice(&spec.hidden);
+        dims.push(spec.classes);
+        match (spec.arch, lora) {
+            (Arch::Mlp, None) => Classifier::Mlp(Mlp::new(b, "mlp", &dims)),
+            (Arch::Mlp, Some((r, a))) => Classifier::Mlp(Mlp::with_lora(b, "mlp", &dims, r, a)),
+            (Arch::Cnn, lora) => Classifier::Cnn(Cnn::new(b, spec, lora)),
         }
     }
 
@@ -155,7 +338,7 @@ impl Classifier {
         }
     }
 
-    /// Logits `[B, 10]` for pixels `[B, 784]`.
+    /// Logits `[B, classes]` for inputs `[B, inputs]`.
     pub fn logits(&self, g: &mut Graph, p: &Params, x: Var) -> Result<Var> {
         match self {
             Classifier::Mlp(m) => m.forward(g, p, x),
@@ -164,13 +347,12 @@ impl Classifier {
     }
 }
 
-/// Model id of classifiers in `.pupil` files (the architecture is the file's `arch`).
-pub const MODEL_ID: &str = "mnist";
-
 /// A classifier with its parameters on one backend: what a model file holds, ready to run.
 pub struct Model {
-    /// Which architecture.
-    pub arch: Arch,
+    /// The model's id in its files (what the sync server checks updates against).
+    pub model_id: String,
+    /// Its shape.
+    pub spec: ClassifierSpec,
     /// Its layers.
     pub net: Classifier,
     /// Its parameters.
@@ -178,39 +360,42 @@ pub struct Model {
 }
 
 impl Model {
-    /// A freshly initialised classifier (`seed` fixes the initial weights).
-    pub fn new(arch: Arch, backend: &Backend, seed: u64) -> Result<Model> {
+    /// A freshly initialised classifier `model_id` of `spec` (`seed` fixes the weights).
+    pub fn new(
+        model_id: &str,
+        spec: &ClassifierSpec,
+        backend: &Backend,
+        seed: u64,
+    ) -> Result<Model> {
+        spec.check()?;
         let mut b = ParamsBuilder::new(seed);
-        let net = Classifier::new(arch, &mut b);
+        let net = Classifier::new(spec, &mut b);
         let params = b.build(backend)?;
-        Ok(Model { arch, net, params })
+        Ok(Model {
+            model_id: model_id.to_owned(),
+            spec: spec.clone(),
+            net,
+            params,
+        })
     }
 
-    /// The classifier stored in `file`, set up to train what `train` says.
-    /// Refuses files of another model or that lack a parameter.
+    /// The classifier stored in `file` (its shape from the file, see
+    /// [`ClassifierSpec::from_file`]), set up to train what `train` says. Refuses files of
+    /// another kind of model or that lack a parameter.
     pub fn open(file: &ModelFile, backend: &Backend, train: Train) -> Result<Model> {
-        let info = file.info();
-        let arch = Arch::from_name(&info.arch)
-            .filter(|_| info.model_id == MODEL_ID)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "model file holds {:?} ({:?}), not an MNIST classifier (mlp or cnn)",
-                    info.model_id.as_str(),
-                    info.arch.as_str()
-                ))
-            })?;
+        let spec = ClassifierSpec::from_file(file)?;
         let mut b = ParamsBuilder::new(0);
         let lora = match train {
             Train::Lora(rank) => Some((rank, 2.0 * rank as f32)),
             _ => None,
         };
-        let net = Classifier::build(arch, &mut b, lora);
+        let net = Classifier::build(&spec, &mut b, lora);
         if lora.is_some() {
             b.train_only(|name| name.contains(".lora_"));
         }
         if train == Train::Head {
             let head = net.linears().len() - 1;
-            let prefix = match arch {
+            let prefix = match spec.arch {
                 Arch::Mlp => format!("mlp.{head}."),
                 Arch::Cnn => format!("cnn.fc.{head}."),
             };
@@ -221,14 +406,24 @@ impl Model {
         missing.retain(|name| !name.contains(".lora_"));
         if !missing.is_empty() {
             return Err(Error::Invalid(format!(
-                "model file lacks {}",
+                "model file lacks {} (or its classifier.* config does not match its tensors)",
                 missing.join(", ")
             )));
         }
-        Ok(Model { arch, net, params })
+        Ok(Model {
+            model_id: file.info().model_id.to_string(),
+            spec,
+            net,
+            params,
+        })
     }
 
-    /// Logits `[B, 10]` for pixels `[B, 784]`.
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.spec.classes
+    }
+
+    /// Logits `[B, classes]` for inputs `[B, inputs]`.
     pub fn logits(&self, g: &mut Graph, x: Var) -> Result<Var> {
         self.net.logits(g, &self.params, x)
     }
@@ -240,8 +435,9 @@ impl Model {
         version: u32,
         parent: Option<[u8; 32]>,
     ) -> Result<ModelBuilder> {
-        let mut b = ModelBuilder::new(MODEL_ID, self.arch.name())?;
+        let mut b = ModelBuilder::new(&self.model_id, self.spec.arch.name())?;
         b.version(version).parent(parent);
+        self.spec.write_config(&mut b)?;
         for (name, shape, values) in &self.merged()? {
             b.add_f32_as(name, dtype, shape, values)?;
         }

@@ -6,10 +6,10 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::data::mnist::{Split, PIXELS};
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::models::classifier::{Model, CLASSES};
+use crate::models::classifier::Model;
 use crate::optim::{AdamWConfig, Optimizer, Rule};
 use crate::tensor::Tensor;
 use crate::train;
@@ -58,7 +58,7 @@ pub struct EpochReport {
     pub accuracy: Option<f32>,
 }
 
-/// The teacher's logits for every input (`[n, 10]`, row-major), in batches.
+/// The teacher's logits for every input (`[n, classes]`, row-major), in batches.
 pub fn teacher_logits(teacher: &Model, data: &Split, batch: usize) -> Result<Vec<f32>> {
     train::logits(&teacher.net, &teacher.params, data, batch)
 }
@@ -74,11 +74,19 @@ pub fn distill(
     mut progress: impl FnMut(usize, f32),
     mut epoch_end: impl FnMut(EpochReport),
 ) -> Result<Vec<EpochReport>> {
-    if logits.len() != data.n * CLASSES {
+    let classes = student.classes();
+    if logits.len() != data.n * classes {
         return Err(Error::Invalid(format!(
-            "{} teacher logits for {} inputs of {CLASSES} classes",
+            "{} teacher logits for {} inputs of {classes} classes: teacher and student must \
+             have the same classes",
             logits.len(),
             data.n
+        )));
+    }
+    if data.dim() != student.spec.inputs() {
+        return Err(Error::Invalid(format!(
+            "the student reads {:?} but the data holds examples of shape {:?}",
+            student.spec.input, data.shape
         )));
     }
     if !(0.0..=1.0).contains(&cfg.alpha) || cfg.temperature.is_nan() || cfg.temperature <= 0.0 {
@@ -113,11 +121,11 @@ pub fn distill(
             yf.extend(ys.iter().map(|&c| c as f32));
             tl.clear();
             for &k in idx {
-                tl.extend_from_slice(&logits[k * CLASSES..(k + 1) * CLASSES]);
+                tl.extend_from_slice(&logits[k * classes..(k + 1) * classes]);
             }
             let mut g = Graph::new(&backend);
-            let x = g.input(Tensor::from_slice(&backend, &[idx.len(), PIXELS], &xs)?);
-            let t = g.input(Tensor::from_slice(&backend, &[idx.len(), CLASSES], &tl)?);
+            let x = g.input(Tensor::from_slice(&backend, &[idx.len(), data.dim()], &xs)?);
+            let t = g.input(Tensor::from_slice(&backend, &[idx.len(), classes], &tl)?);
             let s = student.logits(&mut g, x)?;
             let kl = g.kl_div_temperature(s, t, cfg.temperature)?;
             let mut loss = g.scale(kl, cfg.alpha)?;

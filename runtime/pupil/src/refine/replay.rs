@@ -1,11 +1,11 @@
 //! Anchor examples shipped inside the model file: a replay buffer mixed into every refinement
 //! batch so the model does not forget what it knew, and a held-out part the quality gate
-//! checks. Stored as tensors `replay.images` (`[n, 784]`, pixels / 255, Q8_0 by default) and
-//! `replay.labels` (`[n]`); the last quarter is the holdout.
+//! checks. Stored as tensors `replay.images` (`[n, ...example shape]`, values / 255, Q8_0 by
+//! default) and `replay.labels` (`[n]`); the last quarter is the holdout.
 
 use rand::Rng;
 
-use crate::data::mnist::{Split, PIXELS};
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::format::{DType, ModelBuilder, ModelFile};
 
@@ -27,14 +27,9 @@ impl Anchors {
     /// Split `all` into replay (first three quarters) and holdout (the rest).
     pub fn new(all: &Split) -> Anchors {
         let cut = all.n - all.n / 4;
-        let part = |from: usize, to: usize| Split {
-            images: all.images[from * PIXELS..to * PIXELS].to_vec(),
-            labels: all.labels[from..to].to_vec(),
-            n: to - from,
-        };
         Anchors {
-            replay: part(0, cut),
-            holdout: part(cut, all.n),
+            replay: all.range(0, cut),
+            holdout: all.range(cut, all.n),
         }
     }
 
@@ -45,19 +40,25 @@ impl Anchors {
         let mut labels = self.replay.labels.clone();
         labels.extend_from_slice(&self.holdout.labels);
         Split {
+            shape: self.replay.shape.clone(),
             images,
             labels,
             n: self.replay.n + self.holdout.n,
         }
     }
 
+    /// The largest anchor label plus one.
+    pub fn classes(&self) -> usize {
+        self.replay.classes().max(self.holdout.classes())
+    }
+
     /// `n` examples of `from` drawn evenly over the classes (as far as they go), in a
     /// seeded random order.
     pub fn pick(from: &Split, n: usize, seed: u64) -> Anchors {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); 10];
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); from.classes()];
         for (i, &y) in from.labels.iter().enumerate() {
-            by_class[usize::from(y) % 10].push(i);
+            by_class[usize::from(y)].push(i);
         }
         for c in &mut by_class {
             rand::seq::SliceRandom::shuffle(c.as_mut_slice(), &mut rng);
@@ -83,49 +84,55 @@ impl Anchors {
         for i in (1..order.len()).rev() {
             order.swap(i, rng.random_range(0..=i));
         }
-        let mut images = Vec::with_capacity(chosen.len() * PIXELS);
-        let mut labels = Vec::with_capacity(chosen.len());
-        for &o in &order {
-            let i = chosen[o];
-            images.extend_from_slice(&from.images[i * PIXELS..(i + 1) * PIXELS]);
-            labels.push(from.labels[i]);
-        }
-        Anchors::new(&Split {
-            images,
-            labels,
-            n: chosen.len(),
-        })
+        let picked: Vec<usize> = order.iter().map(|&o| chosen[o]).collect();
+        Anchors::new(&from.subset(&picked))
     }
 
     /// Read the anchors a model file carries, if it carries any.
     pub fn from_file(file: &ModelFile) -> Result<Option<Anchors>> {
-        let (Ok(images), Ok(labels)) = (file.to_f32(IMAGES), file.to_f32(LABELS)) else {
+        let (Ok(tensor), Ok(labels)) = (file.tensor(IMAGES), file.to_f32(LABELS)) else {
             return Ok(None);
         };
-        let n = labels.len();
-        if images.len() != n * PIXELS || labels.iter().any(|&y| !(0.0..10.0).contains(&y)) {
-            return Err(Error::Invalid(format!(
-                "the model file's anchors are malformed: {} pixels and {n} labels",
-                images.len()
-            )));
-        }
-        let all = Split {
-            images: images
-                .iter()
-                .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
-                .collect(),
-            labels: labels.iter().map(|&y| y as u8).collect(),
-            n,
+        let shape: Vec<usize> = tensor.shape.iter().skip(1).map(|&d| d as usize).collect();
+        let malformed = || {
+            Error::Invalid(format!(
+                "the model file's anchors are malformed: {:?} values and {} labels (labels must \
+                 be whole numbers in 0..256)",
+                tensor.shape,
+                labels.len()
+            ))
         };
+        if labels
+            .iter()
+            .any(|&y| !(0.0..256.0).contains(&y) || y.fract() != 0.0)
+        {
+            return Err(malformed());
+        }
+        let images = tensor
+            .to_f32()
+            .iter()
+            .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let labels = labels.iter().map(|&y| y as u8).collect();
+        let all = Split::new(&shape, images, labels).map_err(|_| malformed())?;
         Ok(Some(Anchors::new(&all)))
     }
 
-    /// Add the anchors to a model file being built (images as `dtype`).
+    /// Add the anchors to a model file being built (values as `dtype`; f16 where a block
+    /// dtype's 32-element blocks do not divide them).
     pub fn add_to(&self, b: &mut ModelBuilder, dtype: DType) -> Result<()> {
         let all = self.all();
         let pixels: Vec<f32> = all.images.iter().map(|&v| f32::from(v) / 255.0).collect();
         let labels: Vec<f32> = all.labels.iter().map(|&y| f32::from(y)).collect();
-        b.add_f32_as(IMAGES, dtype, &[all.n as u64, PIXELS as u64], &pixels)?;
+        let mut shape = vec![all.n as u64];
+        shape.extend(all.shape.iter().map(|&d| d as u64));
+        let blocks = dtype.block_elems();
+        let dtype = if (pixels.len() as u64).is_multiple_of(blocks) {
+            dtype
+        } else {
+            DType::F16
+        };
+        b.add_f32_as(IMAGES, dtype, &shape, &pixels)?;
         b.add_f32(LABELS, &[all.n as u64], &labels)?;
         Ok(())
     }
@@ -136,11 +143,12 @@ mod tests {
     use super::*;
 
     fn digits(n: usize) -> Split {
-        Split {
-            images: (0..n * PIXELS).map(|i| (i % 251) as u8).collect(),
-            labels: (0..n).map(|i| (i % 10) as u8).collect(),
-            n,
-        }
+        Split::new(
+            &[1, 28, 28],
+            (0..n * 784).map(|i| (i % 251) as u8).collect(),
+            (0..n).map(|i| (i % 10) as u8).collect(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -161,6 +169,7 @@ mod tests {
         let file = ModelFile::from_bytes(b.to_bytes().unwrap()).unwrap();
         let back = Anchors::from_file(&file).unwrap().unwrap();
         assert_eq!(back.all().labels, a.all().labels);
+        assert_eq!(back.replay.shape, [1, 28, 28]);
         let worst = back
             .all()
             .images

@@ -21,10 +21,10 @@ use super::plan::{plan, MemoryNeeds, Plan};
 use super::replay::Anchors;
 use super::select::{curriculum, most_uncertain, Labelled, Predictions, SelfTraining, Uncertainty};
 use crate::backend::Backend;
-use crate::data::mnist::{Split, PIXELS};
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::models::classifier::{Model, CLASSES};
+use crate::models::classifier::Model;
 use crate::optim::{AdamWConfig, Optimizer, Rule};
 use crate::tensor::Tensor;
 use crate::train;
@@ -240,6 +240,17 @@ impl<'a> Session<'a> {
                 "replay asks for anchors but the model file carries none; pass --replay 0".into(),
             ));
         }
+        check_fits(model, "the local pool", pool)?;
+        check_fits(model, "the anchors", &anchors.all())?;
+        for (what, split) in [
+            ("the local test set", eval.local),
+            ("the original test set", eval.global),
+            ("the gate's local set", eval.gate_local),
+        ] {
+            if let Some(split) = split {
+                check_fits(model, what, split)?;
+            }
+        }
         let opt = Optimizer::new(
             &model.params,
             Rule::AdamW(AdamWConfig {
@@ -397,7 +408,7 @@ impl<'a> Session<'a> {
     fn predict(&self) -> Result<Predictions> {
         let model = self.model;
         let z = train::logits(&model.net, &model.params, self.pool, self.eval_batch)?;
-        Ok(Predictions::from_logits(&z, CLASSES))
+        Ok(Predictions::from_logits(&z, self.model.classes()))
     }
 
     /// Choose this round's training data and remember where the round starts.
@@ -413,7 +424,7 @@ impl<'a> Session<'a> {
             let picks = most_uncertain(&pred, k, a.by, &labelled);
             let answers = oracle(&picks);
             for (&i, y) in picks.iter().zip(answers) {
-                if let Some(y) = y.filter(|&y| y < CLASSES) {
+                if let Some(y) = y.filter(|&y| y < self.model.classes()) {
                     self.labels.push((i as u32, y as u32));
                     labelled[i] = true;
                     new_labels += 1;
@@ -528,16 +539,15 @@ impl<'a> Session<'a> {
                 xs.clear();
                 ys.clear();
                 for &(src, y) in chunk {
-                    let img = match src {
-                        Source::Local(i) => self.pool.image(i),
-                        Source::Anchor(i) => self.anchors.replay.image(i),
+                    match src {
+                        Source::Local(i) => self.pool.extend_f32(i, &mut xs)?,
+                        Source::Anchor(i) => self.anchors.replay.extend_f32(i, &mut xs)?,
                     }
-                    .ok_or_else(|| Error::Invalid("example index out of range".into()))?;
-                    xs.extend(img.iter().map(|&p| f32::from(p) / 255.0));
                     ys.push(y as f32);
                 }
                 let mut g = Graph::new(&backend);
-                let x = g.input(Tensor::from_slice(&backend, &[chunk.len(), PIXELS], &xs)?);
+                let inputs = self.model.spec.inputs();
+                let x = g.input(Tensor::from_slice(&backend, &[chunk.len(), inputs], &xs)?);
                 let y = g.input(Tensor::from_slice(&backend, &[chunk.len()], &ys)?);
                 let logits = self.model.logits(&mut g, x)?;
                 let loss = g.cross_entropy(logits, y)?;
@@ -602,14 +612,38 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Refuses examples `what` whose size or labels the model cannot take.
+fn check_fits(model: &Model, what: &str, split: &Split) -> Result<()> {
+    if split.n == 0 {
+        return Ok(());
+    }
+    if split.dim() != model.spec.inputs() {
+        return Err(Error::Invalid(format!(
+            "{what} holds examples of shape {:?} ({} values) but the model reads {:?}; \
+             give it data of the model's shape",
+            split.shape,
+            split.dim(),
+            model.spec.input
+        )));
+    }
+    if split.classes() > model.classes() {
+        return Err(Error::Invalid(format!(
+            "{what} has label {} but the model has {} classes",
+            split.classes() - 1,
+            model.classes()
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes the session will hold: weights and gradient slots for every parameter, AdamW's two
 /// moments for the trainable ones, and activations per example measured from a two-example
 /// forward pass (doubled for their gradients in the backward pass).
 fn memory_needs(model: &Model, opt: &Optimizer) -> Result<MemoryNeeds> {
     let probe = Backend::Cpu;
     let mut g = Graph::new(&probe);
-    let shadow = Model::new(model.arch, &probe, 0)?;
-    let x = g.input(Tensor::zeros(&probe, &[2, PIXELS])?);
+    let shadow = Model::new(&model.model_id, &model.spec, &probe, 0)?;
+    let x = g.input(Tensor::zeros(&probe, &[2, model.spec.inputs()])?);
     let y = g.input(Tensor::zeros(&probe, &[2])?);
     let logits = shadow.logits(&mut g, x)?;
     g.cross_entropy(logits, y)?;
