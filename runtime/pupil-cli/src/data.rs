@@ -50,6 +50,12 @@ pub fn run(cmd: Data) -> CliResult {
 
 fn shift(a: ShiftArgs) -> CliResult {
     let style = Style::parse(&a.style)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| {
+        format!(
+            "--out {}: cannot create the folder ({e}); choose a writable folder",
+            a.out.display()
+        )
+    })?;
     let mnist = Mnist::load()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut train: Vec<usize> = (0..mnist.train.n).collect();
@@ -64,7 +70,6 @@ fn shift(a: ShiftArgs) -> CliResult {
         )
         .into());
     }
-    std::fs::create_dir_all(&a.out)?;
     let pool = style.apply_split(&mnist.train.subset(&train[..a.count]));
     let eval = style.apply_split(&mnist.test.subset(&test[..a.eval]));
     write_split(

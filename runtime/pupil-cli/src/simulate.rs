@@ -122,6 +122,10 @@ pub fn run(a: Args) -> CliResult {
     }
     let rule = AggRule::from_name(&a.rule, a.clip_norm)
         .ok_or_else(|| format!("--rule {:?}: use fedavg, trimmed or median", a.rule))?;
+    crate::output::json_mode(a.json);
+    if let Some(path) = &a.plot {
+        crate::output::check_writable("--plot", path)?;
+    }
     let backend = Backend::auto(a.adapter.as_deref())?;
     let mnist = Mnist::load()?;
     let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
@@ -307,7 +311,7 @@ pub fn run(a: Args) -> CliResult {
         println!("plot: {}", path.display());
     }
     if a.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        crate::output::print_json(&serde_json::to_string(&rows)?);
     }
     Ok(())
 }
