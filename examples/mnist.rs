@@ -6,11 +6,15 @@
 //! `--save model.pupil` keeps the classifier (rewritten after every epoch), e.g. as the
 //! teacher for `pupil distill`.
 
+// The repository's fetch tooling (`models/fetch` into the cache on first use); an app
+// ships its data or downloads it its own way, and gives the library paths.
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
+
 use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::Mnist;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, Model, Train};
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
@@ -54,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("unknown model {:?}: use mlp or cnn", args.model))?;
     let backend = pupil::Backend::auto(args.adapter.as_deref())?;
     println!("backend: {}", backend.describe());
-    let data = Mnist::load()?;
+    let data = fetch::mnist()?;
     let model = match &args.init {
         Some(path) => Model::open(&ModelFile::open(path)?, &backend, Train::All)?,
         None => Model::new(arch, &backend, args.seed)?,

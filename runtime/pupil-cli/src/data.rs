@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use pupil::data::idx::write_split;
-use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -56,7 +55,7 @@ fn shift(a: ShiftArgs) -> CliResult {
             a.out.display()
         )
     })?;
-    let mnist = Mnist::load()?;
+    let mnist = crate::fetch::mnist()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut train: Vec<usize> = (0..mnist.train.n).collect();
     train.shuffle(&mut rng);

@@ -21,6 +21,7 @@ mod demo;
 mod distill;
 mod distill_encoder;
 mod embed;
+mod fetch;
 mod generate;
 mod info;
 mod inspect;

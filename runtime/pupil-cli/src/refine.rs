@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::idx::read_split;
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Model, Train};
 use pupil::refine::plan::{mib, parse_bytes};
@@ -167,7 +167,7 @@ pub fn run(a: Args) -> CliResult {
         &a.data.join("eval-labels.idx"),
     )?;
     let global = if a.global {
-        Some(Mnist::load()?.test)
+        Some(crate::fetch::mnist()?.test)
     } else {
         None
     };

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, Model, Train};
 use pupil::optim::{Optimizer, Rule, SgdConfig};
@@ -127,7 +127,7 @@ pub fn run(a: Args) -> CliResult {
         crate::output::check_writable("--plot", path)?;
     }
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let mnist = Mnist::load()?;
+    let mnist = crate::fetch::mnist()?;
     let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
     let per_round = ((a.fraction * a.devices as f32).round() as usize).max(1);
     let attackers = (a.attackers * a.devices as f32).round() as usize;

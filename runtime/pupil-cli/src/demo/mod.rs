@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::{Mnist, Split};
+use pupil::data::mnist::Split;
 use pupil::data::shift::Style;
 use pupil::format::ModelFile;
 use pupil::models::classifier::{Model, Train};
@@ -177,7 +177,7 @@ pub fn run(a: Args) -> CliResult {
         a.dir.display()
     );
     println!("backend: {}", backend.describe());
-    let mnist = Mnist::load()?;
+    let mnist = crate::fetch::mnist()?;
     let holdout = mnist.test.subset(&(8000..10_000).collect::<Vec<_>>());
 
     let runtime = tokio::runtime::Runtime::new()?;
