@@ -447,6 +447,25 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A folder without MNIST is a typed error that says how to get it; nothing is fetched.
+    #[test]
+    fn missing_mnist_is_reported_not_fetched() {
+        let dir = std::env::temp_dir().join(format!("pupil-no-mnist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        match Mnist::load_from(&dir) {
+            Err(e @ DataError::Missing { .. }) => {
+                assert!(e.to_string().contains("models/fetch mnist"), "{e}")
+            }
+            other => panic!("expected Missing, got {:?}", other.map(|m| m.train.n)),
+        }
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "nothing written"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Loads the real MNIST (when `models/fetch mnist` has cached it) and checks it.
     #[test]
     fn loads_real_mnist() {
