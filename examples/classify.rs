@@ -4,11 +4,15 @@
 //!
 //! Swap the embedded bytes for `ModelFile::open("your.pupil")` to run your own file.
 
-use pupil::data::mnist::Mnist;
 use pupil::format::ModelFile;
 use pupil::graph::Graph;
 use pupil::models::classifier::{Model, Train};
 use pupil::{Backend, Tensor};
+
+// The repository's fetch tooling (`models/fetch` into the cache on first use); an app
+// ships its data or downloads it its own way, and gives the library paths.
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The best GPU adapter (or PUPIL_ADAPTER=cpu, or the CPU when there is none).
@@ -18,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::open(&file, &backend, Train::All)?;
 
     // Eight test digits as one batch of [8, 784] pixels in [0, 1].
-    let test = Mnist::load()?.test;
+    let test = fetch::mnist()?.test;
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     test.batch_f32(&(0..8).collect::<Vec<_>>(), &mut pixels, &mut labels)?;
     let mut g = Graph::new(&backend);

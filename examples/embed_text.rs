@@ -5,17 +5,18 @@
 //! The checkpoint comes from `models/fetch minilm` (run on first use) and is imported from
 //! safetensors in memory; `pupil convert` writes it as a .pupil file once instead.
 
-use pupil::data::{cache_dir, fetch};
 use pupil::format::ModelFile;
 use pupil::import::{import_file, Target};
 use pupil::models::bert::SentenceEncoder;
 use pupil::Backend;
 
+// The repository's fetch tooling (`models/fetch` into the cache on first use); an app
+// ships its data or downloads it its own way, and gives the library paths.
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = cache_dir().join("minilm").join("model.safetensors");
-    if !path.exists() {
-        fetch("minilm")?;
-    }
+    let path = fetch::cached("minilm", "model.safetensors")?;
     let imported = import_file(&path, "minilm", Target::Keep)?;
     let file = ModelFile::from_bytes(imported.builder.to_bytes()?)?;
     let encoder = SentenceEncoder::load(&file, &Backend::auto(None)?)?;

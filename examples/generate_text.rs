@@ -7,20 +7,19 @@
 
 use std::io::Write;
 
-use pupil::data::{cache_dir, fetch};
 use pupil::format::ModelFile;
 use pupil::import::{import_file, Target};
 use pupil::models::llama::sample::{Sampler, Sampling};
 use pupil::models::llama::CausalLm;
 use pupil::Backend;
 
+// The repository's fetch tooling (`models/fetch` into the cache on first use); an app
+// ships its data or downloads it its own way, and gives the library paths.
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = cache_dir()
-        .join("smollm2")
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        fetch("smollm2")?;
-    }
+    let path = fetch::cached("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let file = ModelFile::from_bytes(
         import_file(&path, "smollm2", Target::Keep)?
             .builder

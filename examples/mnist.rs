@@ -6,11 +6,16 @@
 //! `--save model.pupil` keeps the classifier (rewritten after every epoch), e.g. as the
 //! teacher for `pupil distill`.
 
+// The repository's fetch tooling (`models/fetch` into the cache on first use); an app
+// ships its data or downloads it its own way, and gives the library paths.
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
+
 use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::{self, Mnist};
+use pupil::data::mnist;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
@@ -54,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("unknown model {:?}: use mlp or cnn", args.model))?;
     let backend = pupil::Backend::auto(args.adapter.as_deref())?;
     println!("backend: {}", backend.describe());
-    let data = Mnist::load()?;
+    let data = fetch::mnist()?;
     let model = match &args.init {
         Some(path) => Model::open(&ModelFile::open(path)?, &backend, Train::All)?,
         None => {

@@ -5,13 +5,17 @@
 
 use std::sync::atomic::AtomicBool;
 
-use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
 use pupil::format::ModelFile;
 use pupil::models::classifier::{Model, Train};
 use pupil::refine::replay::Anchors;
 use pupil::refine::{Eval, Progress, RefineConfig, Session};
 use pupil::Backend;
+
+// The repository's fetch tooling (`models/fetch` into the cache on first use); an app
+// ships its data or downloads it its own way, and gives the library paths.
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = Backend::auto(None)?;
@@ -21,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
 
     // The device's data: 1,000 unlabelled images in its own style, 500 labelled ones to measure.
-    let mnist = Mnist::load()?;
+    let mnist = fetch::mnist()?;
     let style = Style::parse("rot=25,thick=1")?;
     let pool = style.apply_split(&mnist.train.subset(&(0..1000).collect::<Vec<_>>()))?;
     let local_test = style.apply_split(&mnist.test.subset(&(0..500).collect::<Vec<_>>()))?;

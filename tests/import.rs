@@ -6,18 +6,16 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use pupil::data::{cache_dir, fetch};
 use pupil::format::{ConfigValue, DType, ModelFile};
 use pupil::import::{import_file, Gguf, Target, TOKENIZER_TENSOR};
 use pupil::models::tokenizer::TextTokenizer;
 
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
+
 /// The cached file `name/file`, fetched when missing.
 fn cached(name: &str, file: &str) -> PathBuf {
-    let path = cache_dir().join(name).join(file);
-    if !path.exists() {
-        fetch(name).unwrap_or_else(|e| panic!("fetching {name}: {e}"));
-    }
-    path
+    fetch::cached(name, file).unwrap_or_else(|e| panic!("fetching {name}: {e}"))
 }
 
 /// The model's config as a map.

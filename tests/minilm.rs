@@ -5,12 +5,14 @@
 
 use std::sync::OnceLock;
 
-use pupil::data::{cache_dir, fetch};
 use pupil::format::ModelFile;
 use pupil::import::{import_file, Target};
 use pupil::models::bert::SentenceEncoder;
 use pupil::Backend;
 use serde_json::Value;
+
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
 
 /// Inputs per batch: the reference inputs mix lengths, so batches carry padding.
 const BATCH: usize = 4;
@@ -19,10 +21,7 @@ const BATCH: usize = 4;
 fn model() -> &'static ModelFile {
     static MODEL: OnceLock<ModelFile> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let path = cache_dir().join("minilm").join("model.safetensors");
-        if !path.exists() {
-            fetch("minilm").expect("fetching MiniLM");
-        }
+        let path = fetch::cached("minilm", "model.safetensors").expect("fetching MiniLM");
         let imported = import_file(&path, "minilm", Target::Keep).expect("importing MiniLM");
         ModelFile::from_bytes(imported.builder.to_bytes().unwrap()).unwrap()
     })

@@ -16,6 +16,9 @@ use pupil::refine::select::Uncertainty;
 use pupil::refine::{Active, Eval, RefineConfig, Session};
 use pupil::{train, Backend};
 
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
+
 fn pupil() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pupil"))
 }
@@ -104,7 +107,7 @@ fn run_ok(args: &[String]) -> String {
 
 #[test]
 fn killed_session_resumes_bit_for_bit() {
-    let mnist = Mnist::load().unwrap();
+    let mnist = fetch::mnist().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("student.pupil");
     small_model(&mnist, &model);
@@ -168,7 +171,7 @@ fn killed_session_resumes_bit_for_bit() {
 
 #[test]
 fn gate_rolls_back_a_harmful_round() {
-    let mnist = Mnist::load().unwrap();
+    let mnist = fetch::mnist().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("student.pupil");
     small_model(&mnist, &path);
@@ -230,7 +233,7 @@ fn gate_rolls_back_a_harmful_round() {
 
 #[test]
 fn budget_too_small_is_refused_with_advice() {
-    let mnist = Mnist::load().unwrap();
+    let mnist = fetch::mnist().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("student.pupil");
     small_model(&mnist, &model);

@@ -8,13 +8,15 @@
 
 use std::sync::OnceLock;
 
-use pupil::data::{cache_dir, fetch};
 use pupil::format::ModelFile;
 use pupil::import::{import_file, Target};
 use pupil::models::llama::sample::argmax;
 use pupil::models::llama::CausalLm;
 use pupil::Backend;
 use serde_json::Value;
+
+#[path = "../runtime/pupil-cli/src/fetch.rs"]
+mod fetch;
 
 /// Greatest allowed |pupil - transformers| of a logit.
 const LOGIT_TOLERANCE: f32 = 1e-2;
@@ -23,12 +25,8 @@ const LOGIT_TOLERANCE: f32 = 1e-2;
 fn model() -> &'static ModelFile {
     static MODEL: OnceLock<ModelFile> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let path = cache_dir()
-            .join("smollm2")
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        if !path.exists() {
-            fetch("smollm2").expect("fetching SmolLM2");
-        }
+        let path =
+            fetch::cached("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("fetching SmolLM2");
         let imported = import_file(&path, "smollm2", Target::Keep).expect("importing SmolLM2");
         ModelFile::from_bytes(imported.builder.to_bytes().unwrap()).unwrap()
     })

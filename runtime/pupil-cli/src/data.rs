@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use pupil::data::idx::write_split;
-use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -50,7 +49,13 @@ pub fn run(cmd: Data) -> CliResult {
 
 fn shift(a: ShiftArgs) -> CliResult {
     let style = Style::parse(&a.style)?;
-    let mnist = Mnist::load()?;
+    std::fs::create_dir_all(&a.out).map_err(|e| {
+        format!(
+            "--out {}: cannot create the folder ({e}); choose a writable folder",
+            a.out.display()
+        )
+    })?;
+    let mnist = crate::fetch::mnist()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut train: Vec<usize> = (0..mnist.train.n).collect();
     train.shuffle(&mut rng);
@@ -64,7 +69,6 @@ fn shift(a: ShiftArgs) -> CliResult {
         )
         .into());
     }
-    std::fs::create_dir_all(&a.out)?;
     let pool = style.apply_split(&mnist.train.subset(&train[..a.count]))?;
     let eval = style.apply_split(&mnist.test.subset(&test[..a.eval]))?;
     write_split(

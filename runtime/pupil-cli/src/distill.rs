@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::Mnist;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::refine::distill::{distill, teacher_logits, DistillConfig};
@@ -161,7 +160,7 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
     };
     let backend = Backend::auto(a.adapter.as_deref())?;
     println!("backend: {}", backend.describe());
-    let data = Mnist::load()?;
+    let data = crate::fetch::mnist()?;
     let teacher = Model::open(teacher_file, &backend, Train::All)?;
     let teacher_acc = train::accuracy(&teacher.net, &teacher.params, &data.test, 1000)?;
     println!(

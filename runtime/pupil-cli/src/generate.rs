@@ -27,8 +27,8 @@ pub struct Args {
     /// Always take the most likely token (the default unless --temperature is given).
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
     greedy: bool,
-    /// Sample at this softmax temperature.
-    #[arg(long)]
+    /// Sample at this softmax temperature (>= 0; 0 is greedy).
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// Sample among this many most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
@@ -52,8 +52,15 @@ pub struct Args {
 
 /// Loads the model, generates and prints the text (streamed) or JSON.
 pub fn run(args: Args) -> CliResult {
+    if let Some(t) = args.temperature.filter(|t| !(*t >= 0.0 && t.is_finite())) {
+        return Err(format!(
+            "--temperature {t}: the temperature must be a number >= 0 (0 is greedy, 1 \
+             samples the model's own distribution, higher is more random)"
+        )
+        .into());
+    }
     let rule = match args.temperature {
-        Some(temperature) if !args.greedy => Sampling::Random {
+        Some(temperature) if !args.greedy && temperature > 0.0 => Sampling::Random {
             temperature,
             top_k: args.top_k,
             top_p: args.top_p,
@@ -128,10 +135,13 @@ impl TextStream {
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
-        // A closed stdout (a pipe to `head`) only ends the printing, not the generation.
-        let _ = out
+        // A closed stdout (a pipe to `head`) ends the program quietly: nobody reads the rest.
+        if let Err(e) = out
             .write_all(&text.as_bytes()[self.printed..])
-            .and_then(|()| out.flush());
+            .and_then(|()| out.flush())
+        {
+            crate::output::exit_on_stdout_error(&e);
+        }
         self.printed = text.len();
         Ok(())
     }

@@ -1,5 +1,18 @@
 //! `pupil`: the command-line tool of the pupil runtime.
 
+/// `println!` for the whole CLI (it shadows std's): report lines go to stdout, or to stderr
+/// while a command prints JSON (see [`output::json_mode`]); a stdout closed by its reader
+/// (`pupil info | head -1`) ends the program quietly with status 0, where std's `println!`
+/// panics ("failed printing to stdout: Broken pipe", exit 101).
+macro_rules! println {
+    () => {
+        $crate::output::report(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::report(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod bench;
 mod bench_models;
 mod convert;
@@ -8,9 +21,11 @@ mod demo;
 mod distill;
 mod distill_encoder;
 mod embed;
+mod fetch;
 mod generate;
 mod info;
 mod inspect;
+mod output;
 mod plot;
 mod refine;
 mod refine_text;
@@ -73,6 +88,7 @@ enum Command {
 }
 
 fn main() {
+    quiet_device_select();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),
@@ -92,9 +108,39 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("pupil: {e}");
-        std::process::exit(1);
+        // 128 + SIGINT, as a shell reports a program that Ctrl-C ended.
+        let status = if e.is::<Interrupted>() { 130 } else { 1 };
+        std::process::exit(status);
     }
 }
+
+/// Mesa's device-select Vulkan layer (an implicit layer installed with mesa-vulkan-drivers)
+/// connects to Wayland while adapters are enumerated, to put the GPU driving the display
+/// first; without a session libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set
+/// in the environment." on every enumeration. pupil ranks the adapters itself, so without a
+/// session (XDG_RUNTIME_DIR unset) the layer is turned off with its own switch, unless the
+/// user set that switch.
+fn quiet_device_select() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // main has started no thread yet, so nothing reads the environment meanwhile.
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
+/// A command stopped by Ctrl-C before its end; the text says what was kept. Exit status 130.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted: {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// Errors of the CLI: anything printable.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

@@ -47,6 +47,9 @@ fn register_font() {
 /// Draw `panels` into a PNG at `path`.
 pub fn draw(path: &Path, panels: &[Panel]) -> Result<(), Box<dyn std::error::Error>> {
     register_font();
+    // The PNG encoder's error does not name the file: open it here first for a clear one.
+    std::fs::File::create(path)
+        .map_err(|e| format!("cannot write the plot {}: {e}", path.display()))?;
     let height = 340 * panels.len().max(1) as u32;
     let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -111,7 +114,8 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<(), Box<dyn std::error::Err
             .position(SeriesLabelPosition::LowerRight)
             .draw()?;
     }
-    root.present()?;
+    root.present()
+        .map_err(|e| format!("cannot write the plot {}: {e}", path.display()))?;
     Ok(())
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::idx::read_split;
-use pupil::data::mnist::Mnist;
 use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Model, Train};
@@ -20,6 +19,7 @@ use pupil::Backend;
 use pupil_sync::client::{DeltaEncoding, DeviceDir};
 use pupil_wire::Metric;
 
+use crate::output::check_writable;
 use crate::plot::{draw, Panel, Series};
 use crate::sync::{queued_line, QueueOptions};
 use crate::CliResult;
@@ -146,6 +146,21 @@ pub fn run(a: Args) -> CliResult {
         "entropy" => Uncertainty::Entropy,
         other => return Err(format!("--uncertainty {other:?}: use margin or entropy").into()),
     };
+    crate::output::json_mode(a.json);
+    // Ctrl-C from here on asks the session to stop (at its next step); the handler only sets
+    // a flag, so a second Ctrl-C while the checkpoint is written is ignored.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    // Where the results go is checked before the work, not after it.
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.data.join("refined.pupil"));
+    check_writable("--out", &out)?;
+    if let Some(path) = &a.plot {
+        check_writable("--plot", path)?;
+    }
     if a.labels.is_none() && strategies.contains(&"active") {
         return Err(
             "active selection needs answers: pass --labels FILE (IDX labels of the \
@@ -172,7 +187,7 @@ pub fn run(a: Args) -> CliResult {
         &a.data.join("eval-labels.idx"),
     )?;
     let global = if a.global {
-        Some(Mnist::load()?.test)
+        Some(crate::fetch::mnist()?.test)
     } else {
         None
     };
@@ -262,10 +277,6 @@ pub fn run(a: Args) -> CliResult {
             println!("no checkpoint to resume from; starting afresh");
         }
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // A second Ctrl-C while the checkpoint is written is ignored; the handler only sets a flag.
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
     let labels = oracle_labels.unwrap_or_default();
     let mut oracle = |picks: &[usize]| -> Vec<Option<usize>> {
         picks
@@ -311,8 +322,16 @@ pub fn run(a: Args) -> CliResult {
     })?;
     bar.finish_and_clear();
     if outcome == Outcome::Interrupted {
-        println!("interrupted: checkpoint written; run again with --resume to continue");
-        return Ok(());
+        let what = match &a.checkpoint {
+            Some(p) => format!(
+                "checkpoint written to {}; run again with --resume to continue",
+                p.display()
+            ),
+            None => "no checkpoint written (pass --checkpoint FILE to be able to resume \
+                     with --resume); nothing was saved"
+                .into(),
+        };
+        return Err(Box::new(crate::Interrupted(what)));
     }
     let history = session.history().clone();
     print_table(&history);
@@ -323,10 +342,6 @@ pub fn run(a: Args) -> CliResult {
             mib(plan.planned_bytes)
         );
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.data.join("refined.pupil"));
     let info = file.info();
     model.save(&out, DType::F32, info.version, info.parent)?;
     println!("wrote {}", out.display());
@@ -339,7 +354,7 @@ pub fn run(a: Args) -> CliResult {
         println!("plot: {}", path.display());
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&history)?);
+        crate::output::print_json(&serde_json::to_string_pretty(&history)?);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::{self, Mnist};
+use pupil::data::mnist;
 use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
@@ -122,8 +122,12 @@ pub fn run(a: Args) -> CliResult {
     }
     let rule = AggRule::from_name(&a.rule, a.clip_norm)
         .ok_or_else(|| format!("--rule {:?}: use fedavg, trimmed or median", a.rule))?;
+    crate::output::json_mode(a.json);
+    if let Some(path) = &a.plot {
+        crate::output::check_writable("--plot", path)?;
+    }
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let mnist = Mnist::load()?;
+    let mnist = crate::fetch::mnist()?;
     let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
     let per_round = ((a.fraction * a.devices as f32).round() as usize).max(1);
     let attackers = (a.attackers * a.devices as f32).round() as usize;
@@ -308,7 +312,7 @@ pub fn run(a: Args) -> CliResult {
         println!("plot: {}", path.display());
     }
     if a.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        crate::output::print_json(&serde_json::to_string(&rows)?);
     }
     Ok(())
 }

@@ -165,7 +165,7 @@ pub enum Sync {
 /// Prints `value` as JSON when `json`, else the text `lines` make.
 fn print(json: bool, value: &serde_json::Value, lines: impl FnOnce() -> Vec<String>) {
     if json {
-        println!("{value}");
+        crate::output::print_json(&value.to_string());
     } else {
         lines().iter().for_each(|l| println!("{l}"));
     }

