@@ -1,4 +1,4 @@
-//! `pupil data shift`: write a simulated device's local digits (MNIST restyled by a
+//! `pupil data shift`: write a simulated device's local images (a data set's, restyled by a
 //! device-specific rotation, stroke thickness and offset) as IDX files for `pupil refine`.
 
 use std::path::PathBuf;
@@ -13,10 +13,10 @@ use crate::CliResult;
 /// `pupil data ...`
 #[derive(clap::Subcommand)]
 pub enum Data {
-    /// Write a device's restyled digits: `images.idx` (the unlabelled local pool, from MNIST's
-    /// training split), `labels.idx` (its true labels: only for answering active-selection
-    /// queries and measuring), and `eval-images.idx` / `eval-labels.idx` (a labelled local
-    /// test set from MNIST's test split).
+    /// Write a device's restyled images: `images.idx` (the unlabelled local pool, from the
+    /// data set's training split), `labels.idx` (its true labels: only for answering
+    /// active-selection queries and measuring), and `eval-images.idx` / `eval-labels.idx` (a
+    /// labelled local test set from its test split).
     Shift(ShiftArgs),
 }
 
@@ -32,10 +32,14 @@ pub struct ShiftArgs {
     /// Images in the local test set.
     #[arg(long, default_value_t = 2000)]
     eval: usize,
+    /// The data set: mnist, fashion (Fashion-MNIST), digits (8 x 8), or a folder of
+    /// `{train,test}-{images,labels}.idx` files.
+    #[arg(long, default_value = "mnist")]
+    from: String,
     /// Output folder (created).
     #[arg(long)]
     out: PathBuf,
-    /// Which MNIST images are drawn.
+    /// Which images are drawn.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -55,7 +59,7 @@ fn shift(a: ShiftArgs) -> CliResult {
             a.out.display()
         )
     })?;
-    let mnist = crate::fetch::mnist()?;
+    let mnist = crate::fetch::dataset(&a.from)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut train: Vec<usize> = (0..mnist.train.n).collect();
     train.shuffle(&mut rng);

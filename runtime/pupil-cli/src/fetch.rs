@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use pupil::data::idx::read_dataset;
 use pupil::data::mnist::Mnist;
-use pupil::data::{cache_dir, DataError};
+use pupil::data::{cache_dir, DataError, Dataset};
 
 /// Why a fetch did not happen or failed.
 #[derive(Debug)]
@@ -151,5 +152,27 @@ pub fn mnist() -> Result<Mnist, FetchError> {
             Ok(Mnist::load()?)
         }
         other => Ok(other?),
+    }
+}
+
+/// Data sets `models/fetch` provides as train and test splits.
+pub const DATASETS: [&str; 3] = ["mnist", "fashion", "digits"];
+
+/// The data set `name_or_dir`: `mnist`, `fashion` or `digits` from the cache (fetched
+/// first when missing), else a folder of `{train,test}-{images,labels}.idx` files.
+pub fn dataset(name_or_dir: &str) -> Result<Dataset, FetchError> {
+    match name_or_dir {
+        "mnist" => {
+            let m = mnist()?;
+            Ok(Dataset {
+                train: m.train,
+                test: m.test,
+            })
+        }
+        "fashion" | "digits" => {
+            cached(name_or_dir, "test-labels.idx")?;
+            Ok(read_dataset(&cache_dir().join(name_or_dir))?)
+        }
+        dir => Ok(read_dataset(Path::new(dir))?),
     }
 }

@@ -98,9 +98,11 @@ pub struct Args {
     /// PNG plot of loss and accuracy per round.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Also measure accuracy on MNIST's original test set each round.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    global: bool,
+    /// The original task's test set, measured each round: mnist, fashion, digits, a folder of
+    /// `{train,test}-{images,labels}.idx` files, or `none`. Default: the data set the model's
+    /// id names, if it names one.
+    #[arg(long)]
+    global: Option<String>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -186,13 +188,19 @@ pub fn run(a: Args) -> CliResult {
         &a.data.join("eval-images.idx"),
         &a.data.join("eval-labels.idx"),
     )?;
-    let global = if a.global {
-        Some(crate::fetch::mnist()?.test)
-    } else {
-        None
+    let file = ModelFile::open(&a.model)?;
+    let global = match a.global.as_deref() {
+        Some("none" | "false") => None,
+        Some(name) => Some(crate::fetch::dataset(name)?.test),
+        None => {
+            let id = file.info().model_id.as_str();
+            match crate::fetch::DATASETS.contains(&id) {
+                true => Some(crate::fetch::dataset(id)?.test),
+                false => None,
+            }
+        }
     };
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let file = ModelFile::open(&a.model)?;
     let anchors = Anchors::from_file(&file)?.ok_or_else(|| {
         format!(
             "{} carries no anchor examples; pass --replay 0 (and expect some forgetting)",
@@ -465,7 +473,7 @@ fn plot(path: &Path, h: &History) -> CliResult {
                         points: acc(&|r| r.local_accuracy, h.start.0),
                     },
                     Series {
-                        name: "global (MNIST test set)".into(),
+                        name: "global (original test set)".into(),
                         points: acc(&|r| r.global_accuracy, h.start.1),
                     },
                 ],

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::split::Split;
+use super::split::{Dataset, Split};
 use super::DataError;
 
 /// IDX magic of unsigned bytes; the low byte is the number of dimensions.
@@ -87,6 +87,29 @@ pub fn read_split(images: &Path, labels: Option<&Path>) -> Result<Split, DataErr
     Split::new(&shape, bytes[start..].to_vec(), labels).map_err(|e| bad(images, e.to_string()))
 }
 
+/// Reads a data set kept as IDX files in `dir`: `train-images.idx`, `train-labels.idx`,
+/// `test-images.idx` and `test-labels.idx` (as `models/fetch fashion` and `digits` write
+/// them); refuses a test split of another shape.
+pub fn read_dataset(dir: &Path) -> Result<Dataset, DataError> {
+    let part = |name: &str| {
+        read_split(
+            &dir.join(format!("{name}-images.idx")),
+            Some(&dir.join(format!("{name}-labels.idx"))),
+        )
+    };
+    let (train, test) = (part("train")?, part("test")?);
+    if train.shape != test.shape {
+        return Err(bad(
+            &dir.join("test-images.idx"),
+            format!(
+                "test examples are {:?} but training examples {:?}",
+                test.shape, train.shape
+            ),
+        ));
+    }
+    Ok(Dataset { train, test })
+}
+
 /// Writes `split` as IDX files: its examples to `images` (one-channel images `[1, H, W]` as
 /// the usual three dimensions) and, when given, its labels to `labels`.
 pub fn write_split(split: &Split, images: &Path, labels: Option<&Path>) -> Result<(), DataError> {
@@ -149,6 +172,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("magic"));
+    }
+
+    #[test]
+    fn data_sets_read_from_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let split = |n: usize, side: usize| {
+            Split::new(&[1, side, side], vec![7; n * side * side], vec![1; n]).unwrap()
+        };
+        let write = |name: &str, s: &Split| {
+            let (i, l) = (format!("{name}-images.idx"), format!("{name}-labels.idx"));
+            write_split(s, &d.join(i), Some(&d.join(l))).unwrap();
+        };
+        write("train", &split(3, 8));
+        write("test", &split(2, 8));
+        let data = read_dataset(d).unwrap();
+        assert_eq!(
+            (data.train.n, data.test.n, data.test.shape.clone()),
+            (3, 2, vec![1, 8, 8])
+        );
+        write("test", &split(2, 4));
+        assert!(read_dataset(d)
+            .unwrap_err()
+            .to_string()
+            .contains("test examples"));
     }
 
     #[test]

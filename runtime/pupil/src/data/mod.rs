@@ -8,7 +8,7 @@ pub mod shift;
 pub mod split;
 
 pub use mnist::Mnist;
-pub use split::Split;
+pub use split::{Dataset, Split};
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;

@@ -18,6 +18,15 @@ pub struct Split {
     pub n: usize,
 }
 
+/// A data set's training and test examples, of one shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// Examples to train on.
+    pub train: Split,
+    /// Examples to measure on.
+    pub test: Split,
+}
+
 impl Split {
     /// `labels.len()` examples of `shape` from `images`; refuses a byte count that does not
     /// match.

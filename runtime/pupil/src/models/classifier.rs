@@ -504,3 +504,67 @@ impl Model {
 fn info_name(infos: &[ParamInfo], id: ParamId) -> &str {
     infos.get(id.index()).map_or("", |p| p.name.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    /// Logits of `model` for `n` inputs of zeros.
+    fn logits(model: &Model, n: usize) -> Vec<usize> {
+        let backend = model.params.backend().clone();
+        let mut g = Graph::new(&backend);
+        let x = g.input(Tensor::zeros(&backend, &[n, model.spec.inputs()]).unwrap());
+        let z = model.logits(&mut g, x).unwrap();
+        g.shape(z).to_vec()
+    }
+
+    #[test]
+    fn any_input_shape_and_class_count() {
+        let cases = [
+            ClassifierSpec::new(Arch::Cnn, &[1, 8, 8], 10),
+            ClassifierSpec::new(Arch::Cnn, &[3, 12, 16], 5),
+            ClassifierSpec::new(Arch::Mlp, &[32], 3),
+        ];
+        for spec in cases {
+            let model = Model::new("m", &spec, &Backend::Cpu, 1).unwrap();
+            assert_eq!(logits(&model, 3), [3, spec.classes], "{spec:?}");
+            // The file carries the spec; opening it builds the same layers.
+            let file = ModelFile::from_bytes(
+                model
+                    .to_builder(DType::F32, 1, None)
+                    .unwrap()
+                    .to_bytes()
+                    .unwrap(),
+            )
+            .unwrap();
+            let back = Model::open(&file, &Backend::Cpu, Train::All).unwrap();
+            assert_eq!((back.spec, back.model_id.as_str()), (spec, "m"));
+        }
+        let bad = ClassifierSpec::new(Arch::Cnn, &[1, 6, 6], 10);
+        assert!(Model::new("m", &bad, &Backend::Cpu, 1).is_err());
+        assert!(Model::new(
+            "m",
+            &ClassifierSpec::new(Arch::Mlp, &[4], 1),
+            &Backend::Cpu,
+            1
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn files_without_a_spec_are_read_off_their_weights() {
+        let spec = ClassifierSpec::new(Arch::Cnn, &[2, 16, 16], 7);
+        let model = Model::new("old", &spec, &Backend::Cpu, 1).unwrap();
+        let mut b = ModelBuilder::new("old", "cnn").unwrap();
+        for (name, shape, values) in model.merged().unwrap() {
+            b.add_f32(&name, &shape, &values).unwrap();
+        }
+        let file = ModelFile::from_bytes(b.to_bytes().unwrap()).unwrap();
+        assert_eq!(ClassifierSpec::from_file(&file).unwrap(), spec);
+        let other =
+            ModelFile::from_bytes(ModelBuilder::new("x", "bert").unwrap().to_bytes().unwrap())
+                .unwrap();
+        assert!(ClassifierSpec::from_file(&other).is_err());
+    }
+}
