@@ -1,6 +1,7 @@
 //! One simulated device of the demo: its own key, durable outbox and local digits in its
-//! own style; each round it pulls the current version, refines it on local data and pushes a
-//! signed int8 delta.
+//! own style; each round it pulls the current version, refines it (with its personal layers in
+//! place of the shared ones, when it keeps some) on local data and pushes a signed int8 delta
+//! of the shared part.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -11,19 +12,22 @@ use pupil::data::mnist::Mnist;
 use pupil::data::shift::Style;
 use pupil::data::Split;
 use pupil::format::ModelFile;
+use pupil::models::classifier::Personal;
 use pupil::models::classifier::{Model, Train};
 use pupil::refine::replay::Anchors;
 use pupil::refine::select::{SelfTraining, Uncertainty};
 use pupil::refine::{Active, Eval, RefineConfig, Session};
 use pupil::train;
 use pupil::Backend;
-use pupil_sync::client::{Client, DeltaEncoding, Outbox, PullOutcome, UpdateOptions};
-use pupil_sync::KeyPair;
+use pupil_sync::client::{Client, DeltaEncoding, DeviceDir, Outbox, PullOutcome, UpdateOptions};
 use pupil_wire::Metric;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::Phases;
+
+/// Labels a device's user gives per round.
+const LABELS_PER_ROUND: usize = 10;
 
 /// A device and its files under `dir`.
 pub struct Device {
@@ -32,8 +36,11 @@ pub struct Device {
     /// How its digits look.
     pub style: Style,
     dir: PathBuf,
-    key: KeyPair,
+    key: pupil_sync::KeyPair,
     outbox: Outbox,
+    sync: DeviceDir,
+    /// The layers it keeps to itself (never sent).
+    personal: Personal,
     /// Unlabelled local pool (labels kept only to answer the few label requests).
     pool: Split,
     /// Labelled local test set (for measuring only).
@@ -44,7 +51,7 @@ pub struct Device {
 pub struct DeviceRound {
     /// Local accuracy of the version it pulled.
     pub before: f32,
-    /// Local accuracy after its own refinement (before aggregation).
+    /// Local accuracy after its own refinement (before aggregation), of the model it runs.
     pub refined: f32,
     /// Labels it asked its user for.
     pub labels: usize,
@@ -57,13 +64,15 @@ pub struct DeviceRound {
 }
 
 impl Device {
-    /// Open (or create) device `index` with `style`, writing its local data on first use.
+    /// Open (or create) device `index` with `style`, writing its local data on first use;
+    /// `personal` names the layers it keeps on the device.
     pub fn open(
         root: &Path,
         index: usize,
         style: Style,
         pool: usize,
         mnist: &Mnist,
+        personal: Personal,
     ) -> Result<Device, Box<dyn std::error::Error>> {
         let name = format!("device-{}", index + 1);
         let dir = root.join(&name);
@@ -87,9 +96,12 @@ impl Device {
                 Some(&eval_labels),
             )?;
         }
+        let sync = DeviceDir::open(&dir)?;
         Ok(Device {
-            key: KeyPair::load_or_create(&dir.join("device.key"))?,
-            outbox: Outbox::open(&dir.join("outbox"))?,
+            key: sync.key()?,
+            outbox: sync.outbox()?,
+            sync,
+            personal,
             pool: read_split(&images, Some(&labels))?,
             eval: read_split(&eval_images, Some(&eval_labels))?,
             name,
@@ -108,6 +120,30 @@ impl Device {
         self.dir.join("model.pupil")
     }
 
+    /// The labels its user gave so far: (pool index, class).
+    fn labels(&self) -> Result<Vec<(u32, u32)>, Box<dyn std::error::Error>> {
+        match std::fs::read(self.dir.join("labels.json")) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keeps the labels its user gave (written atomically).
+    fn save_labels(&self, labels: &[(u32, u32)]) -> Result<(), Box<dyn std::error::Error>> {
+        let path = self.dir.join("labels.json");
+        let tmp = self.dir.join("labels.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(labels)?)?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// The model the device runs: the pulled version with its personal layers, if it keeps any.
+    pub fn running(&self) -> Result<ModelFile, Box<dyn std::error::Error>> {
+        let shared = ModelFile::open(self.model_path())?;
+        Ok(self.sync.with_personal(&shared)?)
+    }
+
     /// Pull the current version (verified against the pinned `server_key`).
     pub fn pull(
         &self,
@@ -117,6 +153,56 @@ impl Device {
         Ok(match client.pull(&self.model_path(), server_key)? {
             PullOutcome::UpToDate(m) | PullOutcome::Updated(m) => m.version,
         })
+    }
+
+    /// Fit the personal head to the shared version just pulled: a short head-only
+    /// refinement on the device's confident pseudo-labels, the rest frozen (the first step of
+    /// FedRep, Collins et al. 2021). Does nothing without personal layers or before the
+    /// device has them.
+    pub fn adapt_head(
+        &self,
+        backend: &Backend,
+        round: u64,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        if self.personal == Personal::None || !self.sync.personal_path().is_file() {
+            return Ok(());
+        }
+        let file = self.running()?;
+        let model = Model::open(&file, backend, Train::Head)?;
+        let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
+        let cfg = RefineConfig {
+            rounds: 1,
+            epochs: 2,
+            batch: 64,
+            lr: 1e-3,
+            self_training: Some(SelfTraining {
+                threshold: 0.9,
+                ..Default::default()
+            }),
+            active: None,
+            curriculum: None,
+            replay: 24,
+            oracle_weight: 1,
+            tolerance: 0.02,
+            memory_budget: None,
+            checkpoint_every: 0,
+            seed: 1000 + round,
+        };
+        let mut session = Session::new(
+            &model,
+            file.content_hash(),
+            &self.pool,
+            true,
+            anchors,
+            cfg,
+            Eval::default(),
+            None,
+        )?;
+        session.run(&mut |_| Vec::new(), &AtomicBool::new(false), &mut |_| {})?;
+        let prefixes = model.personal_prefixes(self.personal);
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        self.sync.keep_personal(&model.merged()?, &prefixes)?;
+        Ok(())
     }
 
     /// Refine the pulled model on local data and push a signed int8 delta. `before` is the
@@ -130,8 +216,10 @@ impl Device {
         phases: &mut Phases,
     ) -> Result<DeviceRound, Box<dyn std::error::Error>> {
         let t = Instant::now();
-        let file = ModelFile::open(self.model_path())?;
+        let shared = ModelFile::open(self.model_path())?;
+        let file = self.sync.with_personal(&shared)?;
         let model = Model::open(&file, backend, Train::All)?;
+        let known = self.labels()?;
         let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
         let cfg = RefineConfig {
             rounds: 1,
@@ -143,8 +231,8 @@ impl Device {
                 ..Default::default()
             }),
             active: Some(Active {
-                per_round: 5,
-                budget: 5,
+                per_round: LABELS_PER_ROUND,
+                budget: known.len() + LABELS_PER_ROUND,
                 by: Uncertainty::Margin,
             }),
             curriculum: None,
@@ -165,6 +253,7 @@ impl Device {
             Eval::default(),
             None,
         )?;
+        session.add_labels(&known)?;
         // The app's labelling callback: here, the user answers with the true digit.
         let labels = &self.pool.labels;
         let mut oracle = |picks: &[usize]| {
@@ -174,6 +263,7 @@ impl Device {
                 .collect()
         };
         session.run(&mut oracle, &AtomicBool::new(false), &mut |_| {})?;
+        self.save_labels(session.labels())?;
         let report = session.history().rounds.last().cloned().unwrap_or_default();
         let refined = train::accuracy(&model.net, &model.params, &self.eval, 500)?;
         phases.refine += t.elapsed().as_secs_f64();
@@ -194,16 +284,24 @@ impl Device {
                 value: report.loss,
             },
         ];
+        let values = model.merged()?;
+        let prefixes = model.personal_prefixes(self.personal);
+        let personal: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        if !personal.is_empty() {
+            self.sync.keep_personal(&values, &personal)?;
+        }
         let options = UpdateOptions {
             device_id: &self.name,
             encoding: DeltaEncoding::Int8,
             num_examples: examples,
             metrics: &metrics,
-            personal: &[],
+            personal: &personal,
         };
+        // The delta is to the shared version: the shared layers trained from it, the personal
+        // ones stay here.
         let queued = self
             .outbox
-            .queue_update(&self.key, &file, &model.merged()?, &options)?;
+            .queue_update(&self.key, &shared, &values, &options)?;
         let (seq, update_bytes) = (queued.seq, queued.bytes);
         let pushed = client.push(&self.outbox)?;
         if let Some((_, why)) = pushed.rejected.first() {

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::shift::Style;
 use pupil::data::Split;
 use pupil::format::ModelFile;
+use pupil::models::classifier::Personal;
 use pupil::models::classifier::{Model, Train};
 use pupil::train;
 use pupil::Backend;
@@ -63,6 +64,11 @@ pub struct Args {
     /// Delete DIR first.
     #[arg(long)]
     reset: bool,
+    /// What each device keeps to itself, training it on the device and never sending it:
+    /// `ends` (its first layer, where its digits' style lives, and its classification
+    /// head), `head` (only the head) or `none` (everything is shared).
+    #[arg(long, default_value = "ends")]
+    personal: String,
     /// Adapter (name, backend or cpu); default: the best GPU, else the CPU backend.
     #[arg(long)]
     adapter: Option<String>,
@@ -94,8 +100,12 @@ pub struct VersionRow {
     pub version: u64,
     /// Accuracy on MNIST's own test set.
     pub global: f32,
-    /// Accuracy on each device's local test set.
+    /// Accuracy on each device's local test set of the model it runs (the version with its
+    /// personal layers, when it keeps some).
     pub local: Vec<f32>,
+    /// Accuracy on each device's local test set of the shared version alone.
+    #[serde(default)]
+    pub shared: Vec<f32>,
     /// Bytes of each device's update that produced it (empty for the shipped model).
     pub update_bytes: Vec<usize>,
     /// Each device's local accuracy right after its own refinement.
@@ -143,6 +153,8 @@ fn holdout_gate(holdout: Split) -> Gate {
 /// Run the demo.
 pub fn run(a: Args) -> CliResult {
     crate::output::json_mode(a.json);
+    let personal = Personal::from_name(&a.personal)
+        .ok_or_else(|| format!("--personal {:?}: use ends, head or none", a.personal))?;
     if a.devices == 0 || a.devices > STYLES.len() {
         return Err(format!("--devices must be 1 to {}", STYLES.len()).into());
     }
@@ -203,7 +215,7 @@ pub fn run(a: Args) -> CliResult {
     let mut devices = Vec::new();
     for (i, style) in STYLES.iter().enumerate().take(a.devices) {
         let style = Style::parse(style)?;
-        let d = Device::open(&a.dir, i, style, a.pool, &mnist)?;
+        let d = Device::open(&a.dir, i, style, a.pool, &mnist, personal)?;
         client.register(&d.name, &d.public_key(), Some(ADMIN))?;
         devices.push(d);
     }
@@ -308,7 +320,7 @@ pub fn run(a: Args) -> CliResult {
     let plot_path = a.dir.join("demo.png");
     summary::plot(&plot_path, &state)?;
     println!("files:\n  server store   {}\n  devices        {}/device-N (key, outbox, local data, model)\n  history        {}\n  plot           {}", a.dir.join("server").display(), a.dir.display(), state_path.display(), plot_path.display());
-    println!("next:\n  run the same command again to continue from version {} (or add --reset)\n  refine one device by hand: pupil refine --model {}/device-1/model.pupil --data {}/device-1 --labels {}/device-1/labels.idx --plot refine.png", state.versions.last().map_or(1, |v| v.version), a.dir.display(), a.dir.display(), a.dir.display());
+    println!("next:\n  run the same command again to continue from version {} (or add --reset)\n  refine one device by hand: pupil refine --model {}/device-1/model.pupil --data {}/device-1 --labels {}/device-1/labels.idx --plot refine.png\n  compare with everything shared: pupil demo --dir {}-shared --personal none", state.versions.last().map_or(1, |v| v.version), a.dir.display(), a.dir.display(), a.dir.display(), a.dir.display());
     if a.json {
         crate::output::print_json(&serde_json::to_string_pretty(&state)?);
     }
@@ -325,15 +337,20 @@ fn measure(
     phases: &mut Phases,
 ) -> Result<VersionRow, Box<dyn std::error::Error>> {
     let mut version = 0;
-    let mut local = Vec::new();
+    let (mut local, mut shared) = (Vec::new(), Vec::new());
     let mut global = 0.0;
     for (i, d) in devices.iter().enumerate() {
         let t = Instant::now();
         version = d.pull(client, server_key)?;
         phases.pull += t.elapsed().as_secs_f64();
         let t = Instant::now();
+        d.adapt_head(backend, version)?;
+        phases.refine += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let m = Model::open(&ModelFile::open(d.model_path())?, backend, Train::All)?;
-        local.push(train::accuracy(&m.net, &m.params, &d.eval, 500)?);
+        shared.push(train::accuracy(&m.net, &m.params, &d.eval, 500)?);
+        let own = Model::open(&d.running()?, backend, Train::All)?;
+        local.push(train::accuracy(&own.net, &own.params, &d.eval, 500)?);
         // Every device holds the same version: measure the original test set once.
         if i == 0 {
             global = train::accuracy(&m.net, &m.params, test, 1000)?;
@@ -344,6 +361,7 @@ fn measure(
         version,
         global,
         local,
+        shared,
         update_bytes: Vec::new(),
         refined: Vec::new(),
         gate: String::new(),

@@ -6,6 +6,11 @@ use std::path::Path;
 use super::State;
 use crate::plot::{draw, Panel, Series};
 
+/// The mean of `values` (0 for none).
+fn mean_of(values: &[f32]) -> f32 {
+    values.iter().sum::<f32>() / values.len().max(1) as f32
+}
+
 /// Accuracy per version (global and per device), update sizes and time per phase.
 pub fn table(state: &State, devices: &[String]) -> String {
     let mut out = String::new();
@@ -14,7 +19,11 @@ pub fn table(state: &State, devices: &[String]) -> String {
     for d in devices {
         let _ = write!(header, " {d:>9}");
     }
-    let _ = write!(header, " {:>11} {:>13}", "mean local", "update bytes");
+    let _ = write!(
+        header,
+        " {:>11} {:>12} {:>13}",
+        "mean local", "mean shared", "update bytes"
+    );
     let _ = writeln!(out, "{header}");
     for v in &state.versions {
         let mut line = format!(
@@ -25,7 +34,12 @@ pub fn table(state: &State, devices: &[String]) -> String {
         for a in &v.local {
             let _ = write!(line, " {:>8.2}%", a * 100.0);
         }
-        let mean = v.local.iter().sum::<f32>() / v.local.len().max(1) as f32;
+        let mean = mean_of(&v.local);
+        let shared = if v.shared.is_empty() {
+            mean
+        } else {
+            mean_of(&v.shared)
+        };
         let bytes = if v.update_bytes.is_empty() {
             "-".to_string()
         } else {
@@ -34,19 +48,28 @@ pub fn table(state: &State, devices: &[String]) -> String {
                 v.update_bytes.iter().sum::<usize>() / v.update_bytes.len()
             )
         };
-        let _ = writeln!(out, "{line} {:>10.2}% {bytes:>13}", mean * 100.0);
-    }
-    if let (Some(first), Some(last)) = (state.versions.first(), state.versions.last()) {
-        let mean =
-            |v: &super::VersionRow| v.local.iter().sum::<f32>() / v.local.len().max(1) as f32;
         let _ = writeln!(
             out,
-            "\nshipped student v{} -> v{}: mean local accuracy {:.2}% -> {:.2}% ({:+.2} points), global {:.2}% -> {:.2}%",
+            "{line} {:>10.2}% {:>11.2}% {bytes:>13}",
+            mean * 100.0,
+            shared * 100.0
+        );
+    }
+    if let (Some(first), Some(last)) = (state.versions.first(), state.versions.last()) {
+        let mean = |v: &super::VersionRow| mean_of(&v.local);
+        let shared = |v: &super::VersionRow| match v.shared.is_empty() {
+            true => mean(v),
+            false => mean_of(&v.shared),
+        };
+        let _ = writeln!(
+            out,
+            "\nshipped student v{} -> v{}: mean local accuracy {:.2}% -> {:.2}% ({:+.2} points; the shared version alone {:.2}%), global {:.2}% -> {:.2}%",
             first.version,
             last.version,
             mean(first) * 100.0,
             mean(last) * 100.0,
             (mean(last) - mean(first)) * 100.0,
+            shared(last) * 100.0,
             first.global * 100.0,
             last.global * 100.0
         );

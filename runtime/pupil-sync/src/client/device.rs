@@ -1,12 +1,13 @@
 //! A device's sync state in one directory, the same for the `pupil` CLI and for apps:
 //! `device.key` (its Ed25519 key, 0600), `device.id` (the id it registered with),
-//! `server.pub` (the pinned server key, hex) and `outbox/` (queued signed updates and
-//! top-k residuals).
+//! `server.pub` (the pinned server key, hex), `outbox/` (queued signed updates and top-k
+//! residuals) and `personal.pupil` (personal tensors, a head or an adapter, that never leave
+//! the device and replace the shared version's own when the device runs it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pupil_format::ModelFile;
+use pupil_format::{DType, ModelBuilder, ModelFile};
 
 use super::update::{NamedValues, Queued, UpdateOptions};
 use super::Outbox;
@@ -109,6 +110,57 @@ impl DeviceDir {
         self.root.join("server.pub")
     }
 
+    /// Where the personal tensors live.
+    pub fn personal_path(&self) -> PathBuf {
+        self.root.join("personal.pupil")
+    }
+
+    /// Keeps the tensors of `refined` whose names start with one of `prefixes` as this
+    /// device's personal ones (replacing those kept before); returns how many it kept.
+    pub fn keep_personal(
+        &self,
+        refined: &[NamedValues],
+        prefixes: &[&str],
+    ) -> Result<usize, SyncError> {
+        let mut b = ModelBuilder::new("personal", "personal")?;
+        let mut kept = 0;
+        for (name, shape, values) in refined {
+            if prefixes.iter().any(|p| name.starts_with(p)) {
+                b.add_f32(name, shape, values)?;
+                kept += 1;
+            }
+        }
+        b.write_atomic(self.personal_path())?;
+        Ok(kept)
+    }
+
+    /// The model this device runs: `shared` (the version it pulled) with its personal
+    /// tensors in place of the shared ones of the same name and shape. Without personal
+    /// tensors it is `shared` itself.
+    pub fn with_personal(&self, shared: &ModelFile) -> Result<ModelFile, SyncError> {
+        let path = self.personal_path();
+        if !path.is_file() {
+            return Ok(ModelFile::from_bytes(shared.as_bytes().to_vec())?);
+        }
+        let personal = ModelFile::open(&path)?;
+        let info = shared.info();
+        let mut b = ModelBuilder::new(&info.model_id, &info.arch)?;
+        b.version(info.version).parent(Some(shared.content_hash()));
+        for entry in &info.config {
+            b.config(&entry.key, entry.value.clone())?;
+        }
+        for t in shared.tensors() {
+            let own = personal.tensor(t.name).ok().filter(|p| {
+                p.shape == t.shape && matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16)
+            });
+            match own {
+                Some(p) => b.add_f32_as(t.name, t.dtype, t.shape, &p.to_f32())?,
+                None => b.add_tensor(t.name, t.dtype, t.shape, t.bytes.to_vec())?,
+            };
+        }
+        Ok(ModelFile::from_bytes(b.to_bytes()?)?)
+    }
+
     /// Builds the update from `base` to `refined` with this device's id and key and queues
     /// it in its outbox (see [`Outbox::queue_update`]). `options.device_id` is ignored.
     pub fn queue_update(
@@ -148,5 +200,30 @@ mod tests {
         let k = d.pin_server_key(&"ab".repeat(32)).unwrap();
         assert_eq!(d.server_key().unwrap(), Some(k));
         assert_eq!(d.key().unwrap().public(), d.key().unwrap().public());
+    }
+
+    #[test]
+    fn personal_tensors_stay_and_replace_the_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DeviceDir::open(dir.path()).unwrap();
+        let mut b = ModelBuilder::new("m", "mlp").unwrap();
+        b.add_f32("body.w", &[2], &[1.0, 2.0]).unwrap();
+        b.add_f32("head.w", &[2], &[3.0, 4.0]).unwrap();
+        let shared = ModelFile::from_bytes(b.to_bytes().unwrap()).unwrap();
+        let same = d.with_personal(&shared).unwrap();
+        assert_eq!(same.content_hash(), shared.content_hash());
+        let refined = vec![
+            ("body.w".to_string(), vec![2], vec![1.5, 2.5]),
+            ("head.w".to_string(), vec![2], vec![9.0, 8.0]),
+        ];
+        assert_eq!(d.keep_personal(&refined, &["head."]).unwrap(), 1);
+        let mine = d.with_personal(&shared).unwrap();
+        assert_eq!(mine.to_f32("head.w").unwrap(), [9.0, 8.0]);
+        assert_eq!(
+            mine.to_f32("body.w").unwrap(),
+            [1.0, 2.0],
+            "the body stays shared"
+        );
+        assert_eq!(mine.info().model_id.as_str(), "m");
     }
 }

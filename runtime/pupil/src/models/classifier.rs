@@ -41,6 +41,33 @@ impl Arch {
     }
 }
 
+/// Which of a classifier's layers a device keeps personal: they train on the device, never
+/// leave it, and replace the shared version's own when the device runs it. Keeping the input
+/// layer suits devices whose inputs differ in style (feature shift: FedBN, Li et al. 2021;
+/// LG-FedAvg, Liang et al. 2020), keeping the head suits devices whose classes differ
+/// (FedPer, Arivazhagan et al. 2019).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Personal {
+    /// Everything is shared.
+    None,
+    /// The classification head (the last linear layer).
+    Head,
+    /// The first layer (the first linear layer or convolution) and the head.
+    Ends,
+}
+
+impl Personal {
+    /// Parse `none`, `head` or `ends`.
+    pub fn from_name(name: &str) -> Option<Personal> {
+        match name {
+            "none" => Some(Personal::None),
+            "head" => Some(Personal::Head),
+            "ends" => Some(Personal::Ends),
+            _ => None,
+        }
+    }
+}
+
 /// The shape of a classifier: what one input looks like, how many classes, how wide its
 /// layers are. Stored in the model file's config (`classifier.*` keys), so a model's
 /// architecture comes from its file.
@@ -394,11 +421,7 @@ impl Model {
             b.train_only(|name| name.contains(".lora_"));
         }
         if train == Train::Head {
-            let head = net.linears().len() - 1;
-            let prefix = match spec.arch {
-                Arch::Mlp => format!("mlp.{head}."),
-                Arch::Cnn => format!("cnn.fc.{head}."),
-            };
+            let prefix = head_prefix(&spec);
             b.train_only(|name| name.starts_with(&prefix));
         }
         let params = b.build(backend)?;
@@ -421,6 +444,25 @@ impl Model {
     /// Number of classes.
     pub fn classes(&self) -> usize {
         self.spec.classes
+    }
+
+    /// The name prefix of the classification head's parameters (the last linear layer),
+    /// e.g. `mlp.2.`: what `Train::Head` trains and what a device may keep personal.
+    pub fn head_prefix(&self) -> String {
+        head_prefix(&self.spec)
+    }
+
+    /// The name prefixes of the parameters `personal` keeps on the device.
+    pub fn personal_prefixes(&self, personal: Personal) -> Vec<String> {
+        let input = match self.spec.arch {
+            Arch::Mlp => "mlp.0.".to_string(),
+            Arch::Cnn => "cnn.conv1.".to_string(),
+        };
+        match personal {
+            Personal::None => Vec::new(),
+            Personal::Head => vec![self.head_prefix()],
+            Personal::Ends => vec![input, self.head_prefix()],
+        }
     }
 
     /// Logits `[B, classes]` for inputs `[B, inputs]`.
@@ -501,6 +543,15 @@ impl Model {
     }
 }
 
+/// The last linear layer's name prefix for `spec`.
+fn head_prefix(spec: &ClassifierSpec) -> String {
+    let head = spec.hidden.len();
+    match spec.arch {
+        Arch::Mlp => format!("mlp.{head}."),
+        Arch::Cnn => format!("cnn.fc.{head}."),
+    }
+}
+
 fn info_name(infos: &[ParamInfo], id: ParamId) -> &str {
     infos.get(id.index()).map_or("", |p| p.name.as_str())
 }
@@ -566,5 +617,29 @@ mod tests {
             ModelFile::from_bytes(ModelBuilder::new("x", "bert").unwrap().to_bytes().unwrap())
                 .unwrap();
         assert!(ClassifierSpec::from_file(&other).is_err());
+    }
+
+    #[test]
+    fn personal_prefixes_name_the_first_layer_and_the_head() {
+        for (spec, first, head) in [
+            (ClassifierSpec::new(Arch::Mlp, &[32], 3), "mlp.0.", "mlp.2."),
+            (
+                ClassifierSpec::new(Arch::Cnn, &[1, 8, 8], 4),
+                "cnn.conv1.",
+                "cnn.fc.1.",
+            ),
+        ] {
+            let model = Model::new("m", &spec, &Backend::Cpu, 1).unwrap();
+            let names: Vec<String> = model.merged().unwrap().into_iter().map(|t| t.0).collect();
+            assert!(model.personal_prefixes(Personal::None).is_empty());
+            assert_eq!(model.personal_prefixes(Personal::Head), [head]);
+            assert_eq!(model.personal_prefixes(Personal::Ends), [first, head]);
+            for prefix in [first, head] {
+                let hits = names.iter().filter(|n| n.starts_with(prefix)).count();
+                assert_eq!(hits, 2, "{prefix} names a weight and a bias of {names:?}");
+            }
+        }
+        assert_eq!(Personal::from_name("ends"), Some(Personal::Ends));
+        assert_eq!(Personal::from_name("body"), None);
     }
 }

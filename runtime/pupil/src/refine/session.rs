@@ -313,6 +313,31 @@ impl<'a> Session<'a> {
         &self.labels
     }
 
+    /// Labels the app already has for pool examples (pool index, class), e.g. its user's
+    /// answers in earlier sessions: trained on like the oracle's, never asked again, and
+    /// counted in the active-selection budget. Only before the first round.
+    pub fn add_labels(&mut self, labels: &[(u32, u32)]) -> Result<()> {
+        if self.round > 0 || self.history.current.is_some() {
+            return Err(Error::Invalid(
+                "labels can be added only before the session's first round".into(),
+            ));
+        }
+        for &(i, y) in labels {
+            if i as usize >= self.pool.n || y as usize >= self.model.classes() {
+                return Err(Error::Invalid(format!(
+                    "label ({i}, {y}) is outside the pool ({} examples) or the model's {} \
+                     classes",
+                    self.pool.n,
+                    self.model.classes()
+                )));
+            }
+            if !self.labels.iter().any(|&(j, _)| j == i) {
+                self.labels.push((i, y));
+            }
+        }
+        Ok(())
+    }
+
     /// Continue from the checkpoint file, if there is one; returns whether it did.
     /// A checkpoint of another base model is refused.
     pub fn resume(&mut self) -> Result<bool> {
