@@ -2,11 +2,13 @@
 //! library never downloads: fetching is tooling (the `pupil` CLI, the tests), outside it.
 
 pub mod idx;
+pub mod labelled_text;
 pub mod mnist;
 pub mod sentences;
 pub mod shift;
 pub mod split;
 
+pub use labelled_text::LabelledText;
 pub use mnist::Mnist;
 pub use split::{Dataset, Split};
 
@@ -62,6 +64,14 @@ pub enum DataError {
         expected: usize,
         /// Rows it has.
         found: usize,
+    },
+    /// A labelled text file is not one `label<TAB>text` per line.
+    #[error("{origin}: {why}; write one `label<TAB>text` per line")]
+    Text {
+        /// The file (or other source).
+        origin: String,
+        /// What is wrong.
+        why: String,
     },
     /// Example bytes that do not fit the examples' shape.
     #[error("{bytes} bytes do not make {n} examples of shape {shape:?}; every example needs the product of the shape, and the shape must not be empty")]

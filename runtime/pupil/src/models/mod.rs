@@ -3,4 +3,5 @@
 pub mod bert;
 pub mod classifier;
 pub mod llama;
+pub mod text_classifier;
 pub mod tokenizer;
