@@ -86,7 +86,7 @@ fn shifted_device_gains_ten_points_and_keeps_the_original_task() {
         &encoder,
         &draw(&train, &[200, 200, 200, 200, 6], &mut used, 1),
     );
-    // The device: 400 unlabelled passages of its own, half romance; its test passages alike.
+    // The device: 360 unlabelled passages of its own, 200 of them romance; its test set alike.
     let pool = embed(
         &encoder,
         &draw(&train, &[40, 40, 40, 40, 200], &mut used, 2),
