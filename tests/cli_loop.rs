@@ -229,3 +229,41 @@ fn serve_register_refine_push_round_pull_with_cli_commands_only() {
     assert_eq!(status["server_version"], 2, "{status}");
     assert_eq!(status["queued"], serde_json::json!([]), "{status}");
 }
+
+#[test]
+fn health_answers_and_a_second_server_is_told_what_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-student.pupil");
+    let store = dir.path().join("store");
+    let (_server, url, _) = serve(&store, &student);
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(r#""status":"ok""#) && answer.contains(r#""version":1"#),
+        "{answer}"
+    );
+    let second = |addr: &str, store: &Path| {
+        let out = pupil()
+            .args(["serve", "--addr", addr, "--store"])
+            .arg(store)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = second(addr, &dir.path().join("other"));
+    assert!(err.contains("in use") && err.contains("--addr"), "{err}");
+    let err = second("127.0.0.1:0", &store);
+    assert!(
+        err.contains("open in another running server") && err.contains("--store"),
+        "{err}"
+    );
+}

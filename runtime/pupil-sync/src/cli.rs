@@ -82,9 +82,15 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(io_err("start the async runtime for", &args.store))?;
     runtime.block_on(async {
-        let listener = TcpListener::bind(&args.addr)
-            .await
-            .map_err(io_err("listen on", args.addr.as_ref()))?;
+        let listener = TcpListener::bind(&args.addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                SyncError::AddrInUse {
+                    addr: args.addr.clone(),
+                }
+            } else {
+                io_err("listen on", args.addr.as_ref())(e)
+            }
+        })?;
         let addr = listener
             .local_addr()
             .map_err(io_err("listen on", args.addr.as_ref()))?;

@@ -36,6 +36,18 @@ pub enum SyncError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The address to listen on is taken.
+    #[error("cannot listen on {addr}: the address is in use (another `pupil serve`?); stop that server or pass another --addr")]
+    AddrInUse {
+        /// The address.
+        addr: String,
+    },
+    /// Another running server holds the store.
+    #[error("the store {} is open in another running server; stop it, or pass another --store", .path.display())]
+    StoreInUse {
+        /// The store's database file.
+        path: PathBuf,
+    },
     /// The embedded database failed.
     #[cfg(feature = "server")]
     #[error("store error: {0}; check the store directory's disk and permissions, or restore it from a backup")]

@@ -103,7 +103,13 @@ impl Store {
     /// Opens (or creates) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, SyncError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        let database = Database::create(dir.join("store.redb")).map_err(db)?;
+        let path = dir.join("store.redb");
+        let database = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                SyncError::StoreInUse { path: path.clone() }
+            }
+            e => db(e),
+        })?;
         let store = Store { db: database };
         let tx = store.db.begin_write().map_err(db)?;
         tx.open_table(DEVICES).map_err(db)?;

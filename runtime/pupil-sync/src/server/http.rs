@@ -148,6 +148,7 @@ impl Server {
             .route("/v1/rollback", post(rollback))
             .route("/v1/metrics", get(metrics))
             .route("/v1/server-key", get(server_key))
+            .route("/v1/health", get(health))
             .fallback(|| async {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -341,6 +342,17 @@ async fn metrics(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
         "since_start": counters,
     }))
     .into_response())
+}
+
+/// `GET /v1/health`: 200 with the current version when the store answers (for load
+/// balancers and `curl`), 503 through the usual error body when it does not.
+async fn health(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
+    let (version, [_, pending, _, _]) =
+        blocking(move || Ok((s.current_meta().map(|m| m.version), s.store.counts()?))).await?;
+    Ok(
+        Json(json!({ "status": "ok", "version": version, "updates_pending": pending }))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/server-key`.
