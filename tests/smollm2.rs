@@ -152,3 +152,99 @@ fn gpu_greedy_generation_matches_transformers() {
         .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
     check(&backend, 1, 4);
 }
+
+/// `pupil generate --lora` runs the base with the adapters the file holds: its greedy tokens
+/// are the library's with the same adapters, and adapters over another base are refused.
+#[test]
+fn generate_with_lora_runs_base_plus_adapters() {
+    use pupil::models::llama::{LlamaLora, Target as Proj};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.pupil");
+    std::fs::write(&base, model().as_bytes()).unwrap();
+    let backend = Backend::Cpu;
+    let mut lm = CausalLm::load(model(), &backend).unwrap();
+    let cfg = lm.config().clone();
+    let lora = LlamaLora::new(&cfg, &[Proj::Q, Proj::V], 2, 16.0, &backend, 1).unwrap();
+    for (i, info) in lora.params().infos().iter().enumerate() {
+        let id = lora.params().find(&info.name).unwrap();
+        let n = lora.params().value(id).unwrap().numel();
+        let values: Vec<f32> = (0..n)
+            .map(|j| (((j * 7919 + i * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 2.0)
+            .collect();
+        lora.params().set(id, &values).unwrap();
+    }
+    let adapters = dir.path().join("lora.pupil");
+    lora.to_builder(model())
+        .unwrap()
+        .write_atomic(&adapters)
+        .unwrap();
+    lm.model_mut().set_lora(Some(lora));
+    let prompt = lm.tokenizer().encode("The capital of France is").unwrap();
+    let mut cache = lm.new_cache(prompt.len() + 4).unwrap();
+    let mut logits = lm.step(&mut cache, &prompt).unwrap();
+    let mut want = Vec::new();
+    for _ in 0..4 {
+        let next = argmax(&logits).unwrap();
+        want.push(u64::from(next));
+        logits = lm.step(&mut cache, &[next]).unwrap();
+    }
+
+    // The adapters matter: the base alone says something else.
+    let plain = CausalLm::load(model(), &backend).unwrap();
+    let mut cache = plain.new_cache(prompt.len() + 4).unwrap();
+    let mut logits = plain.step(&mut cache, &prompt).unwrap();
+    let mut base_ids = Vec::new();
+    for _ in 0..4 {
+        let next = argmax(&logits).unwrap();
+        base_ids.push(u64::from(next));
+        logits = plain.step(&mut cache, &[next]).unwrap();
+    }
+    assert_ne!(base_ids, want, "the test adapters change nothing");
+
+    let generate = |lora: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pupil"))
+            .args([
+                "generate",
+                "--prompt",
+                "The capital of France is",
+                "--max-tokens",
+                "4",
+            ])
+            .args(["--json", "--adapter", "cpu", "--model"])
+            .arg(&base)
+            .arg("--lora")
+            .arg(lora)
+            .output()
+            .unwrap()
+    };
+    let out = generate(&adapters);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<u64> = json["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, want);
+
+    // Adapters made over another base (here the MNIST student) are refused, saying why.
+    let student = ModelFile::open(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-student.pupil"),
+    )
+    .unwrap();
+    let other = dir.path().join("other.pupil");
+    let lora = LlamaLora::new(&cfg, &[Proj::Q], 2, 4.0, &backend, 1).unwrap();
+    lora.to_builder(&student)
+        .unwrap()
+        .write_atomic(&other)
+        .unwrap();
+    let out = generate(&other);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("trained over the base model"), "{err}");
+}

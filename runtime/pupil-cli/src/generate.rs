@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use pupil::format::ModelFile;
 use pupil::models::llama::sample::{Sampler, Sampling};
-use pupil::models::llama::{chat_prompt, CausalLm};
+use pupil::models::llama::{chat_prompt, CausalLm, LlamaLora};
 use pupil::Backend;
 use serde_json::json;
 
@@ -18,6 +18,10 @@ pub struct Args {
     /// The .pupil model (from `pupil convert` of a Llama GGUF, e.g. SmolLM2).
     #[arg(long)]
     model: PathBuf,
+    /// LoRA adapters to run over the model (an adapter file from `pupil refine-text --out`
+    /// or a pulled shared adapter; it must name this model as its base).
+    #[arg(long)]
+    lora: Option<PathBuf>,
     /// The prompt text.
     #[arg(long)]
     prompt: String,
@@ -69,7 +73,15 @@ pub fn run(args: Args) -> CliResult {
     };
     let mut sampler = Sampler::new(rule, args.seed)?;
     let backend = Backend::auto(args.adapter.as_deref())?;
-    let lm = CausalLm::load(&ModelFile::open(&args.model)?, &backend)?;
+    let base = ModelFile::open(&args.model)?;
+    let mut lm = CausalLm::load(&base, &backend)?;
+    if let Some(path) = &args.lora {
+        let cfg = lm.config().clone();
+        let lora = LlamaLora::from_file(&ModelFile::open(path)?, &base, &cfg, &backend)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        lm.model_mut().set_lora(Some(lora));
+    }
+    drop(base);
     let text = if args.chat {
         let template = lm.chat_template().ok_or(
             "the model holds no chat template; drop --chat and format the prompt yourself",

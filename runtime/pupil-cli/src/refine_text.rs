@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::format::{ModelBuilder, ModelFile};
+use pupil::format::ModelFile;
 use pupil::models::llama::{CausalLm, Llama, Target};
 use pupil::refine::plan::{mib, parse_bytes, Plan};
 use pupil::refine::text::{
@@ -335,13 +335,9 @@ pub fn run(a: Args) -> CliResult {
     let (peak, peak_what) = peak_bytes(&backend);
     let change = |b: f64, a: f64| (a / b - 1.0) * 100.0;
     if let Some(out) = &a.out {
-        let mut b = ModelBuilder::new("lora", "llama-lora")?;
-        if let Some(l) = lm.model().lora() {
-            l.params().export(&mut b)?;
-        }
-        b.config_int("rank", a.rank as i64)?
-            .config_float("alpha", f64::from(a.alpha))?;
-        b.write_atomic(out)?;
+        let lora = lm.model().lora().ok_or("no adapters were trained")?;
+        lora.to_builder(&ModelFile::open(&a.model)?)?
+            .write_atomic(out)?;
     }
     if let Some(path) = &a.plot {
         let name = a

@@ -19,6 +19,7 @@ mod cache;
 mod chat;
 mod config;
 pub mod lora;
+pub mod lora_file;
 mod run;
 pub mod sample;
 mod weight;

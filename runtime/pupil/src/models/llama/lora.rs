@@ -91,6 +91,9 @@ pub struct LlamaLora {
     params: Params,
     /// Per layer, the adapted projections.
     layers: Vec<Vec<(Target, Lora)>>,
+    rank: usize,
+    alpha: f32,
+    targets: Vec<Target>,
 }
 
 impl LlamaLora {
@@ -135,7 +138,25 @@ impl LlamaLora {
         Ok(LlamaLora {
             params: b.build(backend)?,
             layers,
+            rank,
+            alpha,
+            targets: targets.to_vec(),
         })
+    }
+
+    /// The adapters' rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The adapters' alpha (their output is scaled by alpha / rank).
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    /// The adapted projections.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
     }
 
     /// The adapters' parameters (all trainable).
@@ -323,5 +344,48 @@ mod tests {
         personalise(&mut lm, &train, &[], &cfg, |s| losses.push(s.loss)).unwrap();
         let (first, last) = (losses[0], *losses.last().unwrap());
         assert!(last < 0.5 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn adapter_files_round_trip_over_their_own_base_only() {
+        let (file, other) = (tiny(true), tiny(false));
+        let ids: Vec<f32> = (0..10).map(|i| ((i * 13) % 97) as f32).collect();
+        let backend = Backend::Cpu;
+        let mut lm = Llama::load(&file, &backend).unwrap();
+        let cfg = lm.config().clone();
+        let lora = LlamaLora::new(&cfg, &[Target::Q, Target::Down], 3, 6.0, &backend, 2).unwrap();
+        for (i, info) in lora.params().infos().iter().enumerate() {
+            let id = lora.params().find(&info.name).unwrap();
+            let n = lora.params().value(id).unwrap().numel();
+            lora.params()
+                .set(id, &random(n, 40 + i as u64, 0.2))
+                .unwrap();
+        }
+        let bytes = lora.to_builder(&file).unwrap().to_bytes().unwrap();
+        lm.set_lora(Some(lora));
+        let want = logits(&lm, &ids, [2, 5]);
+
+        let adapters = ModelFile::from_bytes(bytes).unwrap();
+        let back = LlamaLora::from_file(&adapters, &file, &cfg, &backend).unwrap();
+        assert_eq!(
+            (back.rank(), back.alpha(), back.targets()),
+            (3, 6.0, &[Target::Q, Target::Down][..])
+        );
+        lm.set_lora(Some(back));
+        assert_close(
+            "reloaded adapters",
+            &logits(&lm, &ids, [2, 5]),
+            &want,
+            0.0,
+            0.0,
+        );
+        let err = LlamaLora::from_file(&adapters, &other, &cfg, &backend)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("trained over the base model"),
+            "{err}"
+        );
+        assert!(LlamaLora::from_file(&file, &file, &cfg, &backend).is_err());
     }
 }
