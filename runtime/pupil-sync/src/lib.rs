@@ -22,6 +22,7 @@ pub mod error;
 mod fsutil;
 pub mod hex;
 pub mod keys;
+pub mod lora_merge;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
