@@ -178,25 +178,7 @@ impl Store {
     /// exists: then reports whether the stored bytes are the same.
     pub fn insert_update(&self, device: &str, seq: u64, bytes: &[u8]) -> Result<Insert, SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
-        let outcome = {
-            let mut updates = tx.open_table(UPDATES).map_err(db)?;
-            let existing = updates
-                .get((device, seq))
-                .map_err(db)?
-                .map(|v| v.value() == bytes);
-            match existing {
-                Some(true) => Insert::Duplicate,
-                Some(false) => Insert::Conflict,
-                None => {
-                    updates.insert((device, seq), bytes).map_err(db)?;
-                    tx.open_table(PENDING)
-                        .map_err(db)?
-                        .insert((device, seq), ())
-                        .map_err(db)?;
-                    Insert::Stored
-                }
-            }
-        };
+        let outcome = insert_in(&tx, device, seq, bytes)?;
         tx.commit().map_err(db)?;
         Ok(outcome)
     }
@@ -386,6 +368,33 @@ impl Store {
         tx.commit().map_err(db)?;
         Ok(exists)
     }
+}
+
+/// Stores update `(device, seq)` and marks it pending within `tx`, unless that
+/// key exists: then reports whether the stored bytes are the same.
+fn insert_in(
+    tx: &redb::WriteTransaction,
+    device: &str,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<Insert, SyncError> {
+    let mut updates = tx.open_table(UPDATES).map_err(db)?;
+    let existing = updates
+        .get((device, seq))
+        .map_err(db)?
+        .map(|v| v.value() == bytes);
+    Ok(match existing {
+        Some(true) => Insert::Duplicate,
+        Some(false) => Insert::Conflict,
+        None => {
+            updates.insert((device, seq), bytes).map_err(db)?;
+            tx.open_table(PENDING)
+                .map_err(db)?
+                .insert((device, seq), ())
+                .map_err(db)?;
+            Insert::Stored
+        }
+    })
 }
 
 /// Inserts a version and makes it current within `tx`.

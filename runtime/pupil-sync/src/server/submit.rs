@@ -6,7 +6,7 @@ use pupil_wire::{Envelope, Update, UpdateError};
 use super::api_error::ApiError;
 use super::Server;
 use crate::keys;
-use crate::store::Insert;
+use crate::store::{Insert, UploadId};
 
 /// What happened to an update that was not rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,17 @@ impl Server {
     /// Authenticates and validates a signed update envelope and stores it;
     /// returns only after the store committed it.
     pub fn submit(&self, bytes: &[u8]) -> Result<Submitted, ApiError> {
-        let result = self.check_and_store(bytes);
+        self.submit_from(bytes, None)
+    }
+
+    /// [`Server::submit`] of bytes assembled from chunked upload `upload`, if
+    /// any: storing the update removes the upload in the same transaction.
+    pub(super) fn submit_from(
+        &self,
+        bytes: &[u8],
+        upload: Option<&UploadId>,
+    ) -> Result<Submitted, ApiError> {
+        let result = self.check_and_store(bytes, upload);
         match &result {
             Ok(Submitted::Duplicate) => self.count("duplicate"),
             Ok(Submitted::Accepted) => self.count("accepted"),
@@ -60,8 +70,12 @@ impl Server {
         result
     }
 
-    /// [`Server::submit`] without the counting.
-    fn check_and_store(&self, bytes: &[u8]) -> Result<Submitted, ApiError> {
+    /// [`Server::submit_from`] without the counting.
+    fn check_and_store(
+        &self,
+        bytes: &[u8],
+        upload: Option<&UploadId>,
+    ) -> Result<Submitted, ApiError> {
         let env = Envelope::parse(bytes).map_err(decode_error)?;
         let (device, public) = self.store.device_for_key(&env.key_id)?.ok_or_else(|| {
             ApiError::new(
@@ -87,13 +101,21 @@ impl Server {
         }
         if let Some(stored) = self.store.get_update(&device, update.seq)? {
             return if stored == bytes {
+                // An upload of it that outlived the store (a crash of an older server) goes.
+                self.store.remove_upload_of(&device, update.seq)?;
                 Ok(Submitted::Duplicate)
             } else {
                 Err(self.seq_conflict(&device, update.seq))
             };
         }
         self.validate(&update)?;
-        match self.store.insert_update(&device, update.seq, bytes)? {
+        let inserted = match upload {
+            Some(id) => self
+                .store
+                .insert_uploaded_update(id, &device, update.seq, bytes)?,
+            None => self.store.insert_update(&device, update.seq, bytes)?,
+        };
+        match inserted {
             Insert::Stored => Ok(Submitted::Accepted),
             Insert::Duplicate => Ok(Submitted::Duplicate),
             Insert::Conflict => Err(self.seq_conflict(&device, update.seq)),
