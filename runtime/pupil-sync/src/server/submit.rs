@@ -1,11 +1,13 @@
 //! Accepting an update: authenticate, validate, deduplicate, store durably.
 
 use axum::http::StatusCode;
+use pupil_format::DType;
 use pupil_wire::{Envelope, Update, UpdateError};
 
 use super::api_error::ApiError;
 use super::Server;
 use crate::keys;
+use crate::protocol::{takes_deltas, DATA_TENSOR_PREFIX};
 use crate::store::{Insert, UploadId};
 
 /// What happened to an update that was not rejected.
@@ -40,6 +42,16 @@ fn decode_error(e: UpdateError) -> ApiError {
         ),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
     }
+}
+
+/// Why tensor `name` of `dtype` takes no delta.
+pub(super) fn not_trainable(name: &str, dtype: DType) -> String {
+    let what = if name.starts_with(DATA_TENSOR_PREFIX) {
+        format!("a data tensor ({DATA_TENSOR_PREFIX}*: examples, not weights)")
+    } else {
+        format!("{}, not floating point", dtype.name())
+    };
+    format!("tensor {name:?} is {what}: only trainable F32, F16 and BF16 tensors take deltas; leave it out of the update (freeze it or mark it personal)")
 }
 
 /// A 422 of `kind`.
@@ -132,7 +144,8 @@ impl Server {
     }
 
     /// Checks an authenticated update against the current model: model id,
-    /// base version and staleness, tensor names and shapes, and the norm bound.
+    /// base version and staleness, tensor names, shapes and kinds (only
+    /// trainable floating-point tensors take deltas), and the norm bound.
     fn validate(&self, update: &Update<'_>) -> Result<(), ApiError> {
         let current = self.current().ok_or_else(|| {
             ApiError::new(
@@ -178,6 +191,12 @@ impl Server {
                 return Err(unprocessable(
                     "wrong_shape",
                     format!("delta {:?} has shape {:?} but the model's tensor is {:?}; refine the current model", delta.name, delta.shape.as_slice(), tensor.shape),
+                ));
+            }
+            if !takes_deltas(delta.name, tensor.dtype) {
+                return Err(unprocessable(
+                    "not_trainable",
+                    not_trainable(delta.name, tensor.dtype),
                 ));
             }
         }
