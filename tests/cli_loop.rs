@@ -2,7 +2,9 @@
 //! for two devices `pupil sync register`, `pupil sync pull`, `pupil data shift`, `pupil
 //! refine --outbox`, `pupil sync push`; the server's round; `pupil sync pull` again. The
 //! pulled version must be the shipped student plus the examples-weighted mean of the two
-//! decoded deltas, checked tensor by tensor.
+//! decoded deltas, checked tensor by tensor. And a push the server refuses fails: an
+//! update it may take later stays queued, one it refused for good waits for `pupil sync
+//! requeue`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -266,4 +268,103 @@ fn health_answers_and_a_second_server_is_told_what_is_taken() {
         err.contains("open in another running server") && err.contains("--store"),
         "{err}"
     );
+}
+
+/// Runs `pupil args`, asserting failure; returns stderr.
+fn run_err(args: &[&str]) -> String {
+    let out = pupil().args(args).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "pupil {} should fail: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Writes `model` with `delta` added to its first F32 weight tensor to `out`.
+fn nudged(model: &Path, delta: f32, out: &Path) {
+    let m = ModelFile::open(model).unwrap();
+    let info = m.info();
+    let mut b = pupil::format::ModelBuilder::new(&info.model_id, &info.arch).unwrap();
+    for e in &info.config {
+        b.config(&e.key, e.value.clone()).unwrap();
+    }
+    let mut done = false;
+    for t in m.tensors() {
+        if !done && t.dtype == pupil::format::DType::F32 && !t.name.starts_with("replay.") {
+            let values: Vec<f32> = t.to_f32().iter().map(|v| v + delta).collect();
+            b.add_f32_as(t.name, t.dtype, t.shape, &values).unwrap();
+            done = true;
+        } else {
+            b.add_tensor(t.name, t.dtype, t.shape, t.bytes.to_vec())
+                .unwrap();
+        }
+    }
+    std::fs::write(out, b.to_bytes().unwrap()).unwrap();
+}
+
+/// The sequence numbers `pupil sync status` lists under `field`.
+fn listed(d: &str, url: &str, field: &str) -> serde_json::Value {
+    let status = run(&["sync", "status", "--dir", d, "--server", url, "--json"]);
+    serde_json::from_str::<serde_json::Value>(&status).unwrap()[field].clone()
+}
+
+#[test]
+fn push_fails_loudly_keeps_what_can_still_go_and_requeue_brings_back_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-student.pupil");
+    let (_a, url_a, key_a) = serve(&dir.path().join("a"), &student);
+    let d = dir.path().join("phone").display().to_string();
+    let register = |url: &str, key: Option<&str>| {
+        let mut args = vec!["sync", "register", "--dir", &d, "--server", url];
+        args.extend(["--device-id", "phone"]);
+        if let Some(k) = key {
+            args.extend(["--server-key", k]);
+        }
+        run(&args);
+    };
+    register(&url_a, Some(&key_a));
+    let refined = dir.path().join("refined.pupil");
+    nudged(&student, 0.01, &refined);
+    let queued = run(&[
+        "sync",
+        "queue",
+        "--dir",
+        &d,
+        "--base",
+        &student.display().to_string(),
+        "--model",
+        &refined.display().to_string(),
+    ]);
+    assert!(queued.contains("queued update 1"), "{queued}");
+
+    // A server that does not know the device: the update stays queued, the push fails.
+    let (_b, url_b, _) = serve(&dir.path().join("b"), &student);
+    let err = run_err(&["sync", "push", "--dir", &d, "--server", &url_b]);
+    assert!(
+        err.contains("unknown_device") && err.contains("pupil sync register"),
+        "{err}"
+    );
+    assert_eq!(listed(&d, &url_b, "queued"), serde_json::json!([1]));
+
+    // A server of another model refuses it for good: moved aside, the push fails.
+    let other = dir.path().join("other.pupil");
+    let mut b = pupil::format::ModelBuilder::new("other", "mlp").unwrap();
+    b.add_f32("w", &[2], &[1.0, 2.0]).unwrap();
+    std::fs::write(&other, b.to_bytes().unwrap()).unwrap();
+    let (_c, url_c, _) = serve(&dir.path().join("c"), &other);
+    std::fs::remove_file(dir.path().join("phone/server.pub")).unwrap();
+    register(&url_c, None);
+    let err = run_err(&["sync", "push", "--dir", &d, "--server", &url_c]);
+    assert!(err.contains("pupil sync requeue"), "{err}");
+    assert_eq!(listed(&d, &url_c, "rejected"), serde_json::json!([1]));
+
+    // Requeued, it goes to the server it was meant for.
+    let requeued = run(&["sync", "requeue", "--dir", &d, "--json"]);
+    assert!(requeued.contains("\"requeued\":[1]"), "{requeued}");
+    let pushed = run(&["sync", "push", "--dir", &d, "--server", &url_a, "--json"]);
+    let pushed: serde_json::Value = serde_json::from_str(&pushed).unwrap();
+    assert_eq!(pushed["accepted"], serde_json::json!([1]), "{pushed}");
+    assert_eq!(listed(&d, &url_a, "queued"), serde_json::json!([]));
 }

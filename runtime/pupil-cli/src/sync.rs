@@ -1,4 +1,4 @@
-//! `pupil serve` and `pupil sync register|queue|push|pull|status|versions|rollback`.
+//! `pupil serve` and `pupil sync register|queue|push|requeue|pull|status|versions|rollback`.
 
 use std::path::PathBuf;
 
@@ -122,10 +122,20 @@ pub enum Sync {
         options: QueueOptions,
     },
     /// Upload every queued update (retrying with backoff, large ones in resumable chunks);
-    /// acknowledged ones leave the outbox.
+    /// acknowledged ones leave the outbox. Exits non-zero when the server refused any:
+    /// for good (moved to outbox/rejected) or until the device is fixed (kept queued).
     Push {
         #[command(flatten)]
         device: Device,
+    },
+    /// Move updates the server rejected (outbox/rejected) back into the queue, to push
+    /// them again once the cause is fixed.
+    Requeue {
+        #[command(flatten)]
+        device: Device,
+        /// Only this update (repeatable); all rejected ones when not given.
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
     },
     /// Fetch the latest model version (as a delta from the local file where possible),
     /// verify it and swap it in atomically.
@@ -203,6 +213,18 @@ pub fn run(cmd: Sync) -> CliResult {
                 .with_device_key(dir.key()?)
                 .push(&dir.outbox()?)?;
             print(device.json, &push_json(&report), || push_lines(&report));
+            push_result(&report)
+        }
+        Sync::Requeue { device, seqs } => {
+            let outbox = device.open()?.outbox()?;
+            let moved = outbox.requeue(&seqs)?;
+            let value = json!({ "requeued": moved, "outbox": outbox.dir() });
+            print(device.json, &value, || {
+                vec![format!(
+                    "requeued {} update(s) {moved:?}; run `pupil sync push` to send them",
+                    moved.len()
+                )]
+            });
             Ok(())
         }
         Sync::Pull {
@@ -390,7 +412,25 @@ fn push_json(r: &PushReport) -> serde_json::Value {
         "rejected": r.rejected.iter().map(|(s, k)| json!({"seq": s, "error": k})).collect::<Vec<_>>(),
         "bytes_sent": r.bytes_sent,
         "resumed": r.resumed.iter().map(|(s, o)| json!({"seq": s, "offset": o})).collect::<Vec<_>>(),
+        "kept": r.kept.as_ref().map(|k| json!({"seq": k.seq, "error": k.kind, "message": k.message})),
     })
+}
+
+/// The push's exit: an error when the server refused an update, for good or until the
+/// device is fixed, so scripts notice.
+fn push_result(r: &PushReport) -> CliResult {
+    if let Some(k) = &r.kept {
+        return Err(format!("update {} was refused ({}): {}", k.seq, k.kind, k.message).into());
+    }
+    if !r.rejected.is_empty() {
+        let seqs: Vec<u64> = r.rejected.iter().map(|(s, _)| *s).collect();
+        return Err(format!(
+            "the server rejected update(s) {seqs:?} for good; they were moved to outbox/rejected: \
+             fix the cause, then `pupil sync requeue` to send them again"
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// A push report as lines.
@@ -410,6 +450,12 @@ fn push_lines(r: &PushReport) -> Vec<String> {
     for (seq, kind) in &r.rejected {
         out.push(format!(
             "  update {seq} rejected: {kind} (kept in outbox/rejected)"
+        ));
+    }
+    if let Some(k) = &r.kept {
+        out.push(format!(
+            "  update {} refused: {} (still queued, with the ones after it)",
+            k.seq, k.kind
         ));
     }
     out
@@ -454,4 +500,42 @@ fn pull_lines(r: &PullReport) -> Vec<String> {
         None => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use pupil_sync::client::Kept;
+
+    use super::*;
+
+    #[test]
+    fn push_fails_when_an_update_was_refused() {
+        assert!(push_result(&PushReport {
+            accepted: vec![1],
+            ..PushReport::default()
+        })
+        .is_ok());
+        let rejected = PushReport {
+            rejected: vec![(2, "wrong_model".into())],
+            ..PushReport::default()
+        };
+        let err = push_result(&rejected).unwrap_err().to_string();
+        assert!(
+            err.contains("[2]") && err.contains("pupil sync requeue"),
+            "{err}"
+        );
+        let kept = PushReport {
+            kept: Some(Kept {
+                seq: 1,
+                kind: "unknown_device".into(),
+                message: "register the device".into(),
+            }),
+            ..PushReport::default()
+        };
+        let err = push_result(&kept).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown_device") && err.contains("register"),
+            "{err}"
+        );
+    }
 }

@@ -202,7 +202,9 @@ pub fn aggregate(
 }
 
 /// The aggregation weight of an update: its example count, discounted by
-/// `1 / sqrt(1 + staleness)` for updates computed on an older version.
+/// `1 / sqrt(1 + staleness)` for updates computed on an older version. The
+/// count is what the device claims: the server caps it first
+/// (`ServerConfig::max_examples`).
 pub fn staleness_weight(examples: u64, staleness: u64) -> f64 {
     examples.max(1) as f64 / (1.0 + staleness as f64).sqrt()
 }
@@ -397,6 +399,28 @@ mod tests {
                 let med = aggregate(Rule::Median { clip_norm: 5.0 }, &deltas, &weights).unwrap();
                 assert!(within(&med, 0.15), "{name}/{bad}: median {med:?}");
             }
+        }
+    }
+
+    #[test]
+    fn robust_rules_ignore_claimed_example_counts() {
+        let pop = population(5, 0, |v| v);
+        let deltas = refs(&pop);
+        let even = vec![1.0; deltas.len()];
+        let mut greedy = even.clone();
+        greedy[4] = staleness_weight(u64::MAX, 0);
+        for rule in [
+            Rule::TrimmedMean {
+                clip_norm: 5.0,
+                trim: 0.2,
+            },
+            Rule::Median { clip_norm: 5.0 },
+        ] {
+            assert_eq!(
+                aggregate(rule, &deltas, &greedy).unwrap(),
+                aggregate(rule, &deltas, &even).unwrap(),
+                "{rule:?}"
+            );
         }
     }
 

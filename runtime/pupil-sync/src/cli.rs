@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Largest L2 norm of one update.
     #[arg(long, default_value_t = 1e3)]
     pub max_norm: f64,
+    /// Most examples one update counts for in FedAvg (larger claims are capped).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_examples: u64,
     /// Aggregation rule: fedavg, trimmed (clip + 20% trimmed mean) or median (clip + median).
     #[arg(long, default_value = "fedavg")]
     pub rule: String,
@@ -63,6 +66,7 @@ impl ServeArgs {
             deadline: Duration::from_millis(self.deadline_ms),
             max_staleness: self.max_staleness,
             max_norm: self.max_norm,
+            max_examples: self.max_examples,
             rule,
             admin_token: self.admin_token.clone(),
             open_registration: self.open_registration,

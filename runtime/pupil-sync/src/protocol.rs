@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pupil_format::DType;
 use serde::{Deserialize, Serialize};
 
 /// What the server signs for a model version: this context, then the 32-byte
@@ -36,6 +37,19 @@ pub struct VersionMeta {
     pub round: Option<u64>,
     /// Metrics: the quality gate's holdout scores and the round's mean device metrics.
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// Name prefix of the data tensors a model file carries, the replay anchors
+/// (`replay.images`, `replay.labels`): examples, not weights, so no update
+/// changes them.
+pub const DATA_TENSOR_PREFIX: &str = "replay.";
+
+/// Whether tensor `name` of `dtype` takes deltas: a trainable floating-point
+/// tensor (F32, F16 or BF16) that is not a data tensor. Integer tensors (a
+/// tokenizer, a chat template, labels) and block-quantized ones cannot be
+/// averaged; data tensors hold examples.
+pub fn takes_deltas(name: &str, dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16) && !name.starts_with(DATA_TENSOR_PREFIX)
 }
 
 /// Most chunks one upload may have; a client picks chunks of at least

@@ -3,8 +3,9 @@
 //! Every method that changes state runs in one write transaction and commits
 //! it (redb's default durability fsyncs on commit) before returning, so once a
 //! handler acknowledges a request, its effect survives a crash or a SIGKILL.
-//! A round publishes its version, records itself and consumes its pending
-//! updates in one transaction: it happens completely or not at all.
+//! A round publishes its version, records itself, consumes its pending
+//! updates and sets aside those it could not aggregate in one transaction: it
+//! happens completely or not at all.
 //! Resumable uploads and their chunks have tables of their own
 //! ([`Store::open_upload`], [`Store::append_chunk`]).
 
@@ -29,6 +30,8 @@ const DEVICE_KEYS: TableDefinition<&[u8], &str> = TableDefinition::new("device_k
 const UPDATES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("updates");
 /// Accepted updates not yet consumed by a round.
 const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
+/// Updates a round could not aggregate, moved out of [`PENDING`] → why.
+const SET_ASIDE: TableDefinition<(&str, u64), &str> = TableDefinition::new("set_aside");
 /// Version number → model file bytes.
 const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("versions");
 /// Version number → [`VersionMeta`] as JSON.
@@ -50,6 +53,9 @@ pub struct RoundRecord {
     pub round: u64,
     /// Updates aggregated.
     pub updates: u64,
+    /// Updates set aside unaggregated (see [`Store::set_aside`]).
+    #[serde(default)]
+    pub set_aside: u64,
     /// The version it published; none when the quality gate rejected it.
     pub published: Option<u64>,
     /// The quality gate's verdict.
@@ -116,6 +122,7 @@ impl Store {
         tx.open_table(DEVICE_KEYS).map_err(db)?;
         tx.open_table(UPDATES).map_err(db)?;
         tx.open_table(PENDING).map_err(db)?;
+        tx.open_table(SET_ASIDE).map_err(db)?;
         tx.open_table(VERSIONS).map_err(db)?;
         tx.open_table(VERSION_META).map_err(db)?;
         tx.open_table(ROUNDS).map_err(db)?;
@@ -184,25 +191,7 @@ impl Store {
     /// exists: then reports whether the stored bytes are the same.
     pub fn insert_update(&self, device: &str, seq: u64, bytes: &[u8]) -> Result<Insert, SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
-        let outcome = {
-            let mut updates = tx.open_table(UPDATES).map_err(db)?;
-            let existing = updates
-                .get((device, seq))
-                .map_err(db)?
-                .map(|v| v.value() == bytes);
-            match existing {
-                Some(true) => Insert::Duplicate,
-                Some(false) => Insert::Conflict,
-                None => {
-                    updates.insert((device, seq), bytes).map_err(db)?;
-                    tx.open_table(PENDING)
-                        .map_err(db)?
-                        .insert((device, seq), ())
-                        .map_err(db)?;
-                    Insert::Stored
-                }
-            }
-        };
+        let outcome = insert_in(&tx, device, seq, bytes)?;
         tx.commit().map_err(db)?;
         Ok(outcome)
     }
@@ -260,12 +249,14 @@ impl Store {
 
     /// Finishes a round in one transaction: stores `version` (when the gate
     /// passed) and makes it current together with the server optimizer's
-    /// `optimizer` state, records `round`, and consumes `used`.
+    /// `optimizer` state, records `round`, consumes `used`, and moves
+    /// `set_aside` out of the pending updates with the reason of each.
     pub fn finish_round(
         &self,
         version: Option<(&VersionMeta, &[u8], &[u8])>,
         round: &RoundRecord,
         used: &[UpdateKey],
+        set_aside: &[(UpdateKey, String)],
     ) -> Result<(), SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
         {
@@ -284,8 +275,29 @@ impl Store {
             for (device, seq) in used {
                 pending.remove((device.as_str(), *seq)).map_err(db)?;
             }
+            let mut aside = tx.open_table(SET_ASIDE).map_err(db)?;
+            for ((device, seq), why) in set_aside {
+                pending.remove((device.as_str(), *seq)).map_err(db)?;
+                aside
+                    .insert((device.as_str(), *seq), why.as_str())
+                    .map_err(db)?;
+            }
         }
         tx.commit().map_err(db)
+    }
+
+    /// The updates rounds set aside unaggregated, with why, in key order.
+    /// Their bytes stay in the store ([`Store::get_update`]).
+    pub fn set_aside(&self) -> Result<Vec<(UpdateKey, String)>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(SET_ASIDE).map_err(db)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let (device, seq) = k.value();
+            out.push(((device.to_owned(), seq), v.value().to_owned()));
+        }
+        Ok(out)
     }
 
     /// The server optimizer's state as of the current version, if a round stored one.
@@ -394,6 +406,33 @@ impl Store {
     }
 }
 
+/// Stores update `(device, seq)` and marks it pending within `tx`, unless that
+/// key exists: then reports whether the stored bytes are the same.
+fn insert_in(
+    tx: &redb::WriteTransaction,
+    device: &str,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<Insert, SyncError> {
+    let mut updates = tx.open_table(UPDATES).map_err(db)?;
+    let existing = updates
+        .get((device, seq))
+        .map_err(db)?
+        .map(|v| v.value() == bytes);
+    Ok(match existing {
+        Some(true) => Insert::Duplicate,
+        Some(false) => Insert::Conflict,
+        None => {
+            updates.insert((device, seq), bytes).map_err(db)?;
+            tx.open_table(PENDING)
+                .map_err(db)?
+                .insert((device, seq), ())
+                .map_err(db)?;
+            Insert::Stored
+        }
+    })
+}
+
 /// Inserts a version and makes it current within `tx`.
 fn put_version(
     tx: &redb::WriteTransaction,
@@ -475,17 +514,27 @@ mod tests {
         s.add_version(&meta(1), b"one").unwrap();
         s.insert_update("d", 1, b"a").unwrap();
         s.insert_update("d", 2, b"b").unwrap();
+        s.insert_update("d", 3, b"c").unwrap();
         let round = RoundRecord {
             round: 1,
             updates: 1,
+            set_aside: 1,
             published: Some(2),
             gate: "passed".into(),
             finished_unix: 2,
         };
-        s.finish_round(Some((&meta(2), b"two", b"{}")), &round, &[("d".into(), 1)])
-            .unwrap();
+        let aside = [(("d".to_owned(), 3), "bad".to_owned())];
+        s.finish_round(
+            Some((&meta(2), b"two", b"{}")),
+            &round,
+            &[("d".into(), 1)],
+            &aside,
+        )
+        .unwrap();
         assert_eq!(s.current().unwrap().unwrap().version, 2);
-        assert_eq!(s.counts().unwrap(), [2, 1, 2, 1]);
+        assert_eq!(s.counts().unwrap(), [3, 1, 2, 1]);
+        assert_eq!(s.set_aside().unwrap(), aside);
+        assert_eq!(s.rounds().unwrap(), [round]);
         assert_eq!(s.version_bytes(2).unwrap().unwrap(), b"two");
         assert_eq!((s.last_version().unwrap(), s.last_round().unwrap()), (2, 1));
         assert!(s.set_current(1).unwrap());

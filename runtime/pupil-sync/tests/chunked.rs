@@ -568,3 +568,78 @@ fn stale_uploads_are_collected_by_the_server_loop() {
         "the stale upload is still there"
     );
 }
+
+#[test]
+fn uploads_left_beside_their_stored_updates_are_collected_by_the_duplicate_answer() {
+    use pupil_sync::store::UploadMeta;
+    use sha2::Digest;
+
+    let t = start(quiet());
+    let key = KeyPair::from_seed([9; 32]);
+    Client::new(&t.url)
+        .register("d", &key.public(), Some(TOKEN))
+        .unwrap();
+    let store = t.server.store();
+    let envelopes: Vec<Vec<u8>> = (1..=4)
+        .map(|seq| {
+            signed(
+                &key,
+                &body("d", seq, base_hash(), &[("b", &[3], &[0.1; 3])]),
+            )
+        })
+        .collect();
+    // What a kill between storing an update and removing its upload left behind
+    // (an older server did the two in separate transactions): both, for four updates.
+    for (seq, env) in (1..).zip(&envelopes) {
+        assert_eq!(
+            t.server.submit(env).unwrap(),
+            pupil_sync::server::Submitted::Accepted
+        );
+        let meta = UploadMeta {
+            device: "d".into(),
+            seq,
+            length: env.len() as u64,
+            sha256: pupil_sync::hex::encode(&sha2::Sha256::digest(env)),
+            received: 0,
+            chunks: 0,
+            created_unix: now(),
+        };
+        store.open_upload(&[seq as u8; 16], &meta, 4).unwrap();
+    }
+    let other = vec![5u8; 100];
+    let open_new = || {
+        signed_request(
+            &t.url,
+            "POST",
+            "/v1/uploads",
+            Some(&key),
+            now(),
+            &open_body(5, &other),
+        )
+    };
+    assert_eq!(open_new().0, 429, "the leftovers hold every slot");
+    // The device retries an update whose commit it never heard back from: the
+    // server answers duplicate and collects the upload left behind.
+    let (status, json) = signed_request(
+        &t.url,
+        "POST",
+        "/v1/uploads",
+        Some(&key),
+        now(),
+        &open_body(1, &envelopes[0]),
+    );
+    assert_eq!((status, json["status"].as_str()), (200, Some("duplicate")));
+    assert_eq!(store.uploads().unwrap().len(), 3);
+    // So does a whole-update duplicate.
+    let (status, json) = post(&format!("{}/v1/updates", t.url), &envelopes[1], None);
+    assert_eq!((status, json["status"].as_str()), (200, Some("duplicate")));
+    assert_eq!(store.uploads().unwrap().len(), 2);
+    let (status, json) = open_new();
+    assert_eq!(status, 201, "{json}");
+    assert_eq!(
+        store.counts().unwrap()[0],
+        4,
+        "collecting removed no update"
+    );
+    assert!(store.uploads().unwrap().iter().all(|(_, m)| m.seq >= 3));
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use pupil_sync::aggregate::ServerOpt;
-use pupil_sync::client::{Client, Outbox, PullOutcome, RetryPolicy};
+use pupil_sync::client::{ChunkPolicy, Client, Outbox, PullOutcome, RetryPolicy};
 use pupil_sync::server::{finite_gate, Server, ServerConfig};
 use pupil_sync::KeyPair;
 
@@ -121,6 +121,61 @@ fn push_keeps_updates_queued_while_the_server_is_down() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert_eq!(outbox.status().unwrap().queued, [1]);
+}
+
+/// Pushing before registering keeps the updates queued, whole or chunked, and says
+/// why; once registered they go. Updates refused for good wait in `rejected/`
+/// until requeued.
+#[test]
+fn push_before_registering_keeps_updates_queued_and_rejected_ones_requeue() {
+    let t = start(quiet());
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::from_seed([21; 32]);
+    let outbox = Outbox::open(dir.path()).unwrap();
+    for _ in 0..2 {
+        outbox
+            .enqueue(&key, |seq| {
+                Ok(body("d", seq, base_hash(), &[("b", &[3], &[0.1; 3])]))
+            })
+            .unwrap();
+    }
+    let whole = Client::new(&t.url);
+    let chunked = Client::new(&t.url)
+        .with_device_key(key.clone())
+        .with_chunks(ChunkPolicy {
+            threshold: 0,
+            size: 64,
+        });
+    for client in [&whole, &chunked] {
+        let report = client.push(&outbox).unwrap();
+        let kept = report.kept.as_ref().expect("the push stops at update 1");
+        assert_eq!((kept.seq, kept.kind.as_str()), (1, "unknown_device"));
+        assert!(kept.message.contains("pupil sync register"), "{kept:?}");
+        assert!(report.rejected.is_empty() && report.accepted.is_empty());
+        let status = outbox.status().unwrap();
+        assert_eq!((status.queued, status.rejected), (vec![1, 2], vec![]));
+    }
+    whole.register("d", &key.public(), Some(TOKEN)).unwrap();
+    let report = chunked.push(&outbox).unwrap();
+    assert_eq!((report.accepted, report.kept), (vec![1, 2], None));
+
+    // An update for another model is refused for good, moved aside, and requeued by hand.
+    outbox
+        .enqueue(&key, |seq| {
+            Ok(model_body(
+                "other",
+                "d",
+                seq,
+                base_hash(),
+                &[("b", &[3], &[0.1; 3])],
+            ))
+        })
+        .unwrap();
+    let report = whole.push(&outbox).unwrap();
+    assert_eq!(report.rejected, [(3, "wrong_model".to_owned())]);
+    assert_eq!(outbox.status().unwrap().rejected, [3]);
+    assert_eq!(outbox.requeue(&[]).unwrap(), [3]);
+    assert_eq!(outbox.status().unwrap().queued, [3]);
 }
 
 /// The server optimizer's state is stored with the version it produced, so a restarted

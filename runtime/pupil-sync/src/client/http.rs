@@ -52,6 +52,22 @@ impl RetryPolicy {
     }
 }
 
+/// Refusals the device can fix, after which an update stays queued: the
+/// device is not registered yet, or its clock is off.
+const FIXABLE: [&str; 2] = ["unknown_device", "stale_request"];
+
+/// An update the server refused for a reason the device can fix: it stays
+/// queued, and the push stops there (the next ones would be refused alike).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The update's sequence number.
+    pub seq: u64,
+    /// The error kind, e.g. `unknown_device`.
+    pub kind: String,
+    /// The server's message and what to do on the device.
+    pub message: String,
+}
+
 /// What a push did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PushReport {
@@ -59,8 +75,12 @@ pub struct PushReport {
     pub accepted: Vec<u64>,
     /// Updates the server had already.
     pub duplicates: Vec<u64>,
-    /// Updates refused for good, with the error kind; moved out of the queue.
+    /// Updates refused for good, with the error kind; moved out of the queue
+    /// (to `rejected/`, from where [`Outbox::requeue`] brings them back).
     pub rejected: Vec<(u64, String)>,
+    /// The update the push stopped at, kept queued with the rest, when the
+    /// server refused it for a reason the device can fix.
+    pub kept: Option<Kept>,
     /// Update bytes sent: whole updates and chunks, including any sent again.
     pub bytes_sent: u64,
     /// Chunked uploads continued from bytes the server held: (sequence number, offset).
@@ -238,12 +258,14 @@ impl Client {
     /// backoff. With a device key, updates larger than the chunking threshold
     /// go in resumable chunks, each retry continuing from the bytes the server
     /// holds. An update leaves the outbox only once the server acknowledged it
-    /// (accepted or duplicate) or refused it for good (moved aside). Stops
-    /// with an error, keeping the rest queued, when retries run out.
+    /// (accepted or duplicate) or refused it for good (moved aside). A
+    /// refusal the device can fix (not registered yet, clock off) keeps the
+    /// update queued and ends the push ([`PushReport::kept`]). Stops with an
+    /// error, keeping the rest queued, when retries run out.
     pub fn push(&self, outbox: &Outbox) -> Result<PushReport, SyncError> {
         let mut rng = StdRng::from_os_rng();
         let mut report = PushReport::default();
-        for seq in outbox.queued()? {
+        'updates: for seq in outbox.queued()? {
             let bytes = outbox.read(seq)?;
             let mut attempt = 0;
             loop {
@@ -263,6 +285,15 @@ impl Client {
                             report.accepted.push(seq)
                         }
                         break;
+                    }
+                    Attempt::Refused(_, err) if FIXABLE.contains(&err.error.as_str()) => {
+                        let message = format!("{}; {}", err.message, fix(&err.error));
+                        report.kept = Some(Kept {
+                            seq,
+                            kind: err.error,
+                            message,
+                        });
+                        break 'updates;
                     }
                     Attempt::Refused(_, err) => {
                         outbox.reject(seq)?;
@@ -341,6 +372,15 @@ impl Client {
             )),
             Attempt::Retry(e) => Err(e),
         }
+    }
+}
+
+/// What the device does about fixable refusal `kind`.
+fn fix(kind: &str) -> &'static str {
+    if kind == "unknown_device" {
+        "the update stays queued: register the device (`pupil sync register`), then push again"
+    } else {
+        "the update stays queued: set the device's clock, then push again"
     }
 }
 

@@ -12,7 +12,7 @@ mod update;
 mod upload;
 
 pub use device::DeviceDir;
-pub use http::{Client, PushReport, RetryPolicy};
+pub use http::{Client, Kept, PushReport, RetryPolicy};
 pub use outbox::{sign_envelope, Outbox, OutboxStatus};
 pub use pull::{PullOutcome, PullReport, Transfer};
 pub use update::{DeltaEncoding, NamedValues, Queued, UpdateOptions};

@@ -1,6 +1,7 @@
 //! The device's durable outbox: one file per signed update, written
 //! atomically (write, fsync, rename, fsync the directory), removed only after
-//! the server acknowledged it. Sequence numbers come from a counter file that
+//! the server acknowledged it; one it refused for good waits in `rejected/` until
+//! [`Outbox::requeue`] moves it back. Sequence numbers come from a counter file that
 //! is advanced durably before the update using it is written, so a number is
 //! never reused, even across crashes.
 
@@ -140,6 +141,40 @@ impl Outbox {
         fsutil::sync_dir(&self.dir)
     }
 
+    /// Moves rejected updates `seqs` (every rejected one when `seqs` is
+    /// empty) back into the queue, to be pushed again once the cause is
+    /// fixed; returns their numbers, ascending.
+    pub fn requeue(&self, seqs: &[u64]) -> Result<Vec<u64>, SyncError> {
+        let rejected_dir = self.dir.join(REJECTED);
+        let rejected = Self::list(&rejected_dir)?;
+        let mut moving = if seqs.is_empty() {
+            rejected.clone()
+        } else {
+            seqs.to_vec()
+        };
+        moving.sort_unstable();
+        moving.dedup();
+        if let Some(missing) = moving.iter().find(|s| !rejected.contains(s)) {
+            return Err(SyncError::InvalidArgument(format!(
+                "update {missing} is not among the rejected ones ({rejected:?}); see `pupil sync status`"
+            )));
+        }
+        for &seq in &moving {
+            let from = rejected_dir.join(format!("{seq:020}.{EXT}"));
+            let to = self.path(seq);
+            if to.exists() {
+                return Err(SyncError::InvalidArgument(format!(
+                    "update {seq} is queued already as {}; remove one of the two copies",
+                    to.display()
+                )));
+            }
+            fs::rename(&from, &to).map_err(io_err("move back", &from))?;
+        }
+        fsutil::sync_dir(&rejected_dir)?;
+        fsutil::sync_dir(&self.dir)?;
+        Ok(moving)
+    }
+
     /// What the outbox holds.
     pub fn status(&self) -> Result<OutboxStatus, SyncError> {
         Ok(OutboxStatus {
@@ -175,6 +210,15 @@ mod tests {
                 next_seq: 4
             }
         );
+        assert_eq!(b.requeue(&[]).unwrap(), [2]);
+        assert_eq!(b.queued().unwrap(), [2, 3]);
+        b.reject(2).unwrap();
+        b.reject(3).unwrap();
+        assert!(b.requeue(&[4]).is_err(), "4 was never rejected");
+        assert_eq!(b.requeue(&[3, 3]).unwrap(), [3]);
+        assert_eq!(b.status().unwrap().rejected, [2]);
+        b.requeue(&[2]).unwrap();
+        assert!(b.status().unwrap().rejected.is_empty());
         let env = b.read(3).unwrap();
         let parsed = Envelope::parse(&env).unwrap();
         assert_eq!(parsed.body, [3]);

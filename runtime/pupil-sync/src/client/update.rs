@@ -4,20 +4,21 @@
 //!
 //! Only floating-point tensors of the base version take deltas; a refined model that
 //! changes an integer or block-quantized tensor (a tokenizer, labels, frozen Q4 weights)
-//! is refused, since no server can aggregate it. Tensors named by a personal prefix stay
-//! on the device. Top-k keeps what it did not send in a residual file beside the outbox
+//! is refused, since no server can aggregate it. Tensors named by a personal prefix, and
+//! the data tensors (`replay.*`, the anchor examples), stay on the device. Top-k keeps what it did not send in a residual file beside the outbox
 //! and adds it to the next update.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pupil_format::{DType, ModelBuilder, ModelFile};
+use pupil_format::{ModelBuilder, ModelFile};
 use pupil_wire::update::{EncodedDelta, UpdateDraft};
 use pupil_wire::Metric;
 
 use super::Outbox;
 use crate::error::io_err;
 use crate::keys::KeyPair;
+use crate::protocol::{takes_deltas, DATA_TENSOR_PREFIX};
 use crate::SyncError;
 
 /// A refined tensor: its name, shape and values.
@@ -104,7 +105,7 @@ fn deltas(
 ) -> Result<Vec<NamedValues>, SyncError> {
     let mut out = Vec::new();
     for (name, shape, values) in refined {
-        if personal.iter().any(|p| name.starts_with(p)) {
+        if name.starts_with(DATA_TENSOR_PREFIX) || personal.iter().any(|p| name.starts_with(p)) {
             continue;
         }
         let t = base.tensor(name).map_err(|_| {
@@ -130,7 +131,7 @@ fn deltas(
                  diverged: lower the learning rate or roll back"
             )));
         }
-        if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        if !takes_deltas(name, t.dtype) {
             return Err(SyncError::InvalidArgument(format!(
                 "tensor {name:?} is {} in the base version: only floating-point tensors \
                  take deltas (freeze it or mark it personal)",
@@ -248,7 +249,7 @@ impl Outbox {
     ) -> Result<Queued, SyncError> {
         let values: Vec<NamedValues> = refined
             .tensors()
-            .filter(|t| matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16))
+            .filter(|t| takes_deltas(t.name, t.dtype))
             .map(|t| (t.name.to_owned(), t.shape.to_vec(), t.to_f32()))
             .collect();
         self.queue_update(key, base, &values, options)
@@ -262,6 +263,7 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use pupil_format::DType;
     use pupil_wire::{Envelope, Update};
 
     use super::*;
@@ -272,6 +274,7 @@ mod tests {
             .unwrap();
         b.add_f32("b.bias", &[4], &[1.0; 4]).unwrap();
         b.add_tensor("labels", DType::U8, &[2], vec![1, 2]).unwrap();
+        b.add_f32("replay.images", &[2], &[0.0, 1.0]).unwrap();
         ModelFile::from_bytes(b.to_bytes().unwrap()).unwrap()
     }
 
@@ -345,6 +348,16 @@ mod tests {
         };
         let err = outbox
             .queue_update(&key, &base, &moved("b.bias", 4), &personal)
+            .unwrap_err();
+        assert!(err.to_string().contains("nothing to send"), "{err}");
+        // Data tensors stay on the device, even in floating point.
+        let err = outbox
+            .queue_update(
+                &key,
+                &base,
+                &moved("replay.images", 2),
+                &options(DeltaEncoding::F16),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("nothing to send"), "{err}");
         let err = outbox

@@ -13,7 +13,7 @@
 //! | `GET /v1/models/{version}/delta?from=N` | the [delta](crate::delta) rebuilding it from version or content hash `N`; headers as above |
 //! | `GET /v1/versions` | every version's metadata |
 //! | `POST /v1/rollback` | `{version}`: make an earlier version current (admin) |
-//! | `GET /v1/metrics` | counts of updates, rejections by kind, versions, rounds, open uploads, full and delta pulls |
+//! | `GET /v1/metrics` | counts of updates (stored, pending, set aside), rejections by kind, versions, rounds, open uploads, full and delta pulls |
 //! | `GET /v1/server-key` | the server's public key |
 //!
 //! Signed requests carry `Authorization: Pupil ...` made with the device key
@@ -31,6 +31,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use super::http_upload;
@@ -173,7 +175,7 @@ impl Server {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given == Some(token.as_str()) {
+        if given.is_some_and(|g| tokens_match(g, token)) {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -183,6 +185,14 @@ impl Server {
             ))
         }
     }
+}
+
+/// Whether `given` is the admin `token`, in a time that says nothing about
+/// where they differ or how long the token is: both are hashed, then the
+/// hashes compared in constant time.
+fn tokens_match(given: &str, token: &str) -> bool {
+    let (given, token) = (Sha256::digest(given), Sha256::digest(token));
+    given.as_slice().ct_eq(token.as_slice()).into()
 }
 
 /// `POST /v1/devices`.
@@ -331,11 +341,18 @@ async fn rollback(
 /// `GET /v1/metrics`.
 async fn metrics(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
     let counters = s.counters();
-    let ([updates, pending, versions, rounds], uploads) =
-        blocking(move || Ok((s.store.counts()?, s.store.uploads()?.len()))).await?;
+    let ([updates, pending, versions, rounds], set_aside, uploads) = blocking(move || {
+        Ok((
+            s.store.counts()?,
+            s.store.set_aside()?.len(),
+            s.store.uploads()?.len(),
+        ))
+    })
+    .await?;
     Ok(Json(json!({
         "updates_stored": updates,
         "updates_pending": pending,
+        "updates_set_aside": set_aside,
         "versions": versions,
         "rounds": rounds,
         "uploads_open": uploads,
@@ -401,4 +418,17 @@ pub async fn serve(
         });
     rounds.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn admin_tokens_match_only_when_equal() {
+        assert!(tokens_match("s3cret-token", "s3cret-token"));
+        for wrong in ["", "s3cret-tokeN", "s3cret-toke", "s3cret-token ", "x"] {
+            assert!(!tokens_match(wrong, "s3cret-token"), "{wrong:?}");
+        }
+    }
 }

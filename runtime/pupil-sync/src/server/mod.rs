@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub max_staleness: u64,
     /// Largest L2 norm of one update's delta.
     pub max_norm: f64,
+    /// Most examples one update counts for in FedAvg: a device claiming more
+    /// weighs as much as one with this many (the robust rules ignore counts).
+    pub max_examples: u64,
     /// Largest request body in bytes (larger ones get 413).
     pub max_body: usize,
     /// How rounds combine deltas.
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             tick: Duration::from_millis(100),
             max_staleness: 4,
             max_norm: 1e3,
+            max_examples: 100_000,
             max_body: pupil_wire::MAX_ENVELOPE_LEN,
             rule: Rule::FedAvg,
             opt: ServerOpt::Plain,

@@ -1,5 +1,11 @@
 //! The round policy and a round: aggregate the pending updates, apply the
 //! step to the current model, gate the candidate, publish or keep the old one.
+//!
+//! A round never fails because of an update: one that does not decode or no
+//! longer fits the model (after a rollback, or stored by an older server that
+//! let it through) is set aside with why, and the round goes on with the rest.
+//! Every round consumes or sets aside all the updates it saw, so none can
+//! block the next one.
 
 use std::collections::BTreeMap;
 use std::sync::PoisonError;
@@ -8,8 +14,10 @@ use std::time::Instant;
 use pupil_format::{ModelBuilder, ModelFile};
 use pupil_wire::{Envelope, Update};
 
+use super::submit::not_trainable;
 use super::{unix_now, Server};
 use crate::aggregate::{aggregate, staleness_weight};
+use crate::protocol::takes_deltas;
 use crate::store::{RoundRecord, UpdateKey};
 use crate::SyncError;
 
@@ -23,6 +31,37 @@ struct Batch {
     weights: Vec<f64>,
     /// Sums of device metrics and how many reported each.
     metrics: BTreeMap<String, (f64, u64)>,
+    /// The updates aggregated, in the order of `deltas`.
+    used: Vec<UpdateKey>,
+    /// The updates that cannot be aggregated, with why.
+    set_aside: Vec<(UpdateKey, String)>,
+}
+
+/// Why `update` cannot be added to `model`, if it cannot: a delta that does
+/// not decode, or names a tensor the model lacks, of another shape, or one
+/// that takes no deltas.
+fn unfit(model: &ModelFile, update: &Update<'_>) -> Option<String> {
+    for delta in update.deltas.iter() {
+        let delta = match delta {
+            Ok(d) => d,
+            Err(e) => return Some(format!("a delta does not decode: {e}")),
+        };
+        let Ok(tensor) = model.tensor(delta.name) else {
+            return Some(format!("the model has no tensor {:?}", delta.name));
+        };
+        if tensor.shape != delta.shape.as_slice() {
+            return Some(format!(
+                "delta {:?} has shape {:?} but the model's tensor is {:?}",
+                delta.name,
+                delta.shape.as_slice(),
+                tensor.shape
+            ));
+        }
+        if !takes_deltas(delta.name, tensor.dtype) {
+            return Some(not_trainable(delta.name, tensor.dtype));
+        }
+    }
+    None
 }
 
 impl Server {
@@ -56,12 +95,12 @@ impl Server {
         if pending.is_empty() {
             return Ok(None);
         }
-        let used: Vec<UpdateKey> = pending.iter().map(|(k, _)| k.clone()).collect();
-        let batch = self.batch(&current.model, current.meta.version, &pending);
+        let mut batch = self.batch(&current.model, current.meta.version, &pending);
         let n = self.store.last_round()? + 1;
         let mut record = RoundRecord {
             round: n,
-            updates: used.len() as u64,
+            updates: batch.used.len() as u64,
+            set_aside: batch.set_aside.len() as u64,
             published: None,
             gate: String::new(),
             finished_unix: 0,
@@ -76,12 +115,26 @@ impl Server {
         let candidate = match aggregate(self.config.rule, &refs, &batch.weights) {
             Ok(mean) => {
                 let step = opt.step(&mean);
-                Some(self.candidate(
+                match self.candidate(
                     &current.model,
                     &batch.layout,
                     &step,
                     current.meta.version + 1,
-                )?)
+                ) {
+                    Ok(candidate) => Some(candidate),
+                    Err(e) => {
+                        // Not one update's fault, but none of them can be used this way.
+                        record.gate = format!("not built: {e}");
+                        let why = format!("round {n} could not build its candidate: {e}");
+                        let used = std::mem::take(&mut batch.used);
+                        batch
+                            .set_aside
+                            .extend(used.into_iter().map(|k| (k, why.clone())));
+                        record.updates = 0;
+                        record.set_aside = batch.set_aside.len() as u64;
+                        None
+                    }
+                }
             }
             Err(e) => {
                 record.gate = format!("not aggregated: {e}");
@@ -116,7 +169,8 @@ impl Server {
         let version = published
             .as_ref()
             .map(|(m, c)| (m, c.as_bytes(), opt_state.as_slice()));
-        self.store.finish_round(version, &record, &used)?;
+        self.store
+            .finish_round(version, &record, &batch.used, &batch.set_aside)?;
         if published.is_some() {
             *self.opt.lock().unwrap_or_else(PoisonError::into_inner) = opt;
             self.reload()?;
@@ -124,26 +178,35 @@ impl Server {
         Ok(Some(record))
     }
 
-    /// Decodes the pending updates into flat deltas. Updates that no longer
-    /// fit the model (after a rollback) contribute nothing.
+    /// Decodes the pending updates into flat deltas, weighted by their
+    /// example counts (each capped at the configured maximum) and staleness.
+    /// Updates that do not fit the model are set aside.
     fn batch(&self, model: &ModelFile, current: u64, pending: &[(UpdateKey, Vec<u8>)]) -> Batch {
         let mut batch = Batch {
             layout: BTreeMap::new(),
             deltas: Vec::new(),
             weights: Vec::new(),
             metrics: BTreeMap::new(),
+            used: Vec::new(),
+            set_aside: Vec::new(),
         };
-        let updates: Vec<Update<'_>> = pending
-            .iter()
-            .filter_map(|(_, bytes)| Envelope::parse(bytes).ok())
-            .filter_map(|env| Update::parse(env.body).ok())
-            .collect();
+        let mut updates: Vec<Update<'_>> = Vec::new();
+        for (key, bytes) in pending {
+            let fitting = Envelope::parse(bytes)
+                .and_then(|env| Update::parse(env.body))
+                .map_err(|e| format!("the update does not decode: {e}"))
+                .and_then(|u| unfit(model, &u).map_or(Ok(u), Err));
+            match fitting {
+                Ok(u) => {
+                    batch.used.push(key.clone());
+                    updates.push(u);
+                }
+                Err(why) => batch.set_aside.push((key.clone(), why)),
+            }
+        }
         let mut total = 0usize;
         for d in updates.iter().flat_map(|u| u.deltas.iter().flatten()) {
-            let fits = model
-                .tensor(d.name)
-                .is_ok_and(|t| t.shape == d.shape.as_slice());
-            if fits && !batch.layout.contains_key(d.name) {
+            if !batch.layout.contains_key(d.name) {
                 let len = d.elements() as usize;
                 batch.layout.insert(d.name.to_owned(), (total, len));
                 total += len;
@@ -159,7 +222,7 @@ impl Server {
             }
             let base = self.version_of(&u.base_version).unwrap_or(0);
             batch.weights.push(staleness_weight(
-                u.num_examples,
+                u.num_examples.min(self.config.max_examples),
                 current.saturating_sub(base),
             ));
             batch.deltas.push(flat);

@@ -1,12 +1,14 @@
 //! Accepting an update: authenticate, validate, deduplicate, store durably.
 
 use axum::http::StatusCode;
+use pupil_format::DType;
 use pupil_wire::{Envelope, Update, UpdateError};
 
 use super::api_error::ApiError;
 use super::Server;
 use crate::keys;
-use crate::store::Insert;
+use crate::protocol::{takes_deltas, DATA_TENSOR_PREFIX};
+use crate::store::{Insert, UploadId};
 
 /// What happened to an update that was not rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,16 @@ fn decode_error(e: UpdateError) -> ApiError {
     }
 }
 
+/// Why tensor `name` of `dtype` takes no delta.
+pub(super) fn not_trainable(name: &str, dtype: DType) -> String {
+    let what = if name.starts_with(DATA_TENSOR_PREFIX) {
+        format!("a data tensor ({DATA_TENSOR_PREFIX}*: examples, not weights)")
+    } else {
+        format!("{}, not floating point", dtype.name())
+    };
+    format!("tensor {name:?} is {what}: only trainable F32, F16 and BF16 tensors take deltas; leave it out of the update (freeze it or mark it personal)")
+}
+
 /// A 422 of `kind`.
 fn unprocessable(kind: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
@@ -51,7 +63,17 @@ impl Server {
     /// Authenticates and validates a signed update envelope and stores it;
     /// returns only after the store committed it.
     pub fn submit(&self, bytes: &[u8]) -> Result<Submitted, ApiError> {
-        let result = self.check_and_store(bytes);
+        self.submit_from(bytes, None)
+    }
+
+    /// [`Server::submit`] of bytes assembled from chunked upload `upload`, if
+    /// any: storing the update removes the upload in the same transaction.
+    pub(super) fn submit_from(
+        &self,
+        bytes: &[u8],
+        upload: Option<&UploadId>,
+    ) -> Result<Submitted, ApiError> {
+        let result = self.check_and_store(bytes, upload);
         match &result {
             Ok(Submitted::Duplicate) => self.count("duplicate"),
             Ok(Submitted::Accepted) => self.count("accepted"),
@@ -60,8 +82,12 @@ impl Server {
         result
     }
 
-    /// [`Server::submit`] without the counting.
-    fn check_and_store(&self, bytes: &[u8]) -> Result<Submitted, ApiError> {
+    /// [`Server::submit_from`] without the counting.
+    fn check_and_store(
+        &self,
+        bytes: &[u8],
+        upload: Option<&UploadId>,
+    ) -> Result<Submitted, ApiError> {
         let env = Envelope::parse(bytes).map_err(decode_error)?;
         let (device, public) = self.store.device_for_key(&env.key_id)?.ok_or_else(|| {
             ApiError::new(
@@ -87,13 +113,21 @@ impl Server {
         }
         if let Some(stored) = self.store.get_update(&device, update.seq)? {
             return if stored == bytes {
+                // An upload of it that outlived the store (a crash of an older server) goes.
+                self.store.remove_upload_of(&device, update.seq)?;
                 Ok(Submitted::Duplicate)
             } else {
                 Err(self.seq_conflict(&device, update.seq))
             };
         }
         self.validate(&update)?;
-        match self.store.insert_update(&device, update.seq, bytes)? {
+        let inserted = match upload {
+            Some(id) => self
+                .store
+                .insert_uploaded_update(id, &device, update.seq, bytes)?,
+            None => self.store.insert_update(&device, update.seq, bytes)?,
+        };
+        match inserted {
             Insert::Stored => Ok(Submitted::Accepted),
             Insert::Duplicate => Ok(Submitted::Duplicate),
             Insert::Conflict => Err(self.seq_conflict(&device, update.seq)),
@@ -110,7 +144,8 @@ impl Server {
     }
 
     /// Checks an authenticated update against the current model: model id,
-    /// base version and staleness, tensor names and shapes, and the norm bound.
+    /// base version and staleness, tensor names, shapes and kinds (only
+    /// trainable floating-point tensors take deltas), and the norm bound.
     fn validate(&self, update: &Update<'_>) -> Result<(), ApiError> {
         let current = self.current().ok_or_else(|| {
             ApiError::new(
@@ -156,6 +191,12 @@ impl Server {
                 return Err(unprocessable(
                     "wrong_shape",
                     format!("delta {:?} has shape {:?} but the model's tensor is {:?}; refine the current model", delta.name, delta.shape.as_slice(), tensor.shape),
+                ));
+            }
+            if !takes_deltas(delta.name, tensor.dtype) {
+                return Err(unprocessable(
+                    "not_trainable",
+                    not_trainable(delta.name, tensor.dtype),
                 ));
             }
         }

@@ -1,7 +1,8 @@
 //! Resumable chunked uploads of large updates: open, append contiguous
 //! chunks (each committed before it is acknowledged), ask how much is held,
-//! commit. A commit runs the assembled bytes through [`Server::submit`], the
-//! same path as `POST /v1/updates`, then removes the upload.
+//! commit. A commit runs the assembled bytes through [`Server::submit`]'s
+//! path, the same as `POST /v1/updates`, and removes the upload in the
+//! transaction that stores the update.
 
 use axum::http::StatusCode;
 use pupil_wire::{Envelope, Update};
@@ -80,6 +81,8 @@ impl Server {
         })?;
         if let Some(stored) = self.store.get_update(device, req.seq)? {
             if stored.len() as u64 == req.length && Sha256::digest(&stored).as_slice() == sha {
+                // An upload of it left behind by a crash would hold a slot for a day.
+                self.store.remove_upload_of(device, req.seq)?;
                 self.count("duplicate");
                 return Ok(Opened::Duplicate);
             }
@@ -195,8 +198,8 @@ impl Server {
     }
 
     /// Assembles `device`'s complete upload `id` and submits it exactly like
-    /// `POST /v1/updates`; the upload is removed once the update is stored or
-    /// refused for good.
+    /// `POST /v1/updates`; the upload is removed once the update is stored (in
+    /// the same transaction) or refused for good.
     pub fn commit_upload(&self, device: &str, id: &str) -> Result<Submitted, ApiError> {
         let (key, meta) = self.own_upload(device, id)?;
         if meta.received < meta.length {
@@ -231,12 +234,8 @@ impl Server {
                 ));
             }
         }
-        let result = self.submit(&bytes);
-        let settled = match &result {
-            Ok(_) => true,
-            Err(e) => e.status.is_client_error(),
-        };
-        if settled {
+        let result = self.submit_from(&bytes, Some(&key));
+        if result.as_ref().is_err_and(|e| e.status.is_client_error()) {
             self.store.remove_upload(&key)?;
         }
         if result.is_ok() {

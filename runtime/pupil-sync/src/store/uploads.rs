@@ -5,7 +5,7 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{from_json, to_json, Store};
+use super::{from_json, insert_in, to_json, Insert, Store};
 use crate::error::{db, SyncError};
 
 /// Upload id → [`UploadMeta`] as JSON.
@@ -280,6 +280,45 @@ impl Store {
         Ok(removed)
     }
 
+    /// Stores update `(device, seq)`, assembled from upload `id`, like
+    /// [`Store::insert_update`], and removes the upload in the same
+    /// transaction when the update is stored or was stored before: a crash
+    /// leaves either the upload or the update, never both.
+    pub fn insert_uploaded_update(
+        &self,
+        id: &UploadId,
+        device: &str,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<Insert, SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let outcome = insert_in(&tx, device, seq, bytes)?;
+        if outcome != Insert::Conflict {
+            remove_in(&tx, id)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    /// Removes `device`'s upload of update `seq` and its chunks, if it has
+    /// one (left behind when the update is stored already); false when there
+    /// is none.
+    pub fn remove_upload_of(&self, device: &str, seq: u64) -> Result<bool, SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let id = tx
+            .open_table(UPLOAD_KEYS)
+            .map_err(db)?
+            .get((device, seq))
+            .map_err(db)?
+            .map(|v| v.value().to_vec());
+        let removed = match id {
+            Some(id) => remove_in(&tx, &id)?,
+            None => false,
+        };
+        tx.commit().map_err(db)?;
+        Ok(removed)
+    }
+
     /// Removes every upload opened at or before `unix` seconds; returns how many.
     pub fn remove_uploads_opened_by(&self, unix: u64) -> Result<u64, SyncError> {
         let stale: Vec<UploadId> = self
@@ -383,5 +422,31 @@ mod tests {
             s.open_upload(&id, &meta("d", 1, 7), 2).unwrap(),
             UploadOpen::Created(id)
         );
+    }
+
+    #[test]
+    fn storing_an_uploaded_update_removes_its_upload_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (a, b) = ([1u8; UPLOAD_ID_LEN], [2u8; UPLOAD_ID_LEN]);
+        s.open_upload(&a, &meta("d", 1, 3), 4).unwrap();
+        s.append_chunk(&a, "d", 0, b"abc", 4).unwrap();
+        assert_eq!(
+            s.insert_uploaded_update(&a, "d", 1, b"abc").unwrap(),
+            Insert::Stored
+        );
+        assert_eq!(s.upload(&a).unwrap(), None);
+        assert_eq!(s.get_update("d", 1).unwrap().unwrap(), b"abc");
+        // A conflicting update keeps its upload for the caller to refuse.
+        s.open_upload(&b, &meta("d", 1, 3), 4).unwrap();
+        assert_eq!(
+            s.insert_uploaded_update(&b, "d", 1, b"xyz").unwrap(),
+            Insert::Conflict
+        );
+        assert!(s.upload(&b).unwrap().is_some());
+        // An upload left beside its stored update is collected by sequence number.
+        assert!(s.remove_upload_of("d", 1).unwrap());
+        assert!(!s.remove_upload_of("d", 1).unwrap());
+        assert!(s.uploads().unwrap().is_empty());
     }
 }

@@ -109,9 +109,10 @@ pub fn spawn_server(store: &Path, model: &Path, args: &[&str]) -> (Child, String
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    // Keep reading: a server printing into a closed pipe would panic and die.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = line
         .trim()
         .strip_prefix("listening on ")

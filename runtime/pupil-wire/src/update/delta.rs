@@ -66,12 +66,23 @@ pub struct Delta<'a> {
 }
 
 /// The rows and row length of `shape` for per-row scales: the last dimension
-/// is the row; a scalar is one row of one element.
-pub fn rows_cols(shape: &[u64]) -> (u64, u64) {
+/// is the row; a scalar is one row of one element. `None` when the row count
+/// overflows 64 bits (a shape such as `[2^40, 2^40, 0]` has no elements but
+/// too many rows).
+pub fn rows_cols(shape: &[u64]) -> Option<(u64, u64)> {
     match shape.split_last() {
-        Some((&cols, outer)) => (outer.iter().product(), cols),
-        None => (1, 1),
+        Some((&cols, outer)) => {
+            let rows = outer.iter().try_fold(1u64, |n, &d| n.checked_mul(d))?;
+            Some((rows, cols))
+        }
+        None => Some((1, 1)),
     }
+}
+
+/// The row length of `shape` for per-row scales, at least 1.
+pub(super) fn row_len(shape: &[u64]) -> usize {
+    let cols = shape.last().copied().unwrap_or(1);
+    usize::try_from(cols).unwrap_or(usize::MAX).max(1)
 }
 
 /// The f32 at `i` of little-endian f32 bytes (0 when out of range).
@@ -112,8 +123,7 @@ impl Delta<'_> {
                 (0..values.len() / 2).for_each(|i| f(i, f16_at(values, i)));
             }
             Encoding::Int8 { scales, values } => {
-                let (_, cols) = rows_cols(&self.shape);
-                let cols = usize::try_from(cols).unwrap_or(usize::MAX).max(1);
+                let cols = row_len(&self.shape);
                 for (i, &q) in values.iter().enumerate() {
                     f(i, f32::from(q as i8) * f32_at(scales, i / cols));
                 }
@@ -204,7 +214,10 @@ pub(super) fn decode_delta(bytes: &[u8], index: u32) -> Result<(Delta<'_>, &[u8]
         1 => {
             let (scales, rest): (&[u8], _) = take(rest, "delta scales")?;
             let (values, rest): (&[u8], _) = take(rest, "delta values")?;
-            check_len(index, "scales", scales, 4 * rows_cols(&shape).0)?;
+            let scale_bytes = rows_cols(&shape)
+                .and_then(|(rows, _)| rows.checked_mul(4))
+                .ok_or(UpdateError::TooManyElements { index })?;
+            check_len(index, "scales", scales, scale_bytes)?;
             check_len(index, "values", values, elements)?;
             let finite = scales
                 .chunks_exact(4)

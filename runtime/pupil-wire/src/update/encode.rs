@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use half::f16;
 use serde::Serialize;
 
-use super::delta::rows_cols;
+use super::delta::row_len;
 use super::{Delta, Encoding, Metric, Update, UpdateError, UPDATE_VERSION};
 use crate::{DType, Shape, MAX_NAME_LEN};
 
@@ -113,8 +113,7 @@ impl EncodedDelta {
     /// half its row's scale.
     pub fn int8(name: &str, shape: &[u64], values: &[f32]) -> Result<Self, UpdateError> {
         let (name, shape) = checked(name, shape, values)?;
-        let (_, cols) = rows_cols(&shape);
-        let cols = usize::try_from(cols).unwrap_or(usize::MAX).max(1);
+        let cols = row_len(&shape);
         let mut scales = Vec::new();
         let mut quantized = Vec::with_capacity(values.len());
         for row in values.chunks(cols) {

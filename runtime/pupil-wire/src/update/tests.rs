@@ -189,8 +189,9 @@ fn int8_error_is_within_half_a_row_scale() {
 fn int8_of_a_scalar_is_one_row() {
     let e = EncodedDelta::int8("s", &[], &[-3.0]).unwrap();
     assert!((dense(&e.as_delta())[0] + 3.0).abs() < 1e-6);
-    assert_eq!(rows_cols(&[]), (1, 1));
-    assert_eq!(rows_cols(&[4, 5, 6]), (20, 6));
+    assert_eq!(rows_cols(&[]), Some((1, 1)));
+    assert_eq!(rows_cols(&[4, 5, 6]), Some((20, 6)));
+    assert_eq!(rows_cols(&[1 << 40, 1 << 40, 0]), None);
 }
 
 #[test]
@@ -496,6 +497,19 @@ fn shape_and_encoding_rejections() {
         Update::parse(&one(overflow)).unwrap_err(),
         UpdateError::TooManyElements { index: 0 }
     );
+    // No elements but 2^62 rows: 4 bytes of scale per row overflow u64.
+    for shape in [
+        &[1u64 << 62, 0][..],
+        &[1 << 62, 2, 0],
+        &[1 << 32, 1 << 32, 0],
+    ] {
+        let empty_rows = raw_delta(b"t", shape, 1, &[&[], &[]]);
+        assert_eq!(
+            Update::parse(&one(empty_rows)).unwrap_err(),
+            UpdateError::TooManyElements { index: 0 },
+            "{shape:?}"
+        );
+    }
     let unknown = raw_delta(b"t", &[1], 7, &[]);
     assert_eq!(
         Update::parse(&one(unknown)).unwrap_err(),

@@ -142,9 +142,16 @@ fn unpermute_rows(t: &GgufTensor, data: &[u8], heads: i64) -> Result<Vec<u8>, Im
             t.name, t.shape
         ))
     };
-    let &[rows, _] = t.shape.as_slice() else {
+    let &[rows, cols] = t.shape.as_slice() else {
         return Err(bad());
     };
+    if rows == 0 || cols == 0 || data.is_empty() {
+        return Err(ImportError::Gguf(format!(
+            "tensor {:?} of shape {:?} has no elements: an attention projection needs rows and \
+             columns; the file is damaged or was written by a broken converter",
+            t.name, t.shape
+        )));
+    }
     let heads = u64::try_from(heads)
         .ok()
         .filter(|&h| h > 0)
@@ -152,11 +159,11 @@ fn unpermute_rows(t: &GgufTensor, data: &[u8], heads: i64) -> Result<Vec<u8>, Im
     let head_dim = rows / heads;
     if !rows.is_multiple_of(heads)
         || !head_dim.is_multiple_of(2)
-        || !(data.len() as u64).is_multiple_of(rows.max(1))
+        || !(data.len() as u64).is_multiple_of(rows)
     {
         return Err(bad());
     }
-    let row_len = data.len() / rows as usize;
+    let row_len = usize::try_from(data.len() as u64 / rows).map_err(|_| bad())?;
     let (head_dim, half) = (head_dim as usize, head_dim as usize / 2);
     let mut out = vec![0u8; data.len()];
     for (src, dst) in data

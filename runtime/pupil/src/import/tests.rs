@@ -225,6 +225,28 @@ fn gguf_llama_query_and_key_rows_are_unpermuted() {
     assert_eq!(first_bytes("blk.0.attn_k.weight"), [0, 2, 1, 3]);
 }
 
+/// A Llama query or key projection with a zero dimension is refused with an error, not a
+/// division by zero or a zero-sized chunk.
+#[test]
+fn gguf_llama_attention_with_a_zero_dimension_is_an_error() {
+    let meta = [
+        ("general.architecture", W::Str("llama")),
+        ("llama.attention.head_count", W::U32(2)),
+    ];
+    for (name, shape) in [
+        ("blk.0.attn_q.weight", vec![8, 0]),
+        ("blk.0.attn_q.weight", vec![0, 32]),
+        ("blk.0.attn_k.weight", vec![0, 0]),
+    ] {
+        let src = gguf(&meta, &[(name, shape.clone(), 0, Vec::new())], 32);
+        assert!(Gguf::parse(&src).is_ok(), "{shape:?} parses");
+        match import_gguf(&src, "t", Target::Keep) {
+            Err(ImportError::Gguf(why)) => assert!(why.contains("no elements"), "{why}"),
+            other => panic!("{name} {shape:?}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
 #[test]
 fn gguf_targets_convert_floats() {
     let src = tiny_llama(32);
