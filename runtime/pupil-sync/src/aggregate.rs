@@ -32,6 +32,9 @@ pub enum AggregateError {
         "trim fraction {0} is outside [0, 0.5); trim less than half of the updates from each side"
     )]
     BadTrim(f32),
+    /// LoRA adapter pairs could not be merged.
+    #[error("LoRA adapters could not be merged: {0}")]
+    Adapters(String),
 }
 
 /// How the server combines a round's deltas.

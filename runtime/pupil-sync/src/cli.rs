@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::aggregate::Rule;
 use crate::error::io_err;
+use crate::lora_merge::Merge;
 use crate::server::{self, finite_gate, Server, ServerConfig};
 use crate::SyncError;
 
@@ -41,6 +42,11 @@ pub struct ServeArgs {
     /// Aggregation rule: fedavg, trimmed (clip + 20% trimmed mean) or median (clip + median).
     #[arg(long, default_value = "fedavg")]
     pub rule: String,
+    /// How FedAvg merges LoRA adapters (`*.lora_a`/`*.lora_b` pairs): product (the mean
+    /// of each device's B A, re-factored by truncated SVD) or factors (A and B averaged
+    /// apart: biased, for comparison).
+    #[arg(long, default_value = "product")]
+    pub lora_merge: String,
     /// Clip norm of the robust rules.
     #[arg(long, default_value_t = 10.0)]
     pub clip_norm: f32,
@@ -61,6 +67,15 @@ impl ServeArgs {
                 self.rule
             ))
         })?;
+        let lora_merge = match self.lora_merge.as_str() {
+            "product" => Merge::Product,
+            "factors" => Merge::Factors,
+            other => {
+                return Err(SyncError::InvalidArgument(format!(
+                    "unknown --lora-merge {other:?}; use product or factors"
+                )))
+            }
+        };
         Ok(ServerConfig {
             min_updates: self.min_updates,
             deadline: Duration::from_millis(self.deadline_ms),
@@ -68,6 +83,7 @@ impl ServeArgs {
             max_norm: self.max_norm,
             max_examples: self.max_examples,
             rule,
+            lora_merge,
             admin_token: self.admin_token.clone(),
             open_registration: self.open_registration,
             ..ServerConfig::default()

@@ -12,6 +12,8 @@
 //! `B' = U sqrt(S)`, `A' = sqrt(S) V^T`. [`Merge::Factors`] is the naive rule, kept to
 //! measure against.
 
+use pupil_format::ModelFile;
+
 /// How to merge adapters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -84,6 +86,67 @@ pub fn merge(
         }
         Merge::Product => Ok(product(adapters, out, rank, inp, total)),
     }
+}
+
+/// In a round's aggregate `mean` (the weighted mean of `deltas`, each laid out as
+/// `layout`: tensor name, offset, length), replaces the entries of every LoRA pair of
+/// `model` (`X.lora_a` `[r, in]` beside `X.lora_b` `[out, r]`) by the [`Merge::Product`]
+/// of the devices' refined factors (the model's plus each device's delta), as a delta from
+/// the model's. Returns how many pairs it merged.
+pub fn merge_adapter_deltas(
+    model: &ModelFile,
+    layout: &[(&str, usize, usize)],
+    deltas: &[&[f32]],
+    weights: &[f64],
+    mean: &mut [f32],
+) -> Result<usize, String> {
+    let at = |name: &str| layout.iter().find(|l| l.0 == name).map(|l| (l.1, l.2));
+    let mut merged = 0;
+    for &(name, a_at, a_len) in layout {
+        let Some(stem) = name.strip_suffix(".lora_a") else {
+            continue;
+        };
+        let b_name = format!("{stem}.lora_b");
+        let (Some((b_at, b_len)), Ok(a_t), Ok(b_t)) =
+            (at(&b_name), model.tensor(name), model.tensor(&b_name))
+        else {
+            continue;
+        };
+        let (&[rank, inp], &[out, rank_b]) = (a_t.shape, b_t.shape) else {
+            continue;
+        };
+        let (rank, inp, out) = (rank as usize, inp as usize, out as usize);
+        if rank_b as usize != rank || a_len != rank * inp || b_len != out * rank {
+            return Err(format!("{stem}: LoRA factors of mismatched shapes"));
+        }
+        let (a0, b0) = (a_t.to_f32(), b_t.to_f32());
+        let refined: Vec<(Vec<f32>, Vec<f32>)> = deltas
+            .iter()
+            .map(|d| {
+                let add = |base: &[f32], from: usize| -> Vec<f32> {
+                    base.iter()
+                        .zip(&d[from..from + base.len()])
+                        .map(|(x, y)| x + y)
+                        .collect()
+                };
+                (add(&b0, b_at), add(&a0, a_at))
+            })
+            .collect();
+        let factors: Vec<Factors> = refined
+            .iter()
+            .zip(weights)
+            .map(|((b, a), &weight)| Factors { b, a, weight })
+            .collect();
+        let (b, a) = merge(&factors, out, rank, inp, Merge::Product)?;
+        for (m, (new, old)) in mean[b_at..b_at + b_len].iter_mut().zip(b.iter().zip(&b0)) {
+            *m = new - old;
+        }
+        for (m, (new, old)) in mean[a_at..a_at + a_len].iter_mut().zip(a.iter().zip(&a0)) {
+            *m = new - old;
+        }
+        merged += 1;
+    }
+    Ok(merged)
 }
 
 /// `(b, a)` of rank `rank` closest to the weighted mean of the products.

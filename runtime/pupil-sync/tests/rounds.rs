@@ -213,3 +213,68 @@ fn no_device_outweighs_the_cap_on_examples() {
         "{b:?} should stay at {B:?}"
     );
 }
+
+/// An adapter file: `x.lora_a` `[2, 3]` and `x.lora_b` `[4, 2]`.
+const A0: [f32; 6] = [1.0, 0.0, 0.5, 0.0, 1.0, -0.5];
+const B0: [f32; 8] = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, -1.0];
+
+fn adapter_model() -> Vec<u8> {
+    let mut b = ModelBuilder::new("tiny", "llama-lora").unwrap();
+    b.add_f32("x.lora_a", &[2, 3], &A0).unwrap();
+    b.add_f32("x.lora_b", &[4, 2], &B0).unwrap();
+    b.to_bytes().unwrap()
+}
+
+/// `b a` of `[4, 2]` and `[2, 3]` factors.
+fn product(b: &[f32], a: &[f32]) -> Vec<f32> {
+    (0..12)
+        .map(|k| (0..2).map(|j| b[k / 3 * 2 + j] * a[j * 3 + k % 3]).sum())
+        .collect()
+}
+
+/// Two devices learned the same `B0 A0` in different bases (`B0 D`, `D^-1 A0`); the
+/// round's adapter keeps that product with the product rule and loses it by averaging
+/// the factors apart.
+fn merged_product(rule: pupil_sync::lora_merge::Merge) -> Vec<f32> {
+    let t = start_with(
+        ServerConfig {
+            lora_merge: rule,
+            ..quiet()
+        },
+        adapter_model(),
+    );
+    let base = pupil_sync::hex::decode::<32>(&t.server.current_meta().unwrap().hash).unwrap();
+    for (i, d) in [[2.0f32, -1.0], [-1.0, 0.5]].iter().enumerate() {
+        let name = format!("d{i}");
+        let key = KeyPair::from_seed([i as u8 + 1; 32]);
+        register(&t, &name, &key);
+        let db: Vec<f32> = (0..8).map(|k| B0[k] * d[k % 2] - B0[k]).collect();
+        let da: Vec<f32> = (0..6).map(|k| A0[k] / d[k / 3] - A0[k]).collect();
+        let deltas: [(&str, &[u64], &[f32]); 2] =
+            [("x.lora_a", &[2, 3], &da), ("x.lora_b", &[4, 2], &db)];
+        let env = signed(&key, &body_with(&name, 1, base, 10, &deltas));
+        assert_eq!(t.server.submit(&env).unwrap(), Submitted::Accepted);
+    }
+    let record = t.server.run_round().unwrap().unwrap();
+    assert_eq!(record.published, Some(2), "{record:?}");
+    product(&current(&t, "x.lora_b"), &current(&t, "x.lora_a"))
+}
+
+#[test]
+fn lora_rounds_merge_the_products_of_the_factors() {
+    use pupil_sync::lora_merge::Merge;
+    let want = product(&B0, &A0);
+    let err = |got: &[f32]| {
+        got.iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let sound = merged_product(Merge::Product);
+    assert!(err(&sound) < 1e-3, "product rule: {sound:?} vs {want:?}");
+    let naive = merged_product(Merge::Factors);
+    assert!(
+        err(&naive) > 0.5,
+        "factor averaging kept the product: {naive:?}"
+    );
+}

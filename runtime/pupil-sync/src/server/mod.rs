@@ -32,6 +32,7 @@ pub use upload::Opened;
 use crate::aggregate::{Rule, ServerOpt};
 use crate::hex;
 use crate::keys::KeyPair;
+use crate::lora_merge::Merge;
 use crate::store::{Store, VersionMeta};
 use crate::SyncError;
 
@@ -87,6 +88,9 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// How rounds combine deltas.
     pub rule: Rule,
+    /// How FedAvg rounds combine LoRA adapters (`X.lora_a` / `X.lora_b` pairs): the
+    /// product of the factors (sound) or each factor apart (the naive rule).
+    pub lora_merge: Merge,
     /// The server optimizer applying each round's aggregate.
     pub opt: ServerOpt,
     /// Token for admin requests (`Authorization: Bearer ...`); none disables them.
@@ -110,6 +114,7 @@ impl Default for ServerConfig {
             max_examples: 100_000,
             max_body: pupil_wire::MAX_ENVELOPE_LEN,
             rule: Rule::FedAvg,
+            lora_merge: Merge::Product,
             opt: ServerOpt::Plain,
             admin_token: None,
             open_registration: false,

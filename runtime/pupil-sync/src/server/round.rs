@@ -16,7 +16,8 @@ use pupil_wire::{Envelope, Update};
 
 use super::submit::not_trainable;
 use super::{unix_now, Server};
-use crate::aggregate::{aggregate, staleness_weight};
+use crate::aggregate::{aggregate, staleness_weight, AggregateError, Rule};
+use crate::lora_merge::{merge_adapter_deltas, Merge};
 use crate::protocol::takes_deltas;
 use crate::store::{RoundRecord, UpdateKey};
 use crate::SyncError;
@@ -112,7 +113,19 @@ impl Server {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let candidate = match aggregate(self.config.rule, &refs, &batch.weights) {
+        let aggregated = aggregate(self.config.rule, &refs, &batch.weights).and_then(|mut mean| {
+            if self.config.rule == Rule::FedAvg && self.config.lora_merge == Merge::Product {
+                let layout: Vec<(&str, usize, usize)> = batch
+                    .layout
+                    .iter()
+                    .map(|(name, &(at, len))| (name.as_str(), at, len))
+                    .collect();
+                merge_adapter_deltas(&current.model, &layout, &refs, &batch.weights, &mut mean)
+                    .map_err(AggregateError::Adapters)?;
+            }
+            Ok(mean)
+        });
+        let candidate = match aggregated {
             Ok(mean) => {
                 let step = opt.step(&mean);
                 match self.candidate(
