@@ -262,6 +262,7 @@ fn health_answers_and_a_second_server_is_told_what_is_taken() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = second(addr, &dir.path().join("other"));
+    assert!(!err.contains("request"), "{err}");
     assert!(err.contains("in use") && err.contains("--addr"), "{err}");
     let err = second("127.0.0.1:0", &store);
     assert!(
@@ -367,4 +368,42 @@ fn push_fails_loudly_keeps_what_can_still_go_and_requeue_brings_back_the_rest() 
     let pushed: serde_json::Value = serde_json::from_str(&pushed).unwrap();
     assert_eq!(pushed["accepted"], serde_json::json!([1]), "{pushed}");
     assert_eq!(listed(&d, &url_a, "queued"), serde_json::json!([]));
+}
+
+#[test]
+fn serve_logs_one_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-student.pupil");
+    let mut child = pupil()
+        .args(["serve", "--addr", "127.0.0.1:0", "--store"])
+        .arg(dir.path().join("store"))
+        .arg("--init-model")
+        .arg(&student)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap();
+    let addr = addr.strip_prefix("listening on ").unwrap().to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /v1/nowhere HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("/v1/nowhere"))
+        .unwrap_or_else(|| panic!("no request line in {log}"));
+    for part in ["method=GET", "status=404", "key=-", "ms="] {
+        assert!(line.contains(part), "{part} missing from {line:?}");
+    }
 }

@@ -32,7 +32,7 @@ const SHIFTED: u32 = 4;
 
 /// `per_class[c]` passages of each class `c` of `data`, drawn at random (seeded), skipping
 /// those in `used` and adding the picks to it.
-fn draw(data: &LabelledText, per_class: &[usize], used: &mut Vec<bool>, seed: u64) -> LabelledText {
+fn draw(data: &LabelledText, per_class: &[usize], used: &mut [bool], seed: u64) -> LabelledText {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut picks = Vec::new();
     for (c, &n) in per_class.iter().enumerate() {

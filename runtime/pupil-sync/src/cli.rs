@@ -94,6 +94,14 @@ impl ServeArgs {
 /// Runs the server until Ctrl-C or SIGTERM; prints `listening on ADDR` and the server's
 /// public key once bound.
 pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
+    // One line per request and per round on stderr; RUST_LOG filters (default: info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let server = Server::open(&args.store, args.config()?, finite_gate())?;
     if let Some(path) = &args.init_model {
         let bytes = std::fs::read(path).map_err(io_err("read", path))?;

@@ -21,6 +21,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -159,6 +160,7 @@ impl Server {
                 )
             })
             .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn(log_request))
             .with_state(self)
     }
 
@@ -361,6 +363,33 @@ async fn metrics(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
     .into_response())
 }
 
+/// Logs one line per request at `info` (target `pupil_sync::http`): method, path, status,
+/// the signing key's id when the request is signed, and milliseconds taken.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let key = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Pupil "))
+        .and_then(|v| v.split(':').next())
+        .unwrap_or("-")
+        .to_owned();
+    let response = next.run(req).await;
+    tracing::info!(
+        target: "pupil_sync::http",
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        %key,
+        ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3),
+        "request"
+    );
+    response
+}
+
 /// `GET /v1/health`: 200 with the current version when the store answers (for load
 /// balancers and `curl`), 503 through the usual error body when it does not.
 async fn health(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
@@ -393,17 +422,28 @@ pub async fn serve(
             let s = ticker.clone();
             let ran = tokio::task::spawn_blocking(move || {
                 if let Err(e) = s.gc_uploads() {
-                    eprintln!("pupil serve: removing stale uploads failed: {e}");
+                    tracing::warn!("removing stale uploads failed: {e}");
                 }
                 match s.round_due() {
-                    Ok(true) => s.run_round().map(|_| ()),
+                    Ok(true) => s.run_round().map(|record| {
+                        if let Some(r) = record {
+                            tracing::info!(
+                                round = r.round,
+                                updates = r.updates,
+                                set_aside = r.set_aside,
+                                published = ?r.published,
+                                gate = %r.gate,
+                                "round"
+                            );
+                        }
+                    }),
                     Ok(false) => Ok(()),
                     Err(e) => Err(e),
                 }
             })
             .await;
             if let Ok(Err(e)) = ran {
-                eprintln!("pupil serve: round failed: {e}");
+                tracing::error!("round failed: {e}");
             }
         }
     });
