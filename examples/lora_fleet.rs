@@ -8,7 +8,7 @@
 //! training alone (the same steps, no sync) and for shared + personal adapters, and
 //! general-text perplexity (the Lee news corpus).
 //!
-//!     cargo run --release --example lora_fleet -- [devices] [rounds] [windows] [merge]
+//!     cargo run --release --example lora_fleet -- [devices] [rounds] [windows] [merge] [skip-alone]
 //!
 //! defaults: 8 devices, 3 rounds, 8 training windows of 64 tokens per device, `product`
 //! (or `factors`, the naive rule). Runs on the CPU backend.
@@ -31,7 +31,8 @@ const ADMIN: &str = "fleet-admin";
 const WINDOW: usize = 64;
 const RANK: usize = 8;
 const ALPHA: f32 = 16.0;
-/// Anchor windows sampled from the base, two replayed beside every step's four local ones.
+/// Anchor windows sampled from the base (at most; two per training window in short runs),
+/// two replayed beside every step's four local ones.
 const ANCHORS: usize = 16;
 
 /// The plays in `plays.txt`: (title, text), split where a title is followed by
@@ -65,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (n_devices, rounds, n_windows) = (arg(0, 8), arg(1, 3), arg(2, 8));
+    let skip_alone = args.get(4).is_some_and(|a| a == "skip-alone");
     let merge = match args.get(3).map_or("product", String::as_str) {
         "factors" => Merge::Factors,
         _ => Merge::Product,
@@ -88,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|p| lm.tokenizer().encode(p))
         .collect::<pupil::Result<Vec<_>>>()?;
-    let anchors = self_anchors(lm.model(), &prompts, ANCHORS, WINDOW, 5)?;
+    let anchors = self_anchors(lm.model(), &prompts, ANCHORS.min(2 * n_windows), WINDOW, 5)?;
     println!(
         "sampled {} anchor windows from the base in {:.0} s",
         anchors.len(),
@@ -214,16 +216,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let f = perplexity(lm.model(), &d.held, WINDOW)?;
         fleet_general += perplexity(lm.model(), &general, WINDOW)? / devices.len() as f64;
         // Alone: fresh adapters (the same shipped initialisation), the same rounds of
-        // training on the same text, nothing shared.
-        let alone = LlamaLora::new(&cfg, &text_cfg.targets, RANK, ALPHA, &backend, 7)?;
-        alone.params().load(&ModelFile::from_bytes(
-            shipped.to_builder(&base)?.to_bytes()?,
-        )?)?;
-        lm.model_mut().set_lora(Some(alone));
-        for _ in 0..rounds {
-            personalise(lm.model_mut(), &d.train, &anchors, &text_cfg, |_| {})?;
-        }
-        let a = perplexity(lm.model(), &d.held, WINDOW)?;
+        // training on the same text, nothing shared (skipped with `skip-alone`: it does
+        // not depend on the merge rule).
+        let a = if skip_alone {
+            f64::NAN
+        } else {
+            let alone = LlamaLora::new(&cfg, &text_cfg.targets, RANK, ALPHA, &backend, 7)?;
+            alone.params().load(&ModelFile::from_bytes(
+                shipped.to_builder(&base)?.to_bytes()?,
+            )?)?;
+            lm.model_mut().set_lora(Some(alone));
+            for _ in 0..rounds {
+                personalise(lm.model_mut(), &d.train, &anchors, &text_cfg, |_| {})?;
+            }
+            perplexity(lm.model(), &d.held, WINDOW)?
+        };
         println!(
             "{}: held-out perplexity base {b:.2}, alone {a:.2}, shared + personal {f:.2}",
             d.name
