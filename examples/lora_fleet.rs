@@ -8,10 +8,12 @@
 //! training alone (the same steps, no sync) and for shared + personal adapters, and
 //! general-text perplexity (the Lee news corpus).
 //!
-//!     cargo run --release --example lora_fleet -- [devices] [rounds] [windows] [merge] [skip-alone]
+//!     cargo run --release --example lora_fleet -- [devices] [rounds] [windows] [merge] [skip-alone] [lr] [replay]
 //!
 //! defaults: 8 devices, 3 rounds, 8 training windows of 64 tokens per device, `product`
-//! (or `factors`, the naive rule). Runs on the CPU backend.
+//! (or `factors`, the naive rule), the alone baseline (`skip-alone` skips it: it does not
+//! depend on the merge rule), learning rate 2e-3, 2 anchors replayed per step. Runs on the
+//! CPU backend.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +69,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (n_devices, rounds, n_windows) = (arg(0, 8), arg(1, 3), arg(2, 8));
     let skip_alone = args.get(4).is_some_and(|a| a == "skip-alone");
+    let lr: f32 = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(2e-3);
+    let replay = arg(6, 2);
     let merge = match args.get(3).map_or("product", String::as_str) {
         "factors" => Merge::Factors,
         _ => Merge::Product,
@@ -144,11 +148,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text_cfg = TextConfig {
         window: WINDOW,
         batch: 4,
-        lr: 2e-3,
+        lr,
         rank: RANK,
         alpha: ALPHA,
         targets: vec![Target::Q, Target::V, Target::O],
-        replay: 2,
+        replay,
         ..TextConfig::default()
     };
     let personal: Vec<String> = (0..cfg.layers)
