@@ -158,12 +158,65 @@ pub fn run(a: Args) -> CliResult {
     if a.devices == 0 || a.devices > STYLES.len() {
         return Err(format!("--devices must be 1 to {}", STYLES.len()).into());
     }
+    let (state_path, mut state) = open_state(&a)?;
+    let backend = Backend::auto(a.adapter.as_deref())?;
+    println!(
+        "pupil demo: {} devices, {} rounds, data in {}",
+        a.devices,
+        a.rounds,
+        a.dir.display()
+    );
+    println!("backend: {}", backend.describe());
+    let mnist = crate::fetch::mnist()?;
+    let holdout = mnist.test.subset(&(8000..10_000).collect::<Vec<_>>());
+    let (_runtime, server, url) = start_server(&a, holdout)?;
+
+    let client = Client::new(&url);
+    let server_key = client.server_key()?;
+    let mut devices = Vec::new();
+    for (i, style) in STYLES.iter().enumerate().take(a.devices) {
+        let style = Style::parse(style)?;
+        let d = Device::open(&a.dir, i, style, a.pool, &mnist, personal)?;
+        client.register(&d.name, &d.public_key(), Some(ADMIN))?;
+        devices.push(d);
+    }
+    state.styles = devices.iter().map(|d| d.style.to_string()).collect();
+    let fleet = Fleet {
+        server: &server,
+        client: &client,
+        server_key: &server_key,
+        devices: &devices,
+        backend: &backend,
+        test: &mnist.test,
+    };
+    if state.versions.is_empty() {
+        let mut phases = Phases::default();
+        state.versions.push(fleet.measure(&mut phases)?);
+        state.versions[0].gate = "shipped student".into();
+        std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    } else {
+        println!(
+            "continuing from version {} (pass --reset to start over)",
+            state.versions.last().map_or(1, |v| v.version)
+        );
+    }
+    print_row(&state.versions[state.versions.len() - 1], &devices);
+    for _ in 0..a.rounds {
+        fleet.round(&mut state)?;
+        std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    }
+    report(&a, &state, &devices, &state_path)
+}
+
+/// The demo's history in `a.dir` (created, or emptied with `--reset`), checked against the
+/// fleet size asked for.
+fn open_state(a: &Args) -> Result<(PathBuf, State), Box<dyn std::error::Error>> {
     if a.reset && a.dir.exists() {
         std::fs::remove_dir_all(&a.dir)?;
     }
     std::fs::create_dir_all(&a.dir)?;
     let state_path = a.dir.join("state.json");
-    let mut state: State = match std::fs::read(&state_path) {
+    let state: State = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             format!(
                 "{} is unreadable ({e}); pass --reset to start over",
@@ -181,17 +234,16 @@ pub fn run(a: Args) -> CliResult {
         )
         .into());
     }
-    let backend = Backend::auto(a.adapter.as_deref())?;
-    println!(
-        "pupil demo: {} devices, {} rounds, data in {}",
-        a.devices,
-        a.rounds,
-        a.dir.display()
-    );
-    println!("backend: {}", backend.describe());
-    let mnist = crate::fetch::mnist()?;
-    let holdout = mnist.test.subset(&(8000..10_000).collect::<Vec<_>>());
+    Ok((state_path, state))
+}
 
+/// The in-process server on a free loopback port (its store in `a.dir`), holding the
+/// shipped student as version 1 and gating rounds on `holdout`: the runtime that serves
+/// it, the server and its URL.
+fn start_server(
+    a: &Args,
+    holdout: Split,
+) -> Result<(tokio::runtime::Runtime, Arc<Server>, String), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Runtime::new()?;
     let config = ServerConfig {
         min_updates: u64::MAX,
@@ -210,38 +262,30 @@ pub fn run(a: Args) -> CliResult {
         server.current_meta().map_or(first.version, |m| m.version)
     );
 
-    let client = Client::new(&url);
-    let server_key = client.server_key()?;
-    let mut devices = Vec::new();
-    for (i, style) in STYLES.iter().enumerate().take(a.devices) {
-        let style = Style::parse(style)?;
-        let d = Device::open(&a.dir, i, style, a.pool, &mnist, personal)?;
-        client.register(&d.name, &d.public_key(), Some(ADMIN))?;
-        devices.push(d);
-    }
-    state.styles = devices.iter().map(|d| d.style.to_string()).collect();
+    Ok((runtime, server, url))
+}
 
-    if state.versions.is_empty() {
-        let mut phases = Phases::default();
-        state.versions.push(measure(
-            &devices,
-            &client,
-            &server_key,
-            &backend,
-            &mnist.test,
-            &mut phases,
-        )?);
-        state.versions[0].gate = "shipped student".into();
-        std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
-    } else {
-        println!(
-            "continuing from version {} (pass --reset to start over)",
-            state.versions.last().map_or(1, |v| v.version)
+/// What one round works with.
+struct Fleet<'a> {
+    server: &'a Arc<Server>,
+    client: &'a Client,
+    server_key: &'a [u8; 32],
+    devices: &'a [Device],
+    backend: &'a Backend,
+    test: &'a Split,
+}
+
+impl Fleet<'_> {
+    /// Every device refines and pushes, the server aggregates, and a published version is
+    /// measured and added to `state`.
+    fn round(&self, state: &mut State) -> Result<(), Box<dyn std::error::Error>> {
+        let (server, client, server_key, devices, backend) = (
+            self.server,
+            self.client,
+            self.server_key,
+            self.devices,
+            self.backend,
         );
-    }
-    print_row(&state.versions[state.versions.len() - 1], &devices);
-
-    for _ in 0..a.rounds {
         let round = server.store().last_round()? + 1;
         let mut phases = Phases::default();
         let bar = ProgressBar::new(devices.len() as u64);
@@ -259,23 +303,23 @@ pub fn run(a: Args) -> CliResult {
         let mut results = Vec::new();
         for (d, &before) in devices.iter().zip(&current) {
             let t = Instant::now();
-            d.pull(&client, &server_key)?;
+            d.pull(client, server_key)?;
             phases.pull += t.elapsed().as_secs_f64();
-            results.push(d.refine_and_push(&client, &backend, round, before, &mut phases)?);
+            results.push(d.refine_and_push(client, backend, round, before, &mut phases)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
         for (d, r) in devices.iter().zip(&results) {
             println!(
-                "  {}: local {:.1}% -> refined {:.1}% ({} labels asked, {} pseudo-labels, {}), update {} bytes",
-                d.name,
-                r.before * 100.0,
-                r.refined * 100.0,
-                r.labels,
-                r.pseudo,
-                if r.kept { "kept" } else { "rolled back on device" },
-                r.update_bytes
-            );
+                    "  {}: local {:.1}% -> refined {:.1}% ({} labels asked, {} pseudo-labels, {}), update {} bytes",
+                    d.name,
+                    r.before * 100.0,
+                    r.refined * 100.0,
+                    r.labels,
+                    r.pseudo,
+                    if r.kept { "kept" } else { "rolled back on device" },
+                    r.update_bytes
+                );
         }
         let t = Instant::now();
         let record = server
@@ -286,20 +330,13 @@ pub fn run(a: Args) -> CliResult {
             "  server round {}: {} updates, gate {}",
             record.round, record.updates, record.gate
         );
-        let mut row = measure(
-            &devices,
-            &client,
-            &server_key,
-            &backend,
-            &mnist.test,
-            &mut phases,
-        )?;
+        let mut row = self.measure(&mut phases)?;
         row.update_bytes = results.iter().map(|r| r.update_bytes).collect();
         row.refined = results.iter().map(|r| r.refined).collect();
         row.gate = record.gate.clone();
         row.phases = phases;
         if record.published.is_some() {
-            print_row(&row, &devices);
+            print_row(&row, devices);
             state.versions.push(row);
         } else {
             println!(
@@ -307,18 +344,33 @@ pub fn run(a: Args) -> CliResult {
                 row.version
             );
         }
-        std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+        Ok(())
     }
 
+    /// Every device pulls the current version; measure it.
+    fn measure(&self, phases: &mut Phases) -> Result<VersionRow, Box<dyn std::error::Error>> {
+        measure(
+            self.devices,
+            self.client,
+            self.server_key,
+            self.backend,
+            self.test,
+            phases,
+        )
+    }
+}
+
+/// The summary table, the plot, where the files are and what to try next (and the JSON).
+fn report(a: &Args, state: &State, devices: &[Device], state_path: &std::path::Path) -> CliResult {
     println!(
         "\n{}",
         summary::table(
-            &state,
+            state,
             &devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>()
         )
     );
     let plot_path = a.dir.join("demo.png");
-    summary::plot(&plot_path, &state)?;
+    summary::plot(&plot_path, state)?;
     println!("files:\n  server store   {}\n  devices        {}/device-N (key, outbox, local data, model)\n  history        {}\n  plot           {}", a.dir.join("server").display(), a.dir.display(), state_path.display(), plot_path.display());
     println!("next:\n  run the same command again to continue from version {} (or add --reset)\n  refine one device by hand: pupil refine --model {}/device-1/model.pupil --data {}/device-1 --labels {}/device-1/labels.idx --plot refine.png\n  compare with everything shared: pupil demo --dir {}-shared --personal none", state.versions.last().map_or(1, |v| v.version), a.dir.display(), a.dir.display(), a.dir.display(), a.dir.display());
     if a.json {
