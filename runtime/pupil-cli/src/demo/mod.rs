@@ -18,6 +18,7 @@ use pupil::data::Split;
 use pupil::format::ModelFile;
 use pupil::models::classifier::Personal;
 use pupil::models::classifier::{Model, Train};
+use pupil::refine::gate::HoldoutGate;
 use pupil::train;
 use pupil::Backend;
 use pupil_sync::client::Client;
@@ -127,25 +128,25 @@ pub struct State {
 
 const ADMIN: &str = "pupil-demo-admin";
 
-/// The server's quality gate: accuracy on MNIST test images the devices never see must not
-/// fall by more than a point.
+/// The server's quality gate ([`HoldoutGate`]): accuracy on MNIST test images the devices
+/// never see must not fall by more than a point.
 fn holdout_gate(holdout: Split) -> Gate {
+    let gate = HoldoutGate {
+        holdout,
+        tolerance: 0.01,
+    };
     Arc::new(move |candidate: &ModelFile, current: &ModelFile| {
-        let score = |f: &ModelFile| -> Option<f32> {
-            let m = Model::open(f, &Backend::Cpu, Train::All).ok()?;
-            train::accuracy(&m.net, &m.params, &holdout, 1000).ok()
-        };
-        let (Some(new), Some(old)) = (score(candidate), score(current)) else {
-            return Verdict {
+        match gate.judge(candidate, current) {
+            Ok(v) => Verdict {
+                accept: v.accept,
+                metrics: [("holdout_accuracy".to_string(), f64::from(v.after))].into(),
+                reason: v.reason,
+            },
+            Err(e) => Verdict {
                 accept: false,
                 metrics: Default::default(),
-                reason: "the candidate is not a readable classifier".into(),
-            };
-        };
-        Verdict {
-            accept: new >= old - 0.01,
-            metrics: [("holdout_accuracy".to_string(), f64::from(new))].into(),
-            reason: format!("holdout {:.2}% -> {:.2}%", old * 100.0, new * 100.0),
+                reason: format!("the candidate is not a readable classifier: {e}"),
+            },
         }
     })
 }
