@@ -13,7 +13,7 @@
 use crate::backend::Backend;
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::format::{DType, ModelBuilder, ModelFile};
+use crate::format::{DType, Hex, ModelBuilder, ModelFile};
 use crate::models::bert::SentenceEncoder;
 use crate::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use crate::optim::{AdamWConfig, Optimizer, Rule};
@@ -116,20 +116,18 @@ impl TextClassifier {
     ) -> Result<TextClassifier> {
         let named = file
             .info()
-            .config
-            .iter()
-            .find(|e| e.key.as_str() == ENCODER)
-            .and_then(|e| e.value.as_str().map(str::to_string))
+            .get(ENCODER)
+            .and_then(|v| v.as_str())
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "the model is not a text classifier (no config {ENCODER:?})"
                 ))
             })?;
-        if named != hex(&encoder_file.content_hash()) {
+        let this = Hex(&encoder_file.content_hash()).to_string();
+        if named != this {
             return Err(Error::Invalid(format!(
                 "the text classifier was made for the encoder with content hash {named}, not \
-                 this one ({}); use the encoder it names",
-                hex(&encoder_file.content_hash())
+                 this one ({this}); use the encoder it names"
             )));
         }
         let names = file
@@ -163,7 +161,7 @@ impl TextClassifier {
         parent: Option<[u8; 32]>,
     ) -> Result<ModelBuilder> {
         let mut b = self.head.to_builder(DType::F32, version, parent)?;
-        b.config_str(ENCODER, &hex(&self.encoder))?;
+        b.config_str(ENCODER, &Hex(&self.encoder).to_string())?;
         let names = self.classes.join("\n").into_bytes();
         b.add_tensor(CLASSES, DType::U8, &[names.len() as u64], names)?;
         if let Some(a) = anchors {
@@ -210,10 +208,6 @@ impl TextClassifier {
         let pred = train::predict(&self.head.net, &self.head.params, &data, 256)?;
         Ok(pred.iter().map(|&c| self.classes[c].as_str()).collect())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

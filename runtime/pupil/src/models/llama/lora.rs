@@ -53,23 +53,32 @@ impl Target {
         }
     }
 
+    /// The short name in target lists: `q`, `k`, `v`, `o`, `gate`, `up`, `down`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Target::Q => "q",
+            Target::K => "k",
+            Target::V => "v",
+            Target::O => "o",
+            Target::Gate => "gate",
+            Target::Up => "up",
+            Target::Down => "down",
+        }
+    }
+
     /// Parses a comma-separated list of `q,k,v,o,gate,up,down` (or `all`).
     pub fn parse_list(list: &str) -> Result<Vec<Target>> {
         if list == "all" {
             return Ok(Target::ALL.to_vec());
         }
         list.split(',')
-            .map(|s| match s.trim() {
-                "q" => Ok(Target::Q),
-                "k" => Ok(Target::K),
-                "v" => Ok(Target::V),
-                "o" => Ok(Target::O),
-                "gate" => Ok(Target::Gate),
-                "up" => Ok(Target::Up),
-                "down" => Ok(Target::Down),
-                other => Err(Error::Invalid(format!(
-                    "unknown LoRA target {other:?}: use a comma-separated list of q,k,v,o,gate,up,down or all"
-                ))),
+            .map(|s| {
+                let s = s.trim();
+                Target::ALL.into_iter().find(|t| t.key() == s).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "unknown LoRA target {s:?}: use a comma-separated list of q,k,v,o,gate,up,down or all"
+                    ))
+                })
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use super::lora::{LlamaLora, Target};
 use super::LlamaConfig;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::format::{ModelBuilder, ModelFile};
+use crate::format::{Hex, ModelBuilder, ModelFile};
 
 /// The adapter file's architecture name.
 pub const ARCH: &str = "llama-lora";
@@ -25,7 +25,7 @@ impl LlamaLora {
         b.config_int(RANK, self.rank() as i64)?
             .config_float(ALPHA, f64::from(self.alpha()))?
             .config_str(TARGETS, &target_list(self.targets()))?
-            .config_str(BASE, &hex(&base.content_hash()))?;
+            .config_str(BASE, &Hex(&base.content_hash()).to_string())?;
         self.params().export(&mut b)?;
         Ok(b)
     }
@@ -48,14 +48,11 @@ impl LlamaLora {
             )));
         }
         let config = |key: &str| {
-            info.config
-                .iter()
-                .find(|e| e.key.as_str() == key)
-                .map(|e| e.value.clone())
+            info.get(key)
                 .ok_or_else(|| Error::Invalid(format!("the adapter file lacks config {key:?}")))
         };
         let named = config(BASE)?;
-        let want = hex(&base.content_hash());
+        let want = Hex(&base.content_hash()).to_string();
         if named.as_str() != Some(want.as_str()) {
             return Err(Error::Invalid(format!(
                 "the adapters were trained over the base model with content hash {}, not this \
@@ -95,19 +92,7 @@ impl LlamaLora {
 fn target_list(targets: &[Target]) -> String {
     targets
         .iter()
-        .map(|t| match t {
-            Target::Q => "q",
-            Target::K => "k",
-            Target::V => "v",
-            Target::O => "o",
-            Target::Gate => "gate",
-            Target::Up => "up",
-            Target::Down => "down",
-        })
+        .map(|t| t.key())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
