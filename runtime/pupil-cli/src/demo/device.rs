@@ -19,7 +19,9 @@ use pupil::refine::select::{SelfTraining, Uncertainty};
 use pupil::refine::{Active, Eval, RefineConfig, Session};
 use pupil::train;
 use pupil::Backend;
-use pupil_sync::client::{Client, DeltaEncoding, DeviceDir, Outbox, PullOutcome, UpdateOptions};
+use pupil_sync::client::{
+    Client, DeltaEncoding, DeviceDir, NamedValues, Outbox, PullOutcome, UpdateOptions,
+};
 use pupil_wire::Metric;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -131,17 +133,32 @@ impl Device {
 
     /// Keeps the labels its user gave (written atomically).
     fn save_labels(&self, labels: &[(u32, u32)]) -> Result<(), Box<dyn std::error::Error>> {
-        let path = self.dir.join("labels.json");
-        let tmp = self.dir.join("labels.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(labels)?)?;
-        std::fs::rename(tmp, path)?;
-        Ok(())
+        let bytes = serde_json::to_vec(labels)?;
+        Ok(pupil::format::write_atomic(
+            &self.dir.join("labels.json"),
+            &bytes,
+        )?)
     }
 
-    /// The model the device runs: the pulled version with its personal layers, if it keeps any.
-    pub fn running(&self) -> Result<ModelFile, Box<dyn std::error::Error>> {
-        let shared = ModelFile::open(self.model_path())?;
-        Ok(self.sync.with_personal(&shared)?)
+    /// The model the device runs: the pulled version `shared` with its personal layers, if
+    /// it keeps any.
+    pub fn running(&self, shared: &ModelFile) -> Result<ModelFile, Box<dyn std::error::Error>> {
+        Ok(self.sync.with_personal(shared)?)
+    }
+
+    /// Keeps the personal layers of `model` (refined on the device, its parameters
+    /// `values`); returns their name prefixes, which its updates leave out.
+    fn keep_personal(
+        &self,
+        model: &Model,
+        values: &[NamedValues],
+    ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let prefixes = model.personal_prefixes(self.personal);
+        if !prefixes.is_empty() {
+            let names: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+            self.sync.keep_personal(values, &names)?;
+        }
+        Ok(prefixes)
     }
 
     /// Pull the current version (verified against the pinned `server_key`).
@@ -167,26 +184,15 @@ impl Device {
         if self.personal == Personal::None || !self.sync.personal_path().is_file() {
             return Ok(());
         }
-        let file = self.running()?;
+        let file = self.running(&ModelFile::open(self.model_path())?)?;
         let model = Model::open(&file, backend, Train::Head)?;
         let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
         let cfg = RefineConfig {
-            rounds: 1,
             epochs: 2,
-            batch: 64,
             lr: 1e-3,
-            self_training: Some(SelfTraining {
-                threshold: 0.9,
-                ..Default::default()
-            }),
             active: None,
-            curriculum: None,
-            replay: 24,
             oracle_weight: 1,
-            tolerance: 0.02,
-            memory_budget: None,
-            checkpoint_every: 0,
-            seed: 1000 + round,
+            ..device_config(1000 + round)
         };
         let mut session = Session::new(
             &model,
@@ -199,9 +205,7 @@ impl Device {
             None,
         )?;
         session.run(&mut |_| Vec::new(), &AtomicBool::new(false), &mut |_| {})?;
-        let prefixes = model.personal_prefixes(self.personal);
-        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-        self.sync.keep_personal(&model.merged()?, &prefixes)?;
+        self.keep_personal(&model, &model.merged()?)?;
         Ok(())
     }
 
@@ -217,31 +221,20 @@ impl Device {
     ) -> Result<DeviceRound, Box<dyn std::error::Error>> {
         let t = Instant::now();
         let shared = ModelFile::open(self.model_path())?;
-        let file = self.sync.with_personal(&shared)?;
+        let file = self.running(&shared)?;
         let model = Model::open(&file, backend, Train::All)?;
         let known = self.labels()?;
         let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
         let cfg = RefineConfig {
-            rounds: 1,
             epochs: 3,
-            batch: 64,
             lr: 5e-4,
-            self_training: Some(SelfTraining {
-                threshold: 0.9,
-                ..Default::default()
-            }),
             active: Some(Active {
                 per_round: LABELS_PER_ROUND,
                 budget: known.len() + LABELS_PER_ROUND,
                 by: Uncertainty::Margin,
             }),
-            curriculum: None,
-            replay: 24,
             oracle_weight: 4,
-            tolerance: 0.02,
-            memory_budget: None,
-            checkpoint_every: 0,
-            seed: round,
+            ..device_config(round)
         };
         let mut session = Session::new(
             &model,
@@ -285,11 +278,8 @@ impl Device {
             },
         ];
         let values = model.merged()?;
-        let prefixes = model.personal_prefixes(self.personal);
+        let prefixes = self.keep_personal(&model, &values)?;
         let personal: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-        if !personal.is_empty() {
-            self.sync.keep_personal(&values, &personal)?;
-        }
         let options = UpdateOptions {
             device_id: &self.name,
             encoding: DeltaEncoding::Int8,
@@ -316,5 +306,28 @@ impl Device {
             update_bytes,
             kept: report.accepted,
         })
+    }
+}
+
+/// What both of a device's refinements share: one round, batches of 64 with 24 replayed
+/// anchors, self-training at 0.9, a 2-point gate, no curriculum or checkpoints.
+fn device_config(seed: u64) -> RefineConfig {
+    RefineConfig {
+        rounds: 1,
+        epochs: 3,
+        batch: 64,
+        lr: 5e-4,
+        self_training: Some(SelfTraining {
+            threshold: 0.9,
+            ..Default::default()
+        }),
+        active: None,
+        curriculum: None,
+        replay: 24,
+        oracle_weight: 4,
+        tolerance: 0.02,
+        memory_budget: None,
+        checkpoint_every: 0,
+        seed,
     }
 }

@@ -400,9 +400,10 @@ fn measure(
         d.adapt_head(backend, version)?;
         phases.refine += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let m = Model::open(&ModelFile::open(d.model_path())?, backend, Train::All)?;
+        let file = ModelFile::open(d.model_path())?;
+        let m = Model::open(&file, backend, Train::All)?;
         shared.push(train::accuracy(&m.net, &m.params, &d.eval, 500)?);
-        let own = Model::open(&d.running()?, backend, Train::All)?;
+        let own = Model::open(&d.running(&file)?, backend, Train::All)?;
         local.push(train::accuracy(&own.net, &own.params, &d.eval, 500)?);
         // Every device holds the same version: measure the original test set once.
         if i == 0 {
