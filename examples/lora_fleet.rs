@@ -125,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // What ships: the shared adapters (query and value), A random, B zero.
     let shared_targets = [Target::Q, Target::V];
     let shipped = LlamaLora::new(&cfg, &shared_targets, RANK, ALPHA, &backend, 1)?;
+    let shipped = ModelFile::from_bytes(shipped.to_builder(&base)?.to_bytes()?)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let config = ServerConfig {
         min_updates: u64::MAX,
@@ -134,7 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ServerConfig::default()
     };
     let server = Server::open(&root.path().join("server"), config, finite_gate())?;
-    server.import_model(shipped.to_builder(&base)?.to_bytes()?)?;
+    server.import_model(shipped.as_bytes().to_vec())?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
     runtime.spawn(serve(server.clone(), listener, std::future::pending()));
@@ -226,9 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f64::NAN
         } else {
             let alone = LlamaLora::new(&cfg, &text_cfg.targets, RANK, ALPHA, &backend, 7)?;
-            alone.params().load(&ModelFile::from_bytes(
-                shipped.to_builder(&base)?.to_bytes()?,
-            )?)?;
+            alone.params().load(&shipped)?;
             lm.model_mut().set_lora(Some(alone));
             for _ in 0..rounds {
                 personalise(lm.model_mut(), &d.train, &anchors, &text_cfg, |_| {})?;

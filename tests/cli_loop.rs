@@ -239,14 +239,7 @@ fn health_answers_and_a_second_server_is_told_what_is_taken() {
     let store = dir.path().join("store");
     let (_server, url, _) = serve(&store, &student);
     let addr = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    let answer = http_get(addr, "/v1/health");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains(r#""status":"ok""#) && answer.contains(r#""version":1"#),
@@ -387,14 +380,7 @@ fn serve_logs_one_line_per_request() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = lines.next().unwrap().unwrap();
     let addr = addr.strip_prefix("listening on ").unwrap().to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        b"GET /v1/nowhere HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    let answer = http_get(&addr, "/v1/nowhere");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
@@ -406,4 +392,14 @@ fn serve_logs_one_line_per_request() {
     for part in ["method=GET", "status=404", "key=-", "ms="] {
         assert!(line.contains(part), "{part} missing from {line:?}");
     }
+}
+
+/// The raw HTTP/1.1 answer (status line, headers, body) of `GET path` on `addr`.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    answer
 }

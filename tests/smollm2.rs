@@ -153,6 +153,19 @@ fn gpu_greedy_generation_matches_transformers() {
     check(&backend, 1, 4);
 }
 
+/// `n` greedy tokens of `lm` after `prompt`, through the KV cache.
+fn greedy(lm: &CausalLm, prompt: &[u32], n: usize) -> Vec<u64> {
+    let mut cache = lm.new_cache(prompt.len() + n).unwrap();
+    let mut logits = lm.step(&mut cache, prompt).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let next = argmax(&logits).unwrap();
+        ids.push(u64::from(next));
+        logits = lm.step(&mut cache, &[next]).unwrap();
+    }
+    ids
+}
+
 /// `pupil generate --lora` runs the base with the adapters the file holds: its greedy tokens
 /// are the library's with the same adapters, and adapters over another base are refused.
 #[test]
@@ -180,25 +193,9 @@ fn generate_with_lora_runs_base_plus_adapters() {
         .unwrap();
     lm.model_mut().set_lora(Some(lora));
     let prompt = lm.tokenizer().encode("The capital of France is").unwrap();
-    let mut cache = lm.new_cache(prompt.len() + 4).unwrap();
-    let mut logits = lm.step(&mut cache, &prompt).unwrap();
-    let mut want = Vec::new();
-    for _ in 0..4 {
-        let next = argmax(&logits).unwrap();
-        want.push(u64::from(next));
-        logits = lm.step(&mut cache, &[next]).unwrap();
-    }
-
+    let want = greedy(&lm, &prompt, 4);
     // The adapters matter: the base alone says something else.
-    let plain = CausalLm::load(model(), &backend).unwrap();
-    let mut cache = plain.new_cache(prompt.len() + 4).unwrap();
-    let mut logits = plain.step(&mut cache, &prompt).unwrap();
-    let mut base_ids = Vec::new();
-    for _ in 0..4 {
-        let next = argmax(&logits).unwrap();
-        base_ids.push(u64::from(next));
-        logits = plain.step(&mut cache, &[next]).unwrap();
-    }
+    let base_ids = greedy(&CausalLm::load(model(), &backend).unwrap(), &prompt, 4);
     assert_ne!(base_ids, want, "the test adapters change nothing");
 
     let generate = |lora: &std::path::Path| {

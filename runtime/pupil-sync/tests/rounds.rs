@@ -10,7 +10,6 @@ use pupil_format::{DType, ModelBuilder, ModelFile};
 use pupil_sync::client::Client;
 use pupil_sync::server::{ServerConfig, Submitted};
 use pupil_sync::KeyPair;
-use pupil_wire::update::{EncodedDelta, UpdateDraft};
 
 /// The test model plus what a converted model or a refined student carries
 /// beside its weights: a U8 tokenizer, I8 and I32 tensors, and F32 replay labels.
@@ -35,22 +34,7 @@ fn body_with(
     examples: u64,
     deltas: &[(&str, &[u64], &[f32])],
 ) -> Vec<u8> {
-    let encoded: Vec<EncodedDelta> = deltas
-        .iter()
-        .map(|(n, s, v)| EncodedDelta::f16(n, s, v).unwrap())
-        .collect();
-    let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
-    UpdateDraft {
-        model_id: "tiny",
-        base_version: base,
-        device_id: device,
-        seq,
-        num_examples: examples,
-        metrics: &[],
-        deltas: &views,
-    }
-    .encode()
-    .unwrap()
+    claiming_body("tiny", device, seq, base, examples, deltas)
 }
 
 /// The values of tensor `name` of the current version.

@@ -133,6 +133,18 @@ pub fn model_body(
     base: [u8; 32],
     deltas: &[(&str, &[u64], &[f32])],
 ) -> Vec<u8> {
+    claiming_body(model_id, device, seq, base, 10, deltas)
+}
+
+/// [`model_body`] claiming `num_examples` examples.
+pub fn claiming_body(
+    model_id: &str,
+    device: &str,
+    seq: u64,
+    base: [u8; 32],
+    num_examples: u64,
+    deltas: &[(&str, &[u64], &[f32])],
+) -> Vec<u8> {
     let encoded: Vec<EncodedDelta> = deltas
         .iter()
         .map(|(n, s, v)| EncodedDelta::f16(n, s, v).unwrap())
@@ -143,7 +155,7 @@ pub fn model_body(
         base_version: base,
         device_id: device,
         seq,
-        num_examples: 10,
+        num_examples,
         metrics: &[Metric {
             name: "loss",
             value: 0.5,
