@@ -1,7 +1,8 @@
 //! `pupil demo` end to end on the CPU backend with its defaults (4 devices, 3 rounds,
 //! personal first layer and head): the figures the demo promises are bounded (mean local
 //! accuracy up 8 points or more, global accuracy not below the shipped student's), a second
-//! run continues from the store, and the summary's layout is pinned by a snapshot.
+//! run continues from the store, and the summary's layout is pinned by a snapshot; the text
+//! task runs a small decoder fleet.
 
 use std::process::Command;
 
@@ -100,4 +101,42 @@ fn regex_escape(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The text task end to end with a small fleet (2 devices, 2 rounds, 4 windows each): every
+/// round is aggregated and published, shared + personal adapters lower each device's
+/// held-out perplexity below the base's, and the report carries every figure.
+#[test]
+fn text_demo_personalises_a_decoder_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, report) = demo(
+        dir.path(),
+        &[
+            "--task",
+            "text",
+            "--devices",
+            "2",
+            "--rounds",
+            "2",
+            "--windows",
+            "4",
+        ],
+    );
+    let r: Value = serde_json::from_str(&json).expect("--json prints only JSON");
+    assert!(report.contains("round 2: 2 updates"), "{report}");
+    let devices = r["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    for d in devices {
+        let (base, fleet) = (
+            d["base"].as_f64().unwrap(),
+            d["shared_personal"].as_f64().unwrap(),
+        );
+        assert!(fleet < base, "{d}");
+        assert!(d["alone"].as_f64().unwrap().is_finite(), "{d}");
+    }
+    assert_eq!(r["curves"]["shared_personal"].as_array().unwrap().len(), 3);
+    assert_eq!(r["curves"]["alone"].as_array().unwrap().len(), 3);
+    assert!(r["general"]["shared_version"].as_f64().unwrap().is_finite());
+    assert!(dir.path().join("text/demo-text.png").is_file());
+    assert!(dir.path().join("text/device-1/personal.pupil").is_file());
 }

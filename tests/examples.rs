@@ -88,11 +88,3 @@ fn serve() {
     );
     assert!(out.contains("stopped"), "{out}");
 }
-
-#[test]
-fn lora_fleet() {
-    let out = run("lora_fleet", &["2", "1", "2"]);
-    assert!(out.contains("round 1: 2 updates"), "{out}");
-    assert!(out.contains("mean held-out perplexity"), "{out}");
-    assert!(out.contains("general perplexity"), "{out}");
-}

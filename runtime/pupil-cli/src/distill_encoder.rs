@@ -3,7 +3,6 @@
 //! compares the student with the teacher on the training and held-out sentences before and
 //! after training.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -12,7 +11,9 @@ use pupil::data::sentences::{sentences, split_tail};
 use pupil::format::ModelFile;
 use pupil::models::bert::{BertConfig, SentenceEncoder};
 use pupil::models::tokenizer::TextTokenizer;
-use pupil::refine::distill_encoder::{teacher_targets, Distiller, EncoderDistillConfig, Targets};
+use pupil::refine::distill_encoder::{
+    teacher_targets, without_held_out, Distiller, EncoderDistillConfig, Schedule, Targets,
+};
 use pupil::refine::plan::{mib, parse_bytes};
 use pupil::refine::student_layers::{cosines, evenly, mean, probe, student};
 use pupil::Backend;
@@ -36,6 +37,12 @@ struct Sentences {
     train: Vec<String>,
     held: Vec<String>,
 }
+
+/// The teacher's embeddings of each text's held-out sentences.
+type HeldEmbeddings = Vec<Vec<Vec<f32>>>;
+
+/// Mean held-out cosines to the teacher: per text, and over all texts.
+type HeldCosines = (Vec<f64>, f64);
 
 /// One text's held-out sentences as token ids (whole, as `pupil embed` sees them).
 struct Text {
@@ -100,23 +107,6 @@ fn token_ids(tok: &TextTokenizer, sentences: &[String]) -> pupil::Result<Vec<Vec
     sentences.iter().map(|t| tok.encode(t)).collect()
 }
 
-/// The training sentences of `texts` and `extra`, less those equal to a held-out sentence of
-/// any text (short lines such as "Ay, my good lord." recur across plays: a sentence held out
-/// of one text stays unseen), and how many were left out.
-/// The sentences are compared as text, before training truncates them.
-fn training_sentences(texts: &[Sentences], extra: &[Sentences]) -> (Vec<String>, usize) {
-    let held: HashSet<&str> = texts
-        .iter()
-        .flat_map(|t| t.held.iter().map(String::as_str))
-        .collect();
-    let (train, repeats): (Vec<String>, Vec<String>) = texts
-        .iter()
-        .chain(extra)
-        .flat_map(|t| t.train.iter().cloned())
-        .partition(|s| !held.contains(s.as_str()));
-    (train, repeats.len())
-}
-
 /// `text` cut to at most `max` bytes at a character boundary (manifest strings are bounded).
 fn clip(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
@@ -162,7 +152,7 @@ fn held_out(
     enc: &SentenceEncoder,
     texts: &[Text],
     held_t: &[Vec<Vec<f32>>],
-) -> pupil::Result<(Vec<f64>, f64)> {
+) -> pupil::Result<HeldCosines> {
     let mut all = Vec::new();
     let mut per = Vec::new();
     for (t, targets) in texts.iter().zip(held_t) {
@@ -180,7 +170,7 @@ fn measure(
     sample: &(Vec<Vec<u32>>, Vec<Vec<f32>>),
     texts: &[Text],
     held_t: &[Vec<Vec<f32>>],
-    known: Option<(Vec<f64>, f64)>,
+    known: Option<HeldCosines>,
 ) -> pupil::Result<Cosines> {
     let (per_text, held_out) = match known {
         Some(k) => k,
@@ -257,6 +247,152 @@ fn report(
     );
 }
 
+/// The texts, read and tokenized: the training sentences (truncated to `--max-len`, none
+/// equal to a held-out sentence) and each text's held-out sentences (whole).
+struct Corpus {
+    train: Vec<Vec<u32>>,
+    texts: Vec<Text>,
+    sources: usize,
+}
+
+impl Corpus {
+    fn read(
+        a: &Args,
+        teacher_file: &ModelFile,
+        teacher: &SentenceEncoder,
+    ) -> Result<Corpus, Box<dyn std::error::Error>> {
+        let texts = a
+            .text
+            .iter()
+            .map(|p| read_text(p, a, a.held_out))
+            .collect::<Result<Vec<_>, _>>()?;
+        let extra = a
+            .train_text
+            .iter()
+            .map(|p| read_text(p, a, 0.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (train, repeats) = without_held_out(
+            texts.iter().chain(&extra).flat_map(|t| &t.train),
+            texts.iter().flat_map(|t| &t.held),
+        );
+        if repeats > 0 {
+            println!("left out {repeats} training sentence(s) that are also held-out sentences");
+        }
+        let max_len = a.max_len.min(teacher.bert().config().max_seq_len);
+        let truncating = TextTokenizer::from_model(teacher_file, Some(max_len))?;
+        Ok(Corpus {
+            train: token_ids(&truncating, &train)?,
+            sources: texts.len() + extra.len(),
+            texts: texts
+                .into_iter()
+                .map(|t| {
+                    Ok(Text {
+                        held: token_ids(teacher.tokenizer(), &t.held)?,
+                        name: t.name,
+                    })
+                })
+                .collect::<pupil::Result<Vec<_>>>()?,
+        })
+    }
+
+    fn held_count(&self) -> usize {
+        self.texts.iter().map(|t| t.held.len()).sum()
+    }
+}
+
+/// The teacher's targets for the training sentences and its embeddings of each text's
+/// held-out ones, with a progress bar.
+fn teacher_embeddings(
+    a: &Args,
+    teacher: &SentenceEncoder,
+    corpus: &Corpus,
+) -> Result<(Targets, HeldEmbeddings), Box<dyn std::error::Error>> {
+    let pb = bar(
+        corpus.train.len() + corpus.held_count(),
+        "teacher embeddings [{bar:30}] {pos}/{len} eta {eta}",
+    )?;
+    let targets = teacher_targets(
+        teacher,
+        &corpus.train,
+        a.token_weight != 0.0,
+        EMBED_BATCH,
+        |n| pb.set_position(n as u64),
+    )?;
+    let mut held_t = Vec::new();
+    for t in &corpus.texts {
+        let done = pb.position();
+        held_t.push(teacher.embed_all(&t.held, EMBED_BATCH, |n| pb.set_position(done + n as u64))?);
+    }
+    pb.finish_and_clear();
+    Ok((targets, held_t))
+}
+
+/// Trains `s` by the run's schedule, printing the held-out cosine after every epoch;
+/// returns the last epoch's held-out cosines.
+fn distill(
+    a: &Args,
+    s: &SentenceEncoder,
+    corpus: &Corpus,
+    targets: &Targets,
+    held_t: &[Vec<Vec<f32>>],
+) -> Result<Option<HeldCosines>, Box<dyn std::error::Error>> {
+    let cfg = EncoderDistillConfig {
+        batch: a.batch.unwrap_or(32),
+        lr: a.lr.unwrap_or(5e-4),
+        lr_decay: a.lr_decay,
+        token_weight: a.token_weight,
+        budget: parse_bytes(&a.memory_budget)?,
+        seed: a.seed,
+    };
+    let mut d = Distiller::new(s, &corpus.train, targets, &cfg)?;
+    let plan = *d.plan();
+    println!(
+        "plan: batch {} = {} x {} micro-batch, {} of {} budget",
+        plan.batch,
+        plan.accumulation,
+        plan.micro_batch,
+        mib(plan.planned_bytes),
+        mib(plan.budget)
+    );
+    let pb = bar(
+        d.steps_per_epoch(),
+        "{msg} [{bar:30}] {pos}/{len} eta {eta}",
+    )?;
+    let mut last_held = None;
+    let schedule = Schedule {
+        epochs: a.epochs.unwrap_or(6),
+        polish_epochs: a.polish_epochs,
+        polish_lr: a.polish_lr,
+    };
+    d.run(
+        &schedule,
+        |phase, n, r| {
+            pb.set_position(r.step as u64);
+            pb.set_message(format!("{phase} {}/{n} loss {:.4}", r.epoch, r.loss));
+        },
+        |phase, epoch, loss| {
+            let (per_text, held) = held_out(s, &corpus.texts, held_t)?;
+            pb.suspend(|| {
+                println!("{phase} {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}")
+            });
+            last_held = Some((per_text, held));
+            Ok(())
+        },
+    )?;
+    pb.finish_and_clear();
+    Ok(last_held)
+}
+
+/// Writes the student with its provenance in the manifest.
+fn write_student(a: &Args, s: &SentenceEncoder, teacher_file: &ModelFile, note: &str) -> CliResult {
+    let stem = a.out.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let id = clip(stem.as_deref().unwrap_or("student"), MAX_ID_LEN);
+    let mut b = s.to_builder(teacher_file, id)?;
+    b.created_by(clip(note, MAX_CREATED_BY_LEN))?;
+    b.write_atomic(&a.out)?;
+    Ok(())
+}
+
 /// Distil a shallower encoder from `teacher_file`, report, write the student.
 pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     if a.text.is_empty() {
@@ -274,136 +410,53 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
     let from_file = a.from.as_ref().map(ModelFile::open).transpose()?;
     let source = from_file.as_ref().unwrap_or(teacher_file);
     let tcfg = teacher.bert().config().clone();
-    let truncating =
-        TextTokenizer::from_model(teacher_file, Some(a.max_len.min(tcfg.max_seq_len)))?;
-    let texts = a
-        .text
-        .iter()
-        .map(|p| read_text(p, a, a.held_out))
-        .collect::<Result<Vec<_>, _>>()?;
-    let extra = a
-        .train_text
-        .iter()
-        .map(|p| read_text(p, a, 0.0))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (train, repeats) = training_sentences(&texts, &extra);
-    if repeats > 0 {
-        println!("left out {repeats} training sentence(s) that are also held-out sentences");
-    }
-    let train = token_ids(&truncating, &train)?;
-    let texts = texts
-        .into_iter()
-        .map(|t| {
-            Ok(Text {
-                held: token_ids(teacher.tokenizer(), &t.held)?,
-                name: t.name,
-            })
-        })
-        .collect::<pupil::Result<Vec<_>>>()?;
-    let held_n: usize = texts.iter().map(|t| t.held.len()).sum();
+    let corpus = Corpus::read(a, teacher_file, &teacher)?;
     println!(
-        "teacher: {} ({} layers, width {}); {} training and {held_n} held-out sentences from {} text(s)",
+        "teacher: {} ({} layers, width {}); {} training and {} held-out sentences from {} text(s)",
         teacher_file.info().model_id.as_str(),
         tcfg.layers,
         tcfg.hidden,
-        train.len(),
-        texts.len() + extra.len()
+        corpus.train.len(),
+        corpus.held_count(),
+        corpus.sources
     );
-
     let t0 = Instant::now();
-    let pb = bar(
-        train.len() + held_n,
-        "teacher embeddings [{bar:30}] {pos}/{len} eta {eta}",
-    )?;
-    let targets = teacher_targets(&teacher, &train, a.token_weight != 0.0, EMBED_BATCH, |n| {
-        pb.set_position(n as u64)
-    })?;
-    let mut held_t = Vec::new();
-    for t in &texts {
-        let done = pb.position();
-        held_t.push(teacher.embed_all(&t.held, EMBED_BATCH, |n| pb.set_position(done + n as u64))?);
-    }
-    pb.finish_and_clear();
+    let (targets, held_t) = teacher_embeddings(a, &teacher, &corpus)?;
     let teacher_secs = t0.elapsed().as_secs_f64();
     drop(teacher);
 
-    let layers = choose_layers(a, source, &backend, &train, &targets)?;
+    let layers = choose_layers(a, source, &backend, &corpus.train, &targets)?;
     let s = student(source, &backend, &layers, a.train_words)?;
-    let sample = evenly_spaced(&train, &targets, REPORT_SENTENCES);
-    let before = measure(&s, &sample, &texts, &held_t, None)?;
+    let sample = evenly_spaced(&corpus.train, &targets, REPORT_SENTENCES);
+    let before = measure(&s, &sample, &corpus.texts, &held_t, None)?;
+    let source_id = source.info().model_id.as_str();
     println!(
-        "student: layers {layers:?} of {}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
-        source.info().model_id.as_str(),
+        "student: layers {layers:?} of {source_id}, {} parameters ({} trained); held-out mean cosine {:.4} before training",
         s.params().count(false),
         s.params().count(true),
         before.held_out
     );
-    let cfg = EncoderDistillConfig {
-        batch: a.batch.unwrap_or(32),
-        lr: a.lr.unwrap_or(5e-4),
-        lr_decay: a.lr_decay,
-        token_weight: a.token_weight,
-        budget: parse_bytes(&a.memory_budget)?,
-        seed: a.seed,
-    };
-    let epochs = a.epochs.unwrap_or(6);
-    let mut d = Distiller::new(&s, &train, &targets, &cfg)?;
-    let plan = *d.plan();
-    println!(
-        "plan: batch {} = {} x {} micro-batch, {} of {} budget",
-        plan.batch,
-        plan.accumulation,
-        plan.micro_batch,
-        mib(plan.planned_bytes),
-        mib(plan.budget)
-    );
     let t0 = Instant::now();
-    let pb = bar(
-        d.steps_per_epoch(),
-        "{msg} [{bar:30}] {pos}/{len} eta {eta}",
-    )?;
-    let polish = a.polish_epochs;
-    let mut last_held = None;
-    for (phase, n) in [("epoch", epochs), ("polish", polish)] {
-        if phase == "polish" && n > 0 {
-            d.polish(a.polish_lr)?;
-        }
-        for epoch in 1..=n {
-            pb.set_position(0);
-            let loss = d.epoch(|r| {
-                pb.set_position(r.step as u64);
-                pb.set_message(format!("{phase} {epoch}/{n} loss {:.4}", r.loss));
-            })?;
-            let (per_text, held) = held_out(&s, &texts, &held_t)?;
-            pb.suspend(|| {
-                println!("{phase} {epoch:>2}  loss {loss:.4}  held-out mean cosine {held:.4}")
-            });
-            last_held = Some((per_text, held));
-        }
-    }
-    pb.finish_and_clear();
+    let last_held = distill(a, &s, &corpus, &targets, &held_t)?;
     let train_secs = t0.elapsed().as_secs_f64();
-    let after = measure(&s, &sample, &texts, &held_t, last_held)?;
+    let after = measure(&s, &sample, &corpus.texts, &held_t, last_held)?;
+    let (epochs, polish) = (a.epochs.unwrap_or(6), a.polish_epochs);
+    let note =
+        format!("pupil distill: layers {layers:?} of {source_id}, {epochs} + {polish} epochs");
+    write_student(a, &s, teacher_file, &note)?;
 
-    let stem = a.out.file_stem().map(|s| s.to_string_lossy().into_owned());
-    let id = clip(stem.as_deref().unwrap_or("student"), MAX_ID_LEN);
-    let mut b = s.to_builder(teacher_file, id)?;
-    let note = format!(
-        "pupil distill: layers {layers:?} of {}, {epochs} + {polish} epochs",
-        source.info().model_id.as_str()
-    );
-    b.created_by(clip(&note, MAX_CREATED_BY_LEN))?;
-    b.write_atomic(&a.out)?;
-
-    println!();
     println!(
-        "mean cosine to the teacher's embeddings: student from layers {layers:?} of {}, then distilled ({epochs} epochs, {polish} of polish)",
-        source.info().model_id.as_str()
+        "\nmean cosine to the teacher's embeddings: student from layers {layers:?} of {source_id}, then distilled ({epochs} epochs, {polish} of polish)"
     );
-    report(a, &texts, [sample.0.len(), train.len()], &before, &after);
-    println!();
+    report(
+        a,
+        &corpus.texts,
+        [sample.0.len(), corpus.train.len()],
+        &before,
+        &after,
+    );
     println!(
-        "teacher embeddings {teacher_secs:.1} s, training {train_secs:.1} s, total {:.1} s",
+        "\nteacher embeddings {teacher_secs:.1} s, training {train_secs:.1} s, total {:.1} s",
         start.elapsed().as_secs_f64()
     );
     println!(
@@ -413,29 +466,4 @@ pub fn run(a: &Args, teacher_file: &ModelFile) -> CliResult {
         a.out.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn text(train: &[&str], held: &[&str]) -> Sentences {
-        let owned = |s: &[&str]| s.iter().map(|t| t.to_string()).collect();
-        Sentences {
-            name: "t".into(),
-            train: owned(train),
-            held: owned(held),
-        }
-    }
-
-    /// A training sentence of any text that equals a held-out sentence is left out; the
-    /// rest keep their order.
-    #[test]
-    fn held_out_sentences_are_never_trained_on() {
-        let texts = [text(&["a b", "c"], &["g h"]), text(&["d"], &["i"])];
-        let extra = [text(&["g h", "e", "i", "g"], &[])];
-        let (train, repeats) = training_sentences(&texts, &extra);
-        assert_eq!(train, ["a b", "c", "d", "e", "g"]);
-        assert_eq!(repeats, 2);
-    }
 }

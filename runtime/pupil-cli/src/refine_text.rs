@@ -9,15 +9,12 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::format::ModelFile;
 use pupil::models::llama::{CausalLm, Llama, Target};
+use pupil::refine::generate::{generate_train, GenerateConfig, Judge};
 use pupil::refine::plan::{mib, parse_bytes, Plan};
 use pupil::refine::text::{
-    generate_round, perplexity, personalise, self_anchors, split_tail, windows, GenerateConfig,
-    TextConfig,
+    perplexity, personalise, self_anchors, split_tail, windows, StepReport, TextConfig,
 };
 use pupil::Backend;
-use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
-use rand::SeedableRng;
 use serde_json::json;
 
 use crate::plot::{draw, Panel, Series};
@@ -82,17 +79,17 @@ pub struct Args {
     /// Anchor windows mixed into every optimizer step.
     #[arg(long, default_value_t = 2)]
     replay: usize,
-    /// Rounds of generate-score-train instead of training on the text itself: sample
-    /// continuations of prompts from the text, score them with the base model (likelihood,
-    /// repetition, length, duplicates), train on the best.
+    /// Rounds of generate-score-train: sample continuations of prompts cut from the text,
+    /// score them (--judge, repetition, length, duplicates), train on the best (alone, or
+    /// beside the text itself with --with-text).
     #[arg(long, default_value_t = 0)]
     generate_rounds: usize,
     /// Prompts per generate round.
     #[arg(long, default_value_t = 16)]
     prompts: usize,
-    /// Tokens sampled per prompt.
-    #[arg(long, default_value_t = 96)]
-    new_tokens: usize,
+    /// Prompt tokens cut from the text; the rest of a window is generated.
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
@@ -102,6 +99,13 @@ pub struct Args {
     /// Fraction of scored samples kept for training.
     #[arg(long, default_value_t = 0.5)]
     keep: f32,
+    /// How samples are ranked: base (likelihood under the base model) or gain (how much
+    /// more the current model expects a sample than the base does).
+    #[arg(long, default_value = "base")]
+    judge: String,
+    /// Each generate round also trains on the local text (samples augment scarce text).
+    #[arg(long)]
+    with_text: bool,
     /// Write the trained adapters here (a .pupil file of LoRA factors).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -118,9 +122,6 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
-
-/// Prompt length of the generate-score-train loop (tokens from the local text).
-const PROMPT_TOKENS: usize = 32;
 
 /// Generic openers for sampling replay anchors from the base model.
 const ANCHOR_PROMPTS: [&str; 8] = ["The", "In", "A", "It", "When", "This", "One", "We"];
@@ -141,105 +142,97 @@ fn peak_bytes(backend: &Backend) -> (u64, &'static str) {
     (hwm * 1024, "peak resident memory of the process")
 }
 
-/// Held-out and general perplexity.
-fn measure(
-    lm: &Llama,
-    held: &[u32],
-    general: &[u32],
-    window: usize,
-) -> pupil::Result<(f64, Option<f64>)> {
-    let local = perplexity(lm, held, window)?;
-    let general = if general.is_empty() {
-        None
-    } else {
-        Some(perplexity(lm, general, window)?)
-    };
-    Ok((local, general))
+/// The texts as tokens: training windows, held-out tokens and general tokens (both cut to
+/// `--eval-windows`).
+struct Texts {
+    train: Vec<Vec<u32>>,
+    held: Vec<u32>,
+    general: Vec<u32>,
+    total: usize,
 }
 
-pub fn run(a: Args) -> CliResult {
-    let backend = Backend::auto(a.adapter.as_deref())?;
-    let budget = parse_bytes(&a.memory_budget)?;
-    let targets = Target::parse_list(&a.targets)?;
-    let mut lm = {
-        let file = ModelFile::open(&a.model)?;
-        CausalLm::load(&file, &backend)?
-        // The file's bytes are dropped here: the model holds its own copy on the backend.
-    };
-    let read = |p: &PathBuf| -> Result<Vec<u32>, Box<dyn std::error::Error>> {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(lm.tokenizer().encode(&text)?)
-    };
-    let tokens = read(&a.data)?;
-    let general = match &a.general {
-        Some(p) => read(p)?,
-        None => Vec::new(),
-    };
-    let limit = |t: &[u32]| -> Vec<u32> {
-        let n = if a.eval_windows == 0 {
-            t.len()
-        } else {
-            t.len().min(a.eval_windows * (a.window + 1))
+impl Texts {
+    fn read(a: &Args, lm: &CausalLm) -> Result<Texts, Box<dyn std::error::Error>> {
+        let read = |p: &PathBuf| -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Ok(lm.tokenizer().encode(&text)?)
         };
-        t[..n].to_vec()
-    };
-    let (train, held) = split_tail(&tokens, a.held_out);
-    let (held, general) = (limit(held), limit(&general));
-    let mut train_windows = windows(train, a.window);
-    if a.max_windows > 0 {
-        train_windows.truncate(a.max_windows);
+        let tokens = read(&a.data)?;
+        let general = a
+            .general
+            .as_ref()
+            .map(read)
+            .transpose()?
+            .unwrap_or_default();
+        let limit = |t: &[u32]| -> Vec<u32> {
+            let n = match a.eval_windows {
+                0 => t.len(),
+                w => t.len().min(w * (a.window + 1)),
+            };
+            t[..n].to_vec()
+        };
+        let (train, held) = split_tail(&tokens, a.held_out);
+        let mut train = windows(train, a.window);
+        if a.max_windows > 0 {
+            train.truncate(a.max_windows);
+        }
+        Ok(Texts {
+            train,
+            held: limit(held),
+            general: limit(&general),
+            total: tokens.len(),
+        })
     }
-    let cfg = TextConfig {
-        window: a.window,
-        batch: a.batch,
-        epochs: a.epochs,
-        lr: a.lr,
-        rank: a.rank,
-        alpha: a.alpha,
-        targets,
-        budget,
-        replay: a.replay,
-        seed: a.seed,
-    };
-    eprintln!(
-        "{} tokens of local text ({} training windows of {}, {} held-out tokens), {} general tokens, on {}",
-        tokens.len(),
-        train_windows.len(),
-        a.window,
-        held.len(),
-        general.len(),
-        backend.describe()
-    );
-    let start = Instant::now();
-    let before = measure(lm.model(), &held, &general, a.window)?;
-    eprintln!(
-        "base perplexity: local {:.2}{}",
-        before.0,
-        fmt_general(before.1)
-    );
 
-    let anchors = if a.self_anchors > 0 {
-        let prompts = ANCHOR_PROMPTS
-            .iter()
-            .map(|p| lm.tokenizer().encode(p))
-            .collect::<pupil::Result<Vec<_>>>()?;
-        let t = Instant::now();
-        // Anchors match the length of the windows they are trained beside.
-        let window = if a.generate_rounds > 0 {
-            PROMPT_TOKENS.min(a.window) + a.new_tokens - 1
+    /// Held-out and general perplexity of `lm`.
+    fn measure(&self, lm: &Llama, window: usize) -> pupil::Result<(f64, Option<f64>)> {
+        let local = perplexity(lm, &self.held, window)?;
+        let general = if self.general.is_empty() {
+            None
         } else {
-            a.window
+            Some(perplexity(lm, &self.general, window)?)
         };
-        let anchors = self_anchors(lm.model(), &prompts, a.self_anchors, window, a.seed)?;
-        eprintln!(
-            "sampled {} anchor windows from the base model in {:.0} s",
-            anchors.len(),
-            t.elapsed().as_secs_f64()
-        );
-        anchors
-    } else {
-        Vec::new()
-    };
+        Ok((local, general))
+    }
+}
+
+/// Replay anchors sampled from the base model, as many as `--self-anchors`.
+fn anchors(a: &Args, lm: &CausalLm) -> pupil::Result<Vec<Vec<u32>>> {
+    if a.self_anchors == 0 {
+        return Ok(Vec::new());
+    }
+    let prompts = ANCHOR_PROMPTS
+        .iter()
+        .map(|p| lm.tokenizer().encode(p))
+        .collect::<pupil::Result<Vec<_>>>()?;
+    let t = Instant::now();
+    let anchors = self_anchors(lm.model(), &prompts, a.self_anchors, a.window, a.seed)?;
+    eprintln!(
+        "sampled {} anchor windows from the base model in {:.0} s",
+        anchors.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(anchors)
+}
+
+/// What training did: the memory plan, every step's loss, the generate rounds' reports (as
+/// JSON) and the tokens trained on.
+struct Trained {
+    plan: Plan,
+    losses: Vec<(f64, f64)>,
+    rounds: Vec<serde_json::Value>,
+    tokens: usize,
+}
+
+/// Trains the adapters: on the text itself, or by rounds of generate-score-train, with a
+/// progress bar (plain lines when stderr is not a terminal).
+fn train(
+    a: &Args,
+    lm: &mut CausalLm,
+    texts: &Texts,
+    anchors: &[Vec<u32>],
+    cfg: &TextConfig,
+) -> Result<Trained, Box<dyn std::error::Error>> {
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template(
@@ -248,76 +241,52 @@ pub fn run(a: Args) -> CliResult {
         .progress_chars("=> "),
     );
     let mut losses: Vec<(f64, f64)> = Vec::new();
-    let mut rounds = Vec::new();
-    let train_start = Instant::now();
-    let mut trained_tokens = 0usize;
-    let mut on_step = |s: pupil::refine::text::StepReport, msg: &str| {
+    let mut on_step = |s: StepReport, msg: &str| {
         bar.set_message(msg.to_string());
         bar.set_length(s.steps as u64);
         bar.set_position(s.step as u64);
         bar.set_prefix(format!("{:.3}", s.loss));
-        // Without a terminal the bar is hidden: a plain line every 10 steps instead.
         if bar.is_hidden() && (s.step.is_multiple_of(10) || s.step == s.steps) {
             eprintln!("{msg}: step {}/{}, loss {:.3}", s.step, s.steps, s.loss);
         }
         losses.push(((losses.len() + 1) as f64, f64::from(s.loss)));
     };
-    let plan: Plan = if a.generate_rounds == 0 {
-        trained_tokens = train_windows.len() * a.window * a.epochs.max(1);
-        personalise(lm.model_mut(), &train_windows, &anchors, &cfg, |s| {
+    if a.generate_rounds == 0 {
+        let plan = personalise(lm.model_mut(), &texts.train, anchors, cfg, |s| {
             on_step(s, "train")
-        })?
-    } else {
-        let gen = GenerateConfig {
-            rounds: a.generate_rounds,
-            prompts: a.prompts,
-            prompt_tokens: PROMPT_TOKENS.min(a.window),
-            new_tokens: a.new_tokens,
-            temperature: a.temperature,
-            top_p: a.top_p,
-            keep: a.keep,
-        };
-        let mut rng = StdRng::seed_from_u64(a.seed);
-        let mut last = None;
-        for r in 0..gen.rounds {
-            let prompts: Vec<Vec<u32>> = train_windows
-                .choose_multiple(&mut rng, gen.prompts)
-                .map(|w| w[..gen.prompt_tokens].to_vec())
-                .collect();
-            bar.set_message(format!("round {} generating", r + 1));
-            let (scored, keep) = generate_round(lm.model_mut(), &prompts, &gen, a.seed + r as u64)?;
-            let full = gen.prompt_tokens + gen.new_tokens;
-            let kept: Vec<Vec<u32>> = scored[..keep]
-                .iter()
-                .filter(|s| s.tokens.len() == full)
-                .map(|s| s.tokens.clone())
-                .collect();
-            let round_cfg = TextConfig {
-                window: full - 1,
-                seed: a.seed + r as u64,
-                ..cfg.clone()
-            };
-            trained_tokens += kept.len() * (full - 1);
-            let msg = format!("round {} training", r + 1);
-            if !kept.is_empty() {
-                last = Some(personalise(
-                    lm.model_mut(),
-                    &kept,
-                    &anchors,
-                    &round_cfg,
-                    |s| on_step(s, &msg),
-                )?);
-            }
-            let after = measure(lm.model(), &held, &general, a.window)?;
-            let mean_ll =
-                scored.iter().map(|s| s.log_likelihood).sum::<f64>() / scored.len().max(1) as f64;
+        })?;
+        bar.finish_and_clear();
+        let tokens = texts.train.len() * a.window * a.epochs.max(1);
+        return Ok(Trained {
+            plan,
+            losses,
+            rounds: Vec::new(),
+            tokens,
+        });
+    }
+    let gen = GenerateConfig {
+        rounds: a.generate_rounds,
+        prompts: a.prompts,
+        prompt_tokens: a.prompt_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        keep: a.keep,
+        judge: Judge::parse(&a.judge)?,
+        with_text: a.with_text,
+    };
+    let (mut rounds, mut tokens) = (Vec::new(), 0);
+    let plan = generate_train(
+        lm.model_mut(),
+        &texts.train,
+        anchors,
+        &gen,
+        cfg,
+        |r, s| on_step(s, &format!("round {r} training")),
+        |r, model| {
+            let (local, general) = texts.measure(model, a.window)?;
             let line = format!(
-                "round {}: {} samples, {} kept (mean base log-likelihood {mean_ll:.2}), perplexity local {:.2}{}",
-                r + 1,
-                scored.len(),
-                kept.len(),
-                after.0,
-                fmt_general(after.1)
+                "round {}: {} samples, {} kept (mean base log-likelihood {:.2}, kept gain {:.3}), perplexity local {local:.2}{}",
+                r.round, r.samples, r.kept, r.mean_log_likelihood, r.mean_kept_gain, fmt_general(general)
             );
             // A hidden bar (stderr not a terminal) would swallow the line.
             if bar.is_hidden() {
@@ -325,100 +294,189 @@ pub fn run(a: Args) -> CliResult {
             } else {
                 bar.println(line);
             }
-            rounds.push(json!({ "round": r + 1, "samples": scored.len(), "kept": kept.len(), "mean_log_likelihood": mean_ll, "local_ppl": after.0, "general_ppl": after.1 }));
-        }
-        last.ok_or("no generated sample was kept: raise --keep or --prompts")?
-    };
+            tokens += r.trained_tokens;
+            rounds.push(json!({ "round": r.round, "samples": r.samples, "kept": r.kept, "mean_log_likelihood": r.mean_log_likelihood, "mean_kept_gain": r.mean_kept_gain, "trained_tokens": r.trained_tokens, "local_ppl": local, "general_ppl": general }));
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
+    Ok(Trained {
+        plan,
+        losses,
+        rounds,
+        tokens,
+    })
+}
+
+/// The training loss and its running mean over 10 steps (the per-step loss mixes local
+/// windows and anchors) as a PNG.
+fn plot_losses(
+    a: &Args,
+    path: &std::path::Path,
+    losses: &[(f64, f64)],
+    ppl: (f64, f64),
+) -> CliResult {
+    let name = a
+        .data
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let smooth: Vec<(f64, f64)> = losses
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, _))| {
+            let w = &losses[i.saturating_sub(9)..=i];
+            (x, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+        })
+        .collect();
+    draw(
+        path,
+        &[Panel {
+            title: format!(
+                "LoRA r={} ({}) on {name}: held-out perplexity {:.1} -> {:.1}",
+                a.rank, a.targets, ppl.0, ppl.1
+            ),
+            x_label: "step".into(),
+            y_label: "next-token loss".into(),
+            series: vec![
+                Series {
+                    name: "training loss".into(),
+                    points: losses.to_vec(),
+                },
+                Series {
+                    name: "mean of the last 10 steps".into(),
+                    points: smooth,
+                },
+            ],
+        }],
+    )?;
+    Ok(())
+}
+
+/// Perplexity before and after, with the run's plan, memory and timing.
+struct Report {
+    before: (f64, Option<f64>),
+    after: (f64, Option<f64>),
+    trained: Trained,
+    peak: (u64, &'static str),
+    train_secs: f64,
+    total_secs: f64,
+}
+
+impl Report {
+    fn json(&self, backend: &Backend) -> serde_json::Value {
+        let (b, x, t, p) = (self.before, self.after, &self.trained, &self.trained.plan);
+        json!({
+            "adapter": backend.describe(),
+            "local_ppl_before": b.0, "local_ppl_after": x.0,
+            "general_ppl_before": b.1, "general_ppl_after": x.1,
+            "local_change_pct": change(b.0, x.0),
+            "general_change_pct": b.1.zip(x.1).map(|(b, x)| change(b, x)),
+            "plan": { "micro_batch": p.micro_batch, "accumulation": p.accumulation, "planned_bytes": p.planned_bytes, "budget": p.budget },
+            "peak_bytes": self.peak.0, "peak_kind": self.peak.1,
+            "train_seconds": self.train_secs, "trained_tokens": t.tokens,
+            "rounds": t.rounds, "losses": t.losses.iter().map(|p| p.1).collect::<Vec<_>>(),
+            "total_seconds": self.total_secs,
+        })
+    }
+
+    fn print(&self) {
+        let (b, x, p) = (self.before, self.after, &self.trained.plan);
+        println!("                      before      after    change");
+        println!(
+            "held-out local ppl  {:>8.2}  {:>9.2}  {:>+7.1}%",
+            b.0,
+            x.0,
+            change(b.0, x.0)
+        );
+        if let (Some(b), Some(x)) = (b.1, x.1) {
+            println!(
+                "general ppl         {b:>8.2}  {x:>9.2}  {:>+7.1}%",
+                change(b, x)
+            );
+        }
+        println!(
+            "memory plan: micro-batch {} x {} accumulated, planned {} of {}; {}: {}",
+            p.micro_batch,
+            p.accumulation,
+            mib(p.planned_bytes),
+            mib(p.budget),
+            self.peak.1,
+            mib(self.peak.0)
+        );
+        println!(
+            "trained {} tokens in {:.0} s ({:.0} tokens/s), {:.0} s in all",
+            self.trained.tokens,
+            self.train_secs,
+            self.trained.tokens as f64 / self.train_secs.max(1e-9),
+            self.total_secs
+        );
+    }
+}
+
+/// Percentage change from `before` to `after`.
+fn change(before: f64, after: f64) -> f64 {
+    (after / before - 1.0) * 100.0
+}
+
+pub fn run(a: Args) -> CliResult {
+    let backend = Backend::auto(a.adapter.as_deref())?;
+    let cfg = TextConfig {
+        window: a.window,
+        batch: a.batch,
+        epochs: a.epochs,
+        lr: a.lr,
+        rank: a.rank,
+        alpha: a.alpha,
+        targets: Target::parse_list(&a.targets)?,
+        budget: parse_bytes(&a.memory_budget)?,
+        replay: a.replay,
+        seed: a.seed,
+    };
+    // The file's bytes are dropped after loading: the model holds its own copy.
+    let mut lm = CausalLm::load(&ModelFile::open(&a.model)?, &backend)?;
+    let texts = Texts::read(&a, &lm)?;
+    eprintln!(
+        "{} tokens of local text ({} training windows of {}, {} held-out tokens), {} general tokens, on {}",
+        texts.total,
+        texts.train.len(),
+        a.window,
+        texts.held.len(),
+        texts.general.len(),
+        backend.describe()
+    );
+    let start = Instant::now();
+    let before = texts.measure(lm.model(), a.window)?;
+    eprintln!(
+        "base perplexity: local {:.2}{}",
+        before.0,
+        fmt_general(before.1)
+    );
+    let anchors = anchors(&a, &lm)?;
+    let train_start = Instant::now();
+    let trained = train(&a, &mut lm, &texts, &anchors, &cfg)?;
     let train_secs = train_start.elapsed().as_secs_f64();
-    let after = measure(lm.model(), &held, &general, a.window)?;
-    let (peak, peak_what) = peak_bytes(&backend);
-    let change = |b: f64, a: f64| (a / b - 1.0) * 100.0;
+    let after = texts.measure(lm.model(), a.window)?;
     if let Some(out) = &a.out {
         let lora = lm.model().lora().ok_or("no adapters were trained")?;
         lora.to_builder(&ModelFile::open(&a.model)?)?
             .write_atomic(out)?;
     }
     if let Some(path) = &a.plot {
-        let name = a
-            .data
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        // The per-step loss mixes local windows and anchors: a running mean shows the trend.
-        let smooth: Vec<(f64, f64)> = losses
-            .iter()
-            .enumerate()
-            .map(|(i, &(x, _))| {
-                let w = &losses[i.saturating_sub(9)..=i];
-                (x, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
-            })
-            .collect();
-        draw(
-            path,
-            &[Panel {
-                title: format!(
-                    "LoRA r={} ({}) on {name}: held-out perplexity {:.1} -> {:.1}",
-                    a.rank, a.targets, before.0, after.0
-                ),
-                x_label: "step".into(),
-                y_label: "next-token loss".into(),
-                series: vec![
-                    Series {
-                        name: "training loss".into(),
-                        points: losses.clone(),
-                    },
-                    Series {
-                        name: "mean of the last 10 steps".into(),
-                        points: smooth,
-                    },
-                ],
-            }],
-        )?;
+        plot_losses(&a, path, &trained.losses, (before.0, after.0))?;
     }
+    let report = Report {
+        before,
+        after,
+        trained,
+        peak: peak_bytes(&backend),
+        train_secs,
+        total_secs: start.elapsed().as_secs_f64(),
+    };
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "adapter": backend.describe(),
-                "local_ppl_before": before.0, "local_ppl_after": after.0,
-                "general_ppl_before": before.1, "general_ppl_after": after.1,
-                "local_change_pct": change(before.0, after.0),
-                "general_change_pct": before.1.zip(after.1).map(|(b, a)| change(b, a)),
-                "plan": { "micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "planned_bytes": plan.planned_bytes, "budget": plan.budget },
-                "peak_bytes": peak, "peak_kind": peak_what,
-                "train_seconds": train_secs, "trained_tokens": trained_tokens,
-                "rounds": rounds, "losses": losses.iter().map(|p| p.1).collect::<Vec<_>>(),
-                "total_seconds": start.elapsed().as_secs_f64(),
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report.json(&backend))?);
         return Ok(());
     }
-    println!("                      before      after    change");
-    println!(
-        "held-out local ppl  {:>8.2}  {:>9.2}  {:>+7.1}%",
-        before.0,
-        after.0,
-        change(before.0, after.0)
-    );
-    if let (Some(b), Some(x)) = (before.1, after.1) {
-        println!(
-            "general ppl         {b:>8.2}  {x:>9.2}  {:>+7.1}%",
-            change(b, x)
-        );
-    }
-    println!(
-        "memory plan: micro-batch {} x {} accumulated, planned {} of {}; {peak_what}: {}",
-        plan.micro_batch,
-        plan.accumulation,
-        mib(plan.planned_bytes),
-        mib(plan.budget),
-        mib(peak)
-    );
-    println!(
-        "trained {trained_tokens} tokens in {train_secs:.0} s ({:.0} tokens/s), {:.0} s in all",
-        trained_tokens as f64 / train_secs.max(1e-9),
-        start.elapsed().as_secs_f64()
-    );
+    report.print();
     if let Some(out) = &a.out {
         println!("adapters written to {}", out.display());
     }

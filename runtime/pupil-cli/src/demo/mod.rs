@@ -4,9 +4,11 @@
 //! (a few labels asked of the user, confident pseudo-labels), refine on the device, push
 //! signed deltas; the server aggregates them (FedAvg), gates the candidate on its holdout and
 //! publishes the next version, which every device pulls. A second run continues.
+//! `--task text` runs a decoder fleet instead ([`text`]).
 
 mod device;
 mod summary;
+mod text;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +52,11 @@ const STYLES: [&str; 8] = [
 (server versions, device keys and outboxes, history). --reset starts over."
 )]
 pub struct Args {
+    /// What the fleet learns: `digits` (a digit classifier, each device with its own
+    /// handwriting style) or `text` (SmolLM2 personalised with LoRA, each device with its own
+    /// Shakespeare play, the query and value adapters shared; a few minutes on 2 cores).
+    #[arg(long, default_value = "digits")]
+    task: String,
     /// Where the server store, the devices and the report live.
     #[arg(long, default_value = "pupil-demo")]
     dir: PathBuf,
@@ -70,6 +77,22 @@ pub struct Args {
     /// head), `head` (only the head) or `none` (everything is shared).
     #[arg(long, default_value = "ends")]
     personal: String,
+    /// Text task: training windows of 64 tokens per device.
+    #[arg(long, default_value_t = 8)]
+    windows: usize,
+    /// Text task: AdamW learning rate of the adapters.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Text task: replay anchors (sampled from the base) in every step beside 4 local windows.
+    #[arg(long, default_value_t = 2)]
+    replay: usize,
+    /// Text task: how the server merges adapters: `product` (the mean of B A, re-factored by
+    /// truncated SVD) or `factors` (the naive mean of A and of B).
+    #[arg(long, default_value = "product")]
+    lora_merge: String,
+    /// Text task: skip the training-alone baseline (it does not depend on the merge rule).
+    #[arg(long)]
+    skip_alone: bool,
     /// Adapter (name, backend or cpu); default: the best GPU, else the CPU backend.
     #[arg(long)]
     adapter: Option<String>,
@@ -154,6 +177,11 @@ fn holdout_gate(holdout: Split) -> Gate {
 /// Run the demo.
 pub fn run(a: Args) -> CliResult {
     crate::output::json_mode(a.json);
+    match a.task.as_str() {
+        "digits" => {}
+        "text" => return text::run(&a, Backend::auto(a.adapter.as_deref())?),
+        other => return Err(format!("--task {other:?}: use digits or text").into()),
+    }
     let personal = Personal::from_name(&a.personal)
         .ok_or_else(|| format!("--personal {:?}: use ends, head or none", a.personal))?;
     if a.devices == 0 || a.devices > STYLES.len() {

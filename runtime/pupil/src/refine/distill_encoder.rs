@@ -305,6 +305,78 @@ impl<'a> Distiller<'a> {
     }
 }
 
+/// A phase of a distillation run: the main epochs, then the polish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The epochs with the configured loss.
+    Train,
+    /// The polish: the sentence term alone (see [`Distiller::polish`]).
+    Polish,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Train => "epoch",
+            Phase::Polish => "polish",
+        })
+    }
+}
+
+/// How many epochs a run trains, and its polish.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    /// Epochs with the configured loss.
+    pub epochs: usize,
+    /// Polish epochs after them (0: none).
+    pub polish_epochs: usize,
+    /// The polish's starting learning rate.
+    pub polish_lr: f32,
+}
+
+impl Distiller<'_> {
+    /// The whole run: `schedule.epochs` epochs, then the polish. `on_step` sees every step
+    /// with its phase and the phase's epoch count; `on_epoch` sees each finished epoch's
+    /// phase, number and mean loss (to measure the student between epochs; an error stops
+    /// the run).
+    pub fn run(
+        &mut self,
+        schedule: &Schedule,
+        mut on_step: impl FnMut(Phase, usize, StepReport),
+        mut on_epoch: impl FnMut(Phase, usize, f32) -> Result<()>,
+    ) -> Result<()> {
+        for (phase, n) in [
+            (Phase::Train, schedule.epochs),
+            (Phase::Polish, schedule.polish_epochs),
+        ] {
+            if phase == Phase::Polish && n > 0 {
+                self.polish(schedule.polish_lr)?;
+            }
+            for epoch in 1..=n {
+                let loss = self.epoch(|r| on_step(phase, n, r))?;
+                on_epoch(phase, epoch, loss)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The training sentences less those equal to a held-out sentence (short lines such as
+/// "Ay, my good lord." recur across texts: a sentence held out of one text stays unseen by
+/// training on any other), in order, and how many were left out. Sentences are compared as
+/// text, before any truncation.
+pub fn without_held_out<'a>(
+    train: impl IntoIterator<Item = &'a String>,
+    held: impl IntoIterator<Item = &'a String>,
+) -> (Vec<String>, usize) {
+    let held: std::collections::HashSet<&str> = held.into_iter().map(String::as_str).collect();
+    let (kept, repeats): (Vec<String>, Vec<String>) = train
+        .into_iter()
+        .cloned()
+        .partition(|s| !held.contains(s.as_str()));
+    (kept, repeats.len())
+}
+
 /// AdamW at `lr` over `student`'s trainable weights, gradients clipped to norm 1.
 fn adamw(student: &SentenceEncoder, lr: f32) -> Result<Optimizer> {
     Optimizer::new(
@@ -453,6 +525,63 @@ mod tests {
 
     /// Targets must match the sentences; a budget too small for one sentence is refused; a
     /// tight one accumulates gradients.
+    /// A run goes through its epochs, then its polish, reporting each epoch in order; an
+    /// error from `on_epoch` stops it.
+    #[test]
+    fn a_run_follows_its_schedule() {
+        let file = teacher();
+        let teacher = SentenceEncoder::load(&file, &Backend::Cpu).unwrap();
+        let ids = sequences(16, 5);
+        let targets = teacher_targets(&teacher, &ids, true, 16, |_| {}).unwrap();
+        let s = student(&file, &Backend::Cpu, &[1, 3], false).unwrap();
+        let cfg = EncoderDistillConfig {
+            batch: 8,
+            ..EncoderDistillConfig::default()
+        };
+        let mut d = Distiller::new(&s, &ids, &targets, &cfg).unwrap();
+        let schedule = Schedule {
+            epochs: 2,
+            polish_epochs: 1,
+            polish_lr: 1e-4,
+        };
+        let (mut steps, mut epochs) = (Vec::new(), Vec::new());
+        d.run(
+            &schedule,
+            |phase, n, r| steps.push((phase, n, r.epoch, r.step)),
+            |phase, epoch, loss| {
+                assert!(loss.is_finite());
+                epochs.push((phase, epoch));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            epochs,
+            [(Phase::Train, 1), (Phase::Train, 2), (Phase::Polish, 1)]
+        );
+        assert_eq!(steps.len(), 3 * 2, "two steps of 8 per epoch");
+        assert_eq!(steps[4], (Phase::Polish, 1, 1, 1), "the polish counts anew");
+        assert_eq!(d.cfg.token_weight, 0.0, "the polish is the sentence term");
+        let stop = d.run(
+            &schedule,
+            |_, _, _| {},
+            |_, _, _| Err(Error::Invalid("stop".into())),
+        );
+        assert!(stop.is_err());
+    }
+
+    /// A training sentence of any text that equals a held-out sentence is left out; the
+    /// rest keep their order.
+    #[test]
+    fn held_out_sentences_are_never_trained_on() {
+        let owned = |s: &[&str]| -> Vec<String> { s.iter().map(|t| t.to_string()).collect() };
+        let train = owned(&["a b", "c", "d", "g h", "e", "i", "g"]);
+        let held = owned(&["g h", "i"]);
+        let (kept, repeats) = without_held_out(&train, &held);
+        assert_eq!(kept, ["a b", "c", "d", "e", "g"]);
+        assert_eq!(repeats, 2);
+    }
+
     #[test]
     fn checks_targets_and_plans_memory() {
         let file = teacher();

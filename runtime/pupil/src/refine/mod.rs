@@ -11,12 +11,14 @@
 //! - [`distill`]: training a student from a teacher's temperature-softened logits;
 //! - [`distill_encoder`]: a shallower sentence encoder from a deeper one's embeddings;
 //! - [`student_layers`]: which teacher layers such a student starts from;
-//! - [`text`]: decoder personalisation (LoRA on local text, perplexity, generate-score-train).
+//! - [`text`]: decoder personalisation (LoRA on local text, perplexity, self-sampled anchors);
+//! - [`generate`]: generate-score-train, sampling and judging continuations of local prompts.
 
 pub mod checkpoint;
 pub mod distill;
 pub mod distill_encoder;
 pub mod gate;
+pub mod generate;
 pub mod plan;
 pub mod replay;
 pub mod select;

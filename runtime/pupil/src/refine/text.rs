@@ -1,12 +1,10 @@
 //! Decoder personalisation: low-rank adapters on a causal LM trained on a device's own text
-//! under a memory budget, held-out perplexity, and a generate-score-train loop that samples
-//! continuations of local prompts, keeps the best by a score and trains on them.
+//! under a memory budget, held-out perplexity, and samples from the model itself (replay
+//! anchors; the generate-score-train loop in [`super::generate`] builds on them).
 //!
 //! Text becomes non-overlapping windows of `window + 1` tokens: the first `window` are the
 //! input, the last `window` the next-token targets. Perplexity is `exp` of the mean
 //! next-token cross-entropy over every target of every window.
-
-use std::collections::HashSet;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -135,7 +133,7 @@ pub fn perplexity(lm: &Llama, tokens: &[u32], window: usize) -> Result<f64> {
 }
 
 /// The cross-entropy of each next token of `tokens` under `lm` (`tokens.len() - 1` values).
-fn token_losses(lm: &Llama, backend: &Backend, tokens: &[u32]) -> Result<Vec<f32>> {
+pub(crate) fn token_losses(lm: &Llama, backend: &Backend, tokens: &[u32]) -> Result<Vec<f32>> {
     let (inputs, targets) = batch_tensors(backend, &[tokens.to_vec()])?;
     let mut g = Graph::new(backend);
     let ids = g.input(inputs);
@@ -298,101 +296,6 @@ pub fn personalise(
     Ok(plan)
 }
 
-/// How the generate-score-train loop samples and filters.
-#[derive(Clone, Debug)]
-pub struct GenerateConfig {
-    /// Rounds of generate, score, train.
-    pub rounds: usize,
-    /// Prompts (taken from the local text) sampled per round.
-    pub prompts: usize,
-    /// Prompt length in tokens.
-    pub prompt_tokens: usize,
-    /// Tokens generated per prompt.
-    pub new_tokens: usize,
-    /// Sampling temperature.
-    pub temperature: f32,
-    /// Nucleus (top-p) threshold.
-    pub top_p: f32,
-    /// Fraction of the scored samples kept for training.
-    pub keep: f32,
-}
-
-impl Default for GenerateConfig {
-    fn default() -> Self {
-        GenerateConfig {
-            rounds: 3,
-            prompts: 16,
-            prompt_tokens: 32,
-            new_tokens: 96,
-            temperature: 0.8,
-            top_p: 0.95,
-            keep: 0.5,
-        }
-    }
-}
-
-/// One generated sample and its score.
-#[derive(Clone, Debug)]
-pub struct Scored {
-    /// Prompt followed by the generated tokens.
-    pub tokens: Vec<u32>,
-    /// Mean log-likelihood per generated token under the base model (adapters off).
-    pub log_likelihood: f64,
-    /// Fraction of repeated 3-grams among the generated tokens.
-    pub repetition: f64,
-    /// The combined score (higher is better): likelihood minus a repetition penalty, minus
-    /// a penalty for stopping short.
-    pub score: f64,
-}
-
-/// Fraction of the 3-grams of `ids` that repeat an earlier one.
-pub fn repetition(ids: &[u32]) -> f64 {
-    let grams: Vec<&[u32]> = ids.windows(3).collect();
-    if grams.is_empty() {
-        return 0.0;
-    }
-    let distinct: HashSet<&[u32]> = grams.iter().copied().collect();
-    1.0 - distinct.len() as f64 / grams.len() as f64
-}
-
-/// Scores `samples` (prompt + continuation, `prompt_len` prompt tokens each) with `lm`'s base
-/// weights: adapters are set aside while scoring and put back after.
-pub fn score(
-    lm: &mut Llama,
-    samples: Vec<Vec<u32>>,
-    prompt_len: usize,
-    wanted_new: usize,
-) -> Result<Vec<Scored>> {
-    let lora = lm.take_lora();
-    let backend = lm.backend();
-    let scored = samples
-        .into_iter()
-        .map(|tokens| {
-            let new = tokens.len().saturating_sub(prompt_len);
-            let ll = if new == 0 {
-                f64::NEG_INFINITY
-            } else {
-                let rows = token_losses(lm, &backend, &tokens)?;
-                -rows[prompt_len - 1..]
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .sum::<f64>()
-                    / new as f64
-            };
-            let rep = repetition(&tokens[prompt_len..]);
-            let short = 1.0 - new as f64 / wanted_new.max(1) as f64;
-            Ok(Scored {
-                score: ll - 2.0 * rep - short,
-                log_likelihood: ll,
-                repetition: rep,
-                tokens,
-            })
-        })
-        .collect::<Result<Vec<_>>>();
-    lm.set_lora(lora);
-    scored
-}
-
 /// Samples a continuation of `prompt` with `lm` (adapters included).
 pub fn sample(lm: &Llama, prompt: &[u32], new: usize, sampler: &mut Sampler) -> Result<Vec<u32>> {
     let backend = lm.backend();
@@ -414,35 +317,6 @@ pub fn sample(lm: &Llama, prompt: &[u32], new: usize, sampler: &mut Sampler) -> 
     Ok(out)
 }
 
-/// One round of the loop: sample continuations of `prompts`, score them with the base model,
-/// drop duplicates, keep the best `keep` fraction; returns all scored samples (best first)
-/// and how many were kept.
-pub fn generate_round(
-    lm: &mut Llama,
-    prompts: &[Vec<u32>],
-    gen: &GenerateConfig,
-    seed: u64,
-) -> Result<(Vec<Scored>, usize)> {
-    let mut sampler = Sampler::new(
-        Sampling::Random {
-            temperature: gen.temperature,
-            top_k: 0,
-            top_p: gen.top_p,
-        },
-        seed,
-    )?;
-    let samples = prompts
-        .iter()
-        .map(|p| sample(lm, p, gen.new_tokens, &mut sampler))
-        .collect::<Result<Vec<_>>>()?;
-    let mut scored = score(lm, samples, gen.prompt_tokens, gen.new_tokens)?;
-    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut seen = HashSet::new();
-    scored.retain(|s| seen.insert(s.tokens[gen.prompt_tokens..].to_vec()));
-    let keep = ((scored.len() as f32 * gen.keep).ceil() as usize).min(scored.len());
-    Ok((scored, keep))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,14 +328,6 @@ mod tests {
         assert!(windows(&t, 0).is_empty());
         let (a, b) = split_tail(&t, 0.2);
         assert_eq!((a.len(), b.len()), (8, 2));
-    }
-
-    #[test]
-    fn repetition_counts_repeated_trigrams() {
-        assert_eq!(repetition(&[1, 2, 3, 4, 5]), 0.0);
-        // 1 2 3 1 2 3: trigrams 123 231 312 123 -> one of four repeats.
-        assert!((repetition(&[1, 2, 3, 1, 2, 3]) - 0.25).abs() < 1e-12);
-        assert_eq!(repetition(&[7, 7]), 0.0);
     }
 
     #[test]

@@ -1,0 +1,334 @@
+//! Generate, score, train: the loop this project grew from. Each round the model continues
+//! prompts cut from the device's own text, a judge scores the samples (likelihood under the
+//! base model, or how much more the current model expects them than the base does, minus
+//! penalties for repetition and stopping short), duplicates are dropped, and the best are
+//! trained on, alone or beside the local text itself.
+//!
+//! Samples are exactly one training window long (`window + 1` tokens: `prompt_tokens` of
+//! local text, the rest generated), so they batch with the local windows.
+
+use std::collections::HashSet;
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+
+use super::plan::Plan;
+use super::text::{personalise, sample, token_losses, StepReport, TextConfig};
+use crate::error::{Error, Result};
+use crate::models::llama::sample::{Sampler, Sampling};
+use crate::models::llama::Llama;
+
+/// How a round's samples are ranked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judge {
+    /// Mean log-likelihood of the continuation under the base model (adapters set aside):
+    /// fluent text the base finds plausible.
+    Base,
+    /// Mean log-likelihood under the current model minus under the base (the Moore-Lewis
+    /// cross-entropy difference): text that reads like what the device has learned, not
+    /// like generic text.
+    Gain,
+}
+
+impl Judge {
+    /// Parses `base` or `gain`.
+    pub fn parse(name: &str) -> Result<Judge> {
+        match name {
+            "base" => Ok(Judge::Base),
+            "gain" => Ok(Judge::Gain),
+            other => Err(Error::Invalid(format!(
+                "unknown judge {other:?}: use base or gain"
+            ))),
+        }
+    }
+}
+
+/// How the generate-score-train loop samples and filters.
+#[derive(Clone, Debug)]
+pub struct GenerateConfig {
+    /// Rounds of generate, score, train.
+    pub rounds: usize,
+    /// Prompts (cut from the local text at random offsets) sampled per round.
+    pub prompts: usize,
+    /// Prompt length in tokens; the rest of a training window is generated.
+    pub prompt_tokens: usize,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Nucleus (top-p) threshold.
+    pub top_p: f32,
+    /// Fraction of the scored samples kept for training.
+    pub keep: f32,
+    /// How samples are ranked.
+    pub judge: Judge,
+    /// Train every round on the local windows as well as the kept samples (the samples
+    /// augment scarce text) instead of on the samples alone (the text stays private).
+    pub with_text: bool,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            rounds: 3,
+            prompts: 16,
+            prompt_tokens: 32,
+            temperature: 0.8,
+            top_p: 0.95,
+            keep: 0.5,
+            judge: Judge::Base,
+            with_text: false,
+        }
+    }
+}
+
+/// One generated sample and its score.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    /// Mean log-likelihood per generated token under the base model (adapters off).
+    pub log_likelihood: f64,
+    /// Mean log-likelihood per generated token under the current model minus
+    /// `log_likelihood` (0 when the model has no adapters).
+    pub gain: f64,
+    /// Fraction of repeated 3-grams among the generated tokens.
+    pub repetition: f64,
+    /// The combined score (higher is better): the judge's value minus a repetition
+    /// penalty, minus a penalty for stopping short.
+    pub score: f64,
+}
+
+/// What one round of [`generate_train`] did.
+#[derive(Clone, Debug)]
+pub struct GenerateRound {
+    /// Round number from 1.
+    pub round: usize,
+    /// Distinct samples scored.
+    pub samples: usize,
+    /// Samples trained on.
+    pub kept: usize,
+    /// Mean base log-likelihood per generated token over the scored samples.
+    pub mean_log_likelihood: f64,
+    /// Mean gain (see [`Scored::gain`]) over the kept samples.
+    pub mean_kept_gain: f64,
+    /// Tokens trained on this round (samples, and the local windows with `with_text`).
+    pub trained_tokens: usize,
+}
+
+/// Fraction of the 3-grams of `ids` that repeat an earlier one.
+pub fn repetition(ids: &[u32]) -> f64 {
+    let grams: Vec<&[u32]> = ids.windows(3).collect();
+    if grams.is_empty() {
+        return 0.0;
+    }
+    let distinct: HashSet<&[u32]> = grams.iter().copied().collect();
+    1.0 - distinct.len() as f64 / grams.len() as f64
+}
+
+/// Mean log-likelihood per token of `tokens[prompt_len..]` under `lm` as it is now.
+fn continuation_log_likelihood(lm: &Llama, tokens: &[u32], prompt_len: usize) -> Result<f64> {
+    let new = tokens.len().saturating_sub(prompt_len);
+    if new == 0 || prompt_len == 0 {
+        return Ok(f64::NEG_INFINITY);
+    }
+    let rows = token_losses(lm, &lm.backend(), tokens)?;
+    Ok(-rows[prompt_len - 1..]
+        .iter()
+        .map(|&v| f64::from(v))
+        .sum::<f64>()
+        / new as f64)
+}
+
+/// Scores `samples` (prompt + continuation, `prompt_len` prompt tokens each, `wanted_new`
+/// tokens asked for) by `judge`; the base likelihood is taken with `lm`'s adapters set
+/// aside, and they are put back after.
+pub fn score(
+    lm: &mut Llama,
+    samples: Vec<Vec<u32>>,
+    prompt_len: usize,
+    wanted_new: usize,
+    judge: Judge,
+) -> Result<Vec<Scored>> {
+    let current = match (judge, lm.lora().is_some()) {
+        (Judge::Gain, true) => samples
+            .iter()
+            .map(|t| continuation_log_likelihood(lm, t, prompt_len))
+            .collect::<Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    let lora = lm.take_lora();
+    let base = samples
+        .iter()
+        .map(|t| continuation_log_likelihood(lm, t, prompt_len))
+        .collect::<Result<Vec<_>>>();
+    lm.set_lora(lora);
+    let base = base?;
+    Ok(samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, tokens)| {
+            let ll = base[i];
+            let gain = current.get(i).map_or(0.0, |c| c - ll);
+            let new = tokens.len().saturating_sub(prompt_len);
+            let rep = repetition(&tokens[prompt_len.min(tokens.len())..]);
+            let short = 1.0 - new as f64 / wanted_new.max(1) as f64;
+            let value = match judge {
+                Judge::Base => ll,
+                Judge::Gain => gain,
+            };
+            Scored {
+                score: value - 2.0 * rep - short,
+                log_likelihood: ll,
+                gain,
+                repetition: rep,
+                tokens,
+            }
+        })
+        .collect())
+}
+
+/// One round's samples: continuations of `prompts` by `lm` (adapters included) to `new`
+/// tokens, scored by `gen.judge`, duplicates dropped, best first; returns them and how many
+/// are kept.
+pub fn generate_round(
+    lm: &mut Llama,
+    prompts: &[Vec<u32>],
+    new: usize,
+    gen: &GenerateConfig,
+    seed: u64,
+) -> Result<(Vec<Scored>, usize)> {
+    let mut sampler = Sampler::new(
+        Sampling::Random {
+            temperature: gen.temperature,
+            top_k: 0,
+            top_p: gen.top_p,
+        },
+        seed,
+    )?;
+    let samples = prompts
+        .iter()
+        .map(|p| sample(lm, p, new, &mut sampler))
+        .collect::<Result<Vec<_>>>()?;
+    let mut scored = score(lm, samples, gen.prompt_tokens, new, gen.judge)?;
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut seen = HashSet::new();
+    scored.retain(|s| seen.insert(s.tokens[gen.prompt_tokens.min(s.tokens.len())..].to_vec()));
+    let keep = ((scored.len() as f32 * gen.keep).ceil() as usize).min(scored.len());
+    Ok((scored, keep))
+}
+
+/// `count` prompts of `len` tokens cut from `local` windows at random offsets.
+fn prompts(local: &[Vec<u32>], count: usize, len: usize, rng: &mut StdRng) -> Vec<Vec<u32>> {
+    (0..count)
+        .filter_map(|_| {
+            let w = local.choose(rng)?;
+            let at = rng.random_range(0..=w.len().checked_sub(len)?);
+            Some(w[at..at + len].to_vec())
+        })
+        .collect()
+}
+
+/// Rounds of generate, score, train on `lm` (adapters created as [`personalise`] does):
+/// each round samples `gen.prompts` continuations of prompts cut from `local` (windows of
+/// `cfg.window + 1` tokens), keeps the best `gen.keep` by `gen.judge`, and trains one
+/// epoch of `cfg` on them (beside `local` with `gen.with_text`), replaying `anchors`.
+/// `on_step` sees every step with its round number; `on_round` sees each round's report
+/// and the model after it (to measure it). Returns the last round's memory plan.
+pub fn generate_train(
+    lm: &mut Llama,
+    local: &[Vec<u32>],
+    anchors: &[Vec<u32>],
+    gen: &GenerateConfig,
+    cfg: &TextConfig,
+    mut on_step: impl FnMut(usize, StepReport),
+    mut on_round: impl FnMut(&GenerateRound, &Llama) -> Result<()>,
+) -> Result<Plan> {
+    let full = cfg.window + 1;
+    if gen.prompt_tokens == 0 || gen.prompt_tokens >= full {
+        return Err(Error::Invalid(format!(
+            "prompts of {} tokens do not fit windows of {full}: use 1..{}",
+            gen.prompt_tokens, cfg.window
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x6e57);
+    let mut last = None;
+    for r in 1..=gen.rounds {
+        let picked = prompts(local, gen.prompts, gen.prompt_tokens, &mut rng);
+        let new = full - gen.prompt_tokens;
+        let seed = cfg.seed.wrapping_add(r as u64);
+        let (scored, keep) = generate_round(lm, &picked, new, gen, seed)?;
+        let kept: Vec<&Scored> = scored[..keep]
+            .iter()
+            .filter(|s| s.tokens.len() == full)
+            .collect();
+        let mut train: Vec<Vec<u32>> = kept.iter().map(|s| s.tokens.clone()).collect();
+        if gen.with_text {
+            train.extend(local.iter().cloned());
+        }
+        if !train.is_empty() {
+            let round_cfg = TextConfig {
+                epochs: 1,
+                seed,
+                ..cfg.clone()
+            };
+            last = Some(personalise(lm, &train, anchors, &round_cfg, |s| {
+                on_step(r, s)
+            })?);
+        }
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        on_round(
+            &GenerateRound {
+                round: r,
+                samples: scored.len(),
+                kept: kept.len(),
+                mean_log_likelihood: mean(scored.iter().map(|s| s.log_likelihood).collect()),
+                mean_kept_gain: mean(kept.iter().map(|s| s.gain).collect()),
+                trained_tokens: train.len() * cfg.window,
+            },
+            lm,
+        )?;
+    }
+    last.ok_or_else(|| {
+        Error::Invalid(
+            "no generated sample was kept and nothing else was trained: raise keep or prompts"
+                .into(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_counts_repeated_trigrams() {
+        assert_eq!(repetition(&[1, 2, 3, 4, 5]), 0.0);
+        // 1 2 3 1 2 3: trigrams 123 231 312 123 -> one of four repeats.
+        assert!((repetition(&[1, 2, 3, 1, 2, 3]) - 0.25).abs() < 1e-12);
+        assert_eq!(repetition(&[7, 7]), 0.0);
+    }
+
+    #[test]
+    fn prompts_are_cut_inside_the_windows() {
+        let local: Vec<Vec<u32>> = (0..3).map(|w| (w * 10..w * 10 + 9).collect()).collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let picked = prompts(&local, 50, 4, &mut rng);
+        assert_eq!(picked.len(), 50);
+        for p in &picked {
+            assert_eq!(p.len(), 4);
+            // Consecutive tokens of one window.
+            assert!(p.windows(2).all(|w| w[1] == w[0] + 1));
+            assert!(local.iter().any(|w| w.contains(&p[0]) && w.contains(&p[3])));
+        }
+        // Offsets vary: not every prompt starts a window.
+        assert!(picked.iter().any(|p| p[0] % 10 != 0));
+        assert!(prompts(&local, 5, 20, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn judges_parse_by_name() {
+        assert_eq!(Judge::parse("gain").unwrap(), Judge::Gain);
+        assert_eq!(Judge::parse("base").unwrap(), Judge::Base);
+        assert!(Judge::parse("teacher").is_err());
+    }
+}
