@@ -151,18 +151,12 @@ impl ClassifierSpec {
                 info.arch.as_str()
             ))
         })?;
-        let value = |key: &str| info.config.iter().find(|e| e.key.as_str() == key);
         let ints = |key: &str| -> Result<Option<Vec<usize>>> {
-            value(key)
-                .map(|e| {
-                    e.value
-                        .as_ints()
+            info.get(key)
+                .map(|v| {
+                    v.as_ints()
                         .map(|v| v.iter().map(|&x| usize::try_from(x).unwrap_or(0)).collect())
-                        .or_else(|| {
-                            e.value
-                                .as_int()
-                                .map(|x| vec![usize::try_from(x).unwrap_or(0)])
-                        })
+                        .or_else(|| v.as_int().map(|x| vec![usize::try_from(x).unwrap_or(0)]))
                         .ok_or_else(|| {
                             Error::Invalid(format!("the model's config {key:?} is not integers"))
                         })

@@ -43,12 +43,7 @@ impl LlamaConfig {
                 info.arch.as_str()
             )));
         }
-        let value = |key: &str| {
-            info.config
-                .iter()
-                .find(|e| e.key.as_str() == key)
-                .map(|e| &e.value)
-        };
+        let value = |key: &str| info.get(key);
         let int = |key: &str| match value(key) {
             Some(ConfigValue::Int(v)) => usize::try_from(*v).map_err(|_| missing(key)),
             _ => Err(missing(key)),
