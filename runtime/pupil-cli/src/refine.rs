@@ -135,22 +135,7 @@ pub fn run(a: Args) -> CliResult {
     let strategies = Strategies::parse(&a.strategy, &a.uncertainty)?;
     crate::output::json_mode(a.json);
     let stop = stop_on_ctrl_c();
-    // Where the results go is checked before the work, not after it.
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.data.join("refined.pupil"));
-    check_writable("--out", &out)?;
-    if let Some(path) = &a.plot {
-        check_writable("--plot", path)?;
-    }
-    if a.labels.is_none() && strategies.active {
-        return Err(
-            "active selection needs answers: pass --labels FILE (IDX labels of the \
-                    pool), or drop `active` from --strategy"
-                .into(),
-        );
-    }
+    let out = checked_out(&a, &strategies)?;
     let device = open_device(&a)?;
     // The pool's labels are real only with --labels; they answer label requests and
     // measure pseudo-labels, and are never trained on directly.
@@ -274,6 +259,28 @@ impl Strategies {
             seed: a.seed,
         })
     }
+}
+
+/// Where the refined model goes (`--out`, by default beside `--data`), after checking that
+/// it and `--plot` can be written and that active selection has its answers: before the
+/// work, not after it.
+fn checked_out(a: &Args, strategies: &Strategies) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.data.join("refined.pupil"));
+    check_writable("--out", &out)?;
+    if let Some(path) = &a.plot {
+        check_writable("--plot", path)?;
+    }
+    if a.labels.is_none() && strategies.active {
+        return Err(
+            "active selection needs answers: pass --labels FILE (IDX labels of the \
+                    pool), or drop `active` from --strategy"
+                .into(),
+        );
+    }
+    Ok(out)
 }
 
 /// A flag that Ctrl-C sets from now on, asking the session to stop at its next step; the
