@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use pupil::data::mnist::Mnist;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
-use pupil::refine::distill::{distill, teacher_logits, DistillConfig};
+use pupil::refine::distill::{distill, teacher_logits, DistillConfig, EpochReport};
 use pupil::refine::replay::Anchors;
 use pupil::train;
 use pupil::Backend;
@@ -168,11 +169,7 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
         teacher.spec.arch.name(),
         teacher_acc * 100.0
     );
-    let bar = ProgressBar::new(data.train.n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")?
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(data.train.n, "{msg} [{bar:30}] {pos}/{len} eta {eta}")?;
     bar.set_message("teacher logits");
     let logits = teacher_logits(&teacher, &data.train, 500)?;
     bar.finish_and_clear();
@@ -188,36 +185,7 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
         alpha: a.alpha,
         seed: a.seed,
     };
-    let bar = ProgressBar::new(data.train.n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} eta {eta}")?
-            .progress_chars("=> "),
-    );
-    let epoch = std::cell::Cell::new(1);
-    let reports = distill(
-        &student,
-        &data.train,
-        &logits,
-        Some(&data.test),
-        &cfg,
-        |done, loss| {
-            bar.set_position(done as u64);
-            bar.set_message(format!("{}/{} loss {loss:.4}", epoch.get(), cfg.epochs));
-        },
-        |r| {
-            bar.suspend(|| {
-                println!(
-                    "epoch {:>2}  loss {:.4}  student test accuracy {:.2}%",
-                    r.epoch,
-                    r.loss,
-                    r.accuracy.unwrap_or(0.0) * 100.0
-                )
-            });
-            epoch.set(r.epoch + 1);
-            bar.set_position(0);
-        },
-    )?;
-    bar.finish_and_clear();
+    let reports = distill_with_progress(&student, &data, &logits, &cfg)?;
     let mut b = student.to_builder(dtype, 1, None)?;
     b.created_by(&format!(
         "pupil distill: teacher {} (T={}, alpha={}, {} epochs)",
@@ -240,4 +208,48 @@ fn classifier(a: Args, teacher_file: &ModelFile) -> CliResult {
         teacher_acc * 100.0
     );
     Ok(())
+}
+
+/// A progress bar over `len` examples drawn with `template`.
+fn progress_bar(len: usize, template: &str) -> Result<ProgressBar, Box<dyn std::error::Error>> {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(ProgressStyle::with_template(template)?.progress_chars("=> "));
+    Ok(bar)
+}
+
+/// Trains `student` on `data`'s training images and the teacher's `logits`, with a progress
+/// bar and a line per epoch (its loss and test accuracy).
+fn distill_with_progress(
+    student: &Model,
+    data: &Mnist,
+    logits: &[f32],
+    cfg: &DistillConfig,
+) -> Result<Vec<EpochReport>, Box<dyn std::error::Error>> {
+    let bar = progress_bar(data.train.n, "epoch {msg} [{bar:30}] {pos}/{len} eta {eta}")?;
+    let epoch = std::cell::Cell::new(1);
+    let reports = distill(
+        student,
+        &data.train,
+        logits,
+        Some(&data.test),
+        cfg,
+        |done, loss| {
+            bar.set_position(done as u64);
+            bar.set_message(format!("{}/{} loss {loss:.4}", epoch.get(), cfg.epochs));
+        },
+        |r| {
+            bar.suspend(|| {
+                println!(
+                    "epoch {:>2}  loss {:.4}  student test accuracy {:.2}%",
+                    r.epoch,
+                    r.loss,
+                    r.accuracy.unwrap_or(0.0) * 100.0
+                )
+            });
+            epoch.set(r.epoch + 1);
+            bar.set_position(0);
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(reports)
 }

@@ -11,13 +11,14 @@ use pupil::data::idx::read_split;
 use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Model, Train};
-use pupil::refine::plan::{mib, parse_bytes};
+use pupil::refine::plan::{mib, parse_bytes, Plan};
 use pupil::refine::replay::Anchors;
 use pupil::refine::select::{SelfTraining, Uncertainty};
-use pupil::refine::{Active, Eval, History, Outcome, Progress, RefineConfig, Session};
+use pupil::refine::{
+    label_oracle, Active, Eval, History, Outcome, Progress, RefineConfig, Session,
+};
 use pupil::Backend;
 use pupil_sync::client::{DeltaEncoding, DeviceDir};
-use pupil_wire::Metric;
 
 use crate::output::check_writable;
 use crate::plot::{draw, Panel, Series};
@@ -131,55 +132,11 @@ fn optional_split(images: &Path, labels: &Path) -> Result<Option<Split>, pupil::
 
 /// Run the session and report.
 pub fn run(a: Args) -> CliResult {
-    let strategies: Vec<&str> = a
-        .strategy
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if let Some(bad) = strategies
-        .iter()
-        .find(|s| !["self", "active", "curriculum"].contains(s))
-    {
-        return Err(format!("unknown strategy {bad:?}: use self, active, curriculum").into());
-    }
-    let by = match a.uncertainty.as_str() {
-        "margin" => Uncertainty::Margin,
-        "entropy" => Uncertainty::Entropy,
-        other => return Err(format!("--uncertainty {other:?}: use margin or entropy").into()),
-    };
+    let strategies = Strategies::parse(&a.strategy, &a.uncertainty)?;
     crate::output::json_mode(a.json);
-    // Ctrl-C from here on asks the session to stop (at its next step); the handler only sets
-    // a flag, so a second Ctrl-C while the checkpoint is written is ignored.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
-    // Where the results go is checked before the work, not after it.
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.data.join("refined.pupil"));
-    check_writable("--out", &out)?;
-    if let Some(path) = &a.plot {
-        check_writable("--plot", path)?;
-    }
-    if a.labels.is_none() && strategies.contains(&"active") {
-        return Err(
-            "active selection needs answers: pass --labels FILE (IDX labels of the \
-                    pool), or drop `active` from --strategy"
-                .into(),
-        );
-    }
-    // A device that cannot queue the result is refused before the work, not after it.
-    let device = match &a.outbox {
-        Some(dir) => {
-            DeltaEncoding::parse(&a.queue.encoding)?;
-            let device = DeviceDir::open(dir)?;
-            device.device_id()?;
-            Some(device)
-        }
-        None => None,
-    };
+    let stop = stop_on_ctrl_c();
+    let out = checked_out(&a, &strategies)?;
+    let device = open_device(&a)?;
     // The pool's labels are real only with --labels; they answer label requests and
     // measure pseudo-labels, and are never trained on directly.
     let pool = read_split(&a.data.join("images.idx"), a.labels.as_deref())?;
@@ -189,53 +146,11 @@ pub fn run(a: Args) -> CliResult {
         &a.data.join("eval-labels.idx"),
     )?;
     let file = ModelFile::open(&a.model)?;
-    let global = match a.global.as_deref() {
-        Some("none" | "false") => None,
-        Some(name) => Some(crate::fetch::dataset(name)?.test),
-        None => {
-            let id = file.info().model_id.as_str();
-            match crate::fetch::DATASETS.contains(&id) {
-                true => Some(crate::fetch::dataset(id)?.test),
-                false => None,
-            }
-        }
-    };
+    let global = global_test_set(a.global.as_deref(), &file)?;
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let anchors = Anchors::from_file(&file)?.ok_or_else(|| {
-        format!(
-            "{} carries no anchor examples; pass --replay 0 (and expect some forgetting)",
-            a.model.display()
-        )
-    });
-    let anchors = match (anchors, a.replay) {
-        (Ok(x), _) => x,
-        (Err(_), 0) => Anchors::new(&Split::empty(&pool.shape)),
-        (Err(e), _) => return Err(e.into()),
-    };
+    let anchors = anchors(&a, &file, &pool)?;
     let train = Train::parse(&a.train)?;
     let model = Model::open(&file, &backend, train)?;
-    let cfg = RefineConfig {
-        rounds: a.rounds,
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        self_training: strategies.contains(&"self").then_some(SelfTraining {
-            threshold: a.threshold,
-            ..Default::default()
-        }),
-        active: strategies.contains(&"active").then_some(Active {
-            per_round: a.labels_per_round,
-            budget: a.label_budget,
-            by,
-        }),
-        curriculum: strategies.contains(&"curriculum").then_some(0.5),
-        replay: a.replay,
-        oracle_weight: 4,
-        tolerance: a.tolerance / 100.0,
-        memory_budget: a.memory_budget.as_deref().map(parse_bytes).transpose()?,
-        checkpoint_every: a.checkpoint_every,
-        seed: a.seed,
-    };
     let eval = Eval {
         local: local.as_ref(),
         global: global.as_ref(),
@@ -247,7 +162,7 @@ pub fn run(a: Args) -> CliResult {
         &pool,
         oracle_labels.is_some(),
         anchors,
-        cfg,
+        strategies.config(&a)?,
         eval,
         a.checkpoint.clone(),
     )?;
@@ -261,6 +176,173 @@ pub fn run(a: Args) -> CliResult {
         model.params.count(true),
         pool.n
     );
+    print_plan(&plan);
+    if a.resume {
+        resume(&mut session, a.checkpoint.as_deref())?;
+    }
+    let labels = oracle_labels.unwrap_or_default();
+    let outcome = RoundBar::new()?.run(&mut session, &mut label_oracle(&labels), &stop)?;
+    if outcome == Outcome::Interrupted {
+        return Err(interrupted(a.checkpoint.as_deref()));
+    }
+    let history = session.history().clone();
+    print_table(&history);
+    if let Some(peak) = session.peak_bytes() {
+        println!(
+            "peak GPU memory held by tensors: {} (planned {})",
+            mib(peak),
+            mib(plan.planned_bytes)
+        );
+    }
+    write_results(&a, &out, &file, &model, &history, device.as_ref())
+}
+
+/// What `--strategy` and `--uncertainty` ask for.
+struct Strategies {
+    self_training: bool,
+    active: bool,
+    curriculum: bool,
+    by: Uncertainty,
+}
+
+impl Strategies {
+    /// Parses the comma-separated `strategy` list and the `uncertainty` score.
+    fn parse(strategy: &str, uncertainty: &str) -> Result<Strategies, String> {
+        let names: Vec<&str> = strategy
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(bad) = names
+            .iter()
+            .find(|s| !["self", "active", "curriculum"].contains(s))
+        {
+            return Err(format!(
+                "unknown strategy {bad:?}: use self, active, curriculum"
+            ));
+        }
+        let by = match uncertainty {
+            "margin" => Uncertainty::Margin,
+            "entropy" => Uncertainty::Entropy,
+            other => return Err(format!("--uncertainty {other:?}: use margin or entropy")),
+        };
+        Ok(Strategies {
+            self_training: names.contains(&"self"),
+            active: names.contains(&"active"),
+            curriculum: names.contains(&"curriculum"),
+            by,
+        })
+    }
+
+    /// The session's settings: these strategies with the rest of the flags.
+    fn config(&self, a: &Args) -> Result<RefineConfig, pupil::Error> {
+        Ok(RefineConfig {
+            rounds: a.rounds,
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            self_training: self.self_training.then_some(SelfTraining {
+                threshold: a.threshold,
+                ..Default::default()
+            }),
+            active: self.active.then_some(Active {
+                per_round: a.labels_per_round,
+                budget: a.label_budget,
+                by: self.by,
+            }),
+            curriculum: self.curriculum.then_some(0.5),
+            replay: a.replay,
+            oracle_weight: 4,
+            tolerance: a.tolerance / 100.0,
+            memory_budget: a.memory_budget.as_deref().map(parse_bytes).transpose()?,
+            checkpoint_every: a.checkpoint_every,
+            seed: a.seed,
+        })
+    }
+}
+
+/// Where the refined model goes (`--out`, by default beside `--data`), after checking that
+/// it and `--plot` can be written and that active selection has its answers: before the
+/// work, not after it.
+fn checked_out(a: &Args, strategies: &Strategies) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.data.join("refined.pupil"));
+    check_writable("--out", &out)?;
+    if let Some(path) = &a.plot {
+        check_writable("--plot", path)?;
+    }
+    if a.labels.is_none() && strategies.active {
+        return Err(
+            "active selection needs answers: pass --labels FILE (IDX labels of the \
+                    pool), or drop `active` from --strategy"
+                .into(),
+        );
+    }
+    Ok(out)
+}
+
+/// A flag that Ctrl-C sets from now on, asking the session to stop at its next step; the
+/// handler only sets it, so a second Ctrl-C while the checkpoint is written is ignored.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    stop
+}
+
+/// The device directory of `--outbox`, opened and checked (registered, a valid encoding)
+/// before the work: a device that cannot queue the result is refused before it, not after.
+fn open_device(a: &Args) -> Result<Option<DeviceDir>, Box<dyn std::error::Error>> {
+    let Some(dir) = &a.outbox else {
+        return Ok(None);
+    };
+    DeltaEncoding::parse(&a.queue.encoding)?;
+    let device = DeviceDir::open(dir)?;
+    device.device_id()?;
+    Ok(Some(device))
+}
+
+/// The original task's test set `--global` names, or by default the one the model's id
+/// names, if any.
+fn global_test_set(
+    name: Option<&str>,
+    file: &ModelFile,
+) -> Result<Option<Split>, Box<dyn std::error::Error>> {
+    Ok(match name {
+        Some("none" | "false") => None,
+        Some(name) => Some(crate::fetch::dataset(name)?.test),
+        None => {
+            let id = file.info().model_id.as_str();
+            match crate::fetch::DATASETS.contains(&id) {
+                true => Some(crate::fetch::dataset(id)?.test),
+                false => None,
+            }
+        }
+    })
+}
+
+/// The anchors the model file carries; none (an empty set shaped like `pool`) only with
+/// `--replay 0`.
+fn anchors(
+    a: &Args,
+    file: &ModelFile,
+    pool: &Split,
+) -> Result<Anchors, Box<dyn std::error::Error>> {
+    match (Anchors::from_file(file)?, a.replay) {
+        (Some(x), _) => Ok(x),
+        (None, 0) => Ok(Anchors::new(&Split::empty(&pool.shape))),
+        (None, _) => Err(format!(
+            "{} carries no anchor examples; pass --replay 0 (and expect some forgetting)",
+            a.model.display()
+        )
+        .into()),
+    }
+}
+
+/// Prints the memory plan.
+fn print_plan(plan: &Plan) {
     println!(
         "memory plan: {} planned of {} budget (weights {}, gradients {}, optimizer {}, {} per example); batch {} = {} x {} micro-batches",
         mib(plan.planned_bytes),
@@ -273,129 +355,132 @@ pub fn run(a: Args) -> CliResult {
         plan.micro_batch,
         plan.accumulation
     );
-    if a.resume {
-        if session.resume()? {
-            println!(
-                "resumed from {}",
-                a.checkpoint
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string())
-            );
-        } else {
-            println!("no checkpoint to resume from; starting afresh");
-        }
-    }
-    let labels = oracle_labels.unwrap_or_default();
-    let mut oracle = |picks: &[usize]| -> Vec<Option<usize>> {
-        picks
-            .iter()
-            .map(|&i| labels.get(i).map(|&y| usize::from(y)))
-            .collect()
-    };
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("round {msg} [{bar:30}] {pos}/{len} steps eta {eta}")?
-            .progress_chars("=> "),
-    );
-    let mut round = 0;
-    let outcome = session.run(&mut oracle, &stop, &mut |p| match p {
-        Progress::RoundStart {
-            round: r,
-            steps,
-            examples,
-        } => {
-            round = r;
-            bar.set_length(u64::from(steps));
-            bar.set_position(0);
-            bar.set_message(format!("{r} ({examples} examples)"));
-        }
-        Progress::Step { step, loss } => {
-            bar.set_position(u64::from(step));
-            bar.set_message(format!("{round} loss {loss:.4}"));
-        }
-        Progress::RoundEnd(r) => bar.suspend(|| {
-            println!(
-                "round {}: {} labels (+{}), {} pseudo-labels{}, loss {:.4}, {} ({})",
-                r.round,
-                r.labels,
-                r.new_labels,
-                r.pseudo_labels,
-                r.pseudo_label_accuracy
-                    .map_or(String::new(), |x| format!(" ({:.1}% right)", x * 100.0)),
-                r.loss,
-                if r.accepted { "kept" } else { "rolled back" },
-                r.reason
-            )
-        }),
-    })?;
-    bar.finish_and_clear();
-    if outcome == Outcome::Interrupted {
-        let what = match &a.checkpoint {
-            Some(p) => format!(
-                "checkpoint written to {}; run again with --resume to continue",
-                p.display()
-            ),
-            None => "no checkpoint written (pass --checkpoint FILE to be able to resume \
-                     with --resume); nothing was saved"
-                .into(),
-        };
-        return Err(Box::new(crate::Interrupted(what)));
-    }
-    let history = session.history().clone();
-    print_table(&history);
-    if let Some(peak) = session.peak_bytes() {
+}
+
+/// Resumes `session` from its checkpoint, saying whether there was one.
+fn resume(session: &mut Session, checkpoint: Option<&Path>) -> CliResult {
+    if session.resume()? {
         println!(
-            "peak GPU memory held by tensors: {} (planned {})",
-            mib(peak),
-            mib(plan.planned_bytes)
+            "resumed from {}",
+            checkpoint.map_or(String::new(), |p| p.display().to_string())
         );
-    }
-    let info = file.info();
-    model.save(&out, DType::F32, info.version, info.parent)?;
-    println!("wrote {}", out.display());
-    if let Some(device) = &device {
-        let q = queue(device, &a.queue, &file, &model, &history)?;
-        println!("{}", queued_line(&q));
-    }
-    if let Some(path) = &a.plot {
-        plot(path, &history)?;
-        println!("plot: {}", path.display());
-    }
-    if a.json {
-        crate::output::print_json(&serde_json::to_string_pretty(&history)?);
+    } else {
+        println!("no checkpoint to resume from; starting afresh");
     }
     Ok(())
 }
 
-/// Queues the refined `model`'s delta to `base` in `device`'s outbox, weighted by the
-/// examples the last round trained on, with the local accuracy before and after.
-fn queue(
-    device: &DeviceDir,
-    options: &QueueOptions,
-    base: &ModelFile,
+/// The progress bar of a running session, with a line per finished round.
+struct RoundBar {
+    bar: ProgressBar,
+    round: u32,
+}
+
+impl RoundBar {
+    fn new() -> Result<RoundBar, Box<dyn std::error::Error>> {
+        let bar = ProgressBar::new(1);
+        bar.set_style(
+            ProgressStyle::with_template("round {msg} [{bar:30}] {pos}/{len} steps eta {eta}")?
+                .progress_chars("=> "),
+        );
+        Ok(RoundBar { bar, round: 0 })
+    }
+
+    /// Runs `session`'s remaining rounds, showing their progress.
+    fn run(
+        mut self,
+        session: &mut Session,
+        oracle: &mut dyn FnMut(&[usize]) -> Vec<Option<usize>>,
+        stop: &AtomicBool,
+    ) -> Result<Outcome, pupil::Error> {
+        let outcome = session.run(oracle, stop, &mut |p| self.show(p));
+        self.bar.finish_and_clear();
+        outcome
+    }
+
+    fn show(&mut self, progress: Progress) {
+        let bar = &self.bar;
+        match progress {
+            Progress::RoundStart {
+                round,
+                steps,
+                examples,
+            } => {
+                self.round = round;
+                bar.set_length(u64::from(steps));
+                bar.set_position(0);
+                bar.set_message(format!("{round} ({examples} examples)"));
+            }
+            Progress::Step { step, loss } => {
+                bar.set_position(u64::from(step));
+                bar.set_message(format!("{} loss {loss:.4}", self.round));
+            }
+            Progress::RoundEnd(r) => bar.suspend(|| {
+                println!(
+                    "round {}: {} labels (+{}), {} pseudo-labels{}, loss {:.4}, {} ({})",
+                    r.round,
+                    r.labels,
+                    r.new_labels,
+                    r.pseudo_labels,
+                    r.pseudo_label_accuracy
+                        .map_or(String::new(), |x| format!(" ({:.1}% right)", x * 100.0)),
+                    r.loss,
+                    if r.accepted { "kept" } else { "rolled back" },
+                    r.reason
+                )
+            }),
+        }
+    }
+}
+
+/// The error of a session stopped by Ctrl-C, saying how to go on.
+fn interrupted(checkpoint: Option<&Path>) -> Box<dyn std::error::Error> {
+    let what = match checkpoint {
+        Some(p) => format!(
+            "checkpoint written to {}; run again with --resume to continue",
+            p.display()
+        ),
+        None => "no checkpoint written (pass --checkpoint FILE to be able to resume \
+                 with --resume); nothing was saved"
+            .into(),
+    };
+    Box::new(crate::Interrupted(what))
+}
+
+/// Writes the refined model to `out`, queues its update (with --outbox), draws the plot and
+/// prints the JSON history, as the flags ask.
+fn write_results(
+    a: &Args,
+    out: &Path,
+    file: &ModelFile,
     model: &Model,
-    h: &History,
-) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let last = h.rounds.last();
-    let examples = last.map_or(0, |r| (r.labels + r.pseudo_labels) as u64);
-    let mut metrics = Vec::new();
-    if let Some(loss) = last.map(|r| r.loss) {
-        metrics.push(Metric {
-            name: "loss",
-            value: loss,
-        });
+    history: &History,
+    device: Option<&DeviceDir>,
+) -> CliResult {
+    let info = file.info();
+    model.save(out, DType::F32, info.version, info.parent)?;
+    println!("wrote {}", out.display());
+    if let Some(device) = device {
+        // Weighted by the examples the last round trained on, with the local accuracy
+        // before and after.
+        let update = history.update_report();
+        let q = a.queue.queue(
+            device,
+            file,
+            &model.merged()?,
+            update.examples,
+            &update.metrics,
+        )?;
+        println!("{}", queued_line(&q));
     }
-    if let (Some(before), Some(after)) = (h.start.0, last.and_then(|r| r.local_accuracy)) {
-        metrics.push(Metric {
-            name: "local_accuracy_before",
-            value: before,
-        });
-        metrics.push(Metric {
-            name: "local_accuracy_after",
-            value: after,
-        });
+    if let Some(path) = &a.plot {
+        plot(path, history)?;
+        println!("plot: {}", path.display());
     }
-    options.queue(device, base, &model.merged()?, examples, &metrics)
+    if a.json {
+        crate::output::print_json(&serde_json::to_string_pretty(history)?);
+    }
+    Ok(())
 }
 
 fn pct(x: Option<f32>) -> String {

@@ -3,15 +3,14 @@
 //! a robust rule), after McMahan et al. 2017: each round a fraction C of the devices pull the
 //! current version, train E local epochs with batch B and SGD, and push their deltas.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::data::mnist;
+use pupil::data::mnist::{self, Mnist};
 use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
-use pupil::optim::{Optimizer, Rule, SgdConfig};
 use pupil::{train, Backend};
 use pupil_sync::aggregate::Rule as AggRule;
 use pupil_sync::client::{Client, DeltaEncoding, NamedValues, Outbox, UpdateOptions};
@@ -126,63 +125,21 @@ pub fn run(a: Args) -> CliResult {
     if let Some(path) = &a.plot {
         crate::output::check_writable("--plot", path)?;
     }
-    let backend = Backend::auto(a.adapter.as_deref())?;
-    let mnist = crate::fetch::mnist()?;
-    let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
-    let per_round = ((a.fraction * a.devices as f32).round() as usize).max(1);
-    let attackers = (a.attackers * a.devices as f32).round() as usize;
-
     let dir = tempfile::tempdir()?;
-    let config = ServerConfig {
-        min_updates: per_round as u64,
-        deadline: Duration::from_secs(3600),
-        tick: Duration::from_millis(2),
-        max_norm: 1e6,
-        rule,
-        open_registration: true,
-        ..ServerConfig::default()
-    };
-    let server = Server::open(dir.path(), config, finite_gate())?;
-    let spec = ClassifierSpec::new(Arch::Mlp, &mnist::SHAPE, mnist::CLASSES);
-    let init = Model::new("mnist", &spec, &Backend::Cpu, a.seed)?;
-    server.import_model(init.to_builder(DType::F32, 1, None)?.to_bytes()?)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    runtime.spawn(serve(server.clone(), listener, std::future::pending()));
-    let client = Client::new(&url);
-    let server_key = client.server_key()?;
-    // Distinct deterministic device keys: the device index and the seed.
-    let keys: Vec<KeyPair> = (0..a.devices)
-        .map(|d| {
-            let mut seed = [7u8; 32];
-            seed[..8].copy_from_slice(&(d as u64).to_le_bytes());
-            seed[8..16].copy_from_slice(&a.seed.to_le_bytes());
-            KeyPair::from_seed(seed)
-        })
-        .collect();
-    for (d, k) in keys.iter().enumerate() {
-        client.register(&format!("sim-{d}"), &k.public(), None)?;
-    }
+    let mut sim = Simulation::start(&a, dir.path(), rule)?;
     println!(
         "simulate: {} devices ({}), C={} ({} per round), E={}, B={}, lr={}, rule {}, {} attackers; devices train on {}",
         a.devices,
         if a.non_iid { "non-IID, 2 label shards each" } else { "IID" },
         a.fraction,
-        per_round,
+        sim.per_round,
         a.local_epochs,
         a.batch,
         a.lr,
         a.rule,
-        attackers,
-        backend.describe()
+        sim.attackers,
+        sim.backend.describe()
     );
-
-    let model_path = dir.path().join("global.pupil");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ 0x5EED);
-    let outboxes = (0..a.devices)
-        .map(|d| Outbox::open(&dir.path().join("devices").join(format!("sim-{d}"))))
-        .collect::<Result<Vec<_>, _>>()?;
     let mut rows = Vec::new();
     let bar = ProgressBar::new(a.rounds as u64);
     bar.set_style(
@@ -192,77 +149,7 @@ pub fn run(a: Args) -> CliResult {
     let start = Instant::now();
     let mut reached = None;
     for round in 1..=a.rounds {
-        client.pull(&model_path, &server_key)?;
-        let file = ModelFile::open(&model_path)?;
-        let version = server.current_meta().map_or(1, |m| m.version);
-        let mut chosen: Vec<usize> = (0..a.devices).collect();
-        chosen.shuffle(&mut rng);
-        for &d in &chosen[..per_round] {
-            let model = Model::open(&file, &backend, Train::All)?;
-            let before = model.params.trainable_values()?.to_vec()?;
-            let mut opt = Optimizer::new(
-                &model.params,
-                Rule::Sgd(SgdConfig {
-                    lr: a.lr,
-                    momentum: 0.0,
-                    weight_decay: 0.0,
-                    max_grad_norm: None,
-                }),
-            )?;
-            let local = mnist.train.subset(&parts[d]);
-            for e in 0..a.local_epochs {
-                train::train_epoch(
-                    &model.net,
-                    &model.params,
-                    &mut opt,
-                    &local,
-                    a.batch,
-                    a.seed + (round * 1000 + e) as u64,
-                    usize::MAX,
-                    |_, _| {},
-                )?;
-            }
-            let scale = if d < attackers { a.attack_scale } else { 1.0 };
-            let after = model.params.trainable_values()?.to_vec()?;
-            // An attacker scales its honest delta.
-            let refined: Vec<NamedValues> = model
-                .params
-                .infos()
-                .iter()
-                .map(|p| {
-                    let n: usize = p.shape.iter().product();
-                    let values = (p.offset..p.offset + n)
-                        .map(|i| before[i] + (after[i] - before[i]) * scale)
-                        .collect();
-                    let shape = p.shape.iter().map(|&x| x as u64).collect();
-                    (p.name.clone(), shape, values)
-                })
-                .collect();
-            let metrics = [Metric {
-                name: "examples",
-                value: parts[d].len() as f32,
-            }];
-            let options = UpdateOptions {
-                device_id: &format!("sim-{d}"),
-                encoding: DeltaEncoding::F16,
-                num_examples: parts[d].len() as u64,
-                metrics: &metrics,
-                personal: &[],
-            };
-            outboxes[d].queue_update(&keys[d], &file, &refined, &options)?;
-            client.push(&outboxes[d])?;
-        }
-        // The server's round policy aggregates once every selected device has reported.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.current_meta().map_or(1, |m| m.version) == version {
-            if Instant::now() > deadline {
-                return Err(format!("round {round}: the server published no new version (quality gate or aggregation failed)").into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        client.pull(&model_path, &server_key)?;
-        let global = Model::open(&ModelFile::open(&model_path)?, &backend, Train::All)?;
-        let accuracy = train::accuracy(&global.net, &global.params, &mnist.test, 1000)?;
+        let accuracy = sim.round(round)?;
         rows.push(RoundRow {
             round,
             accuracy,
@@ -287,32 +174,221 @@ pub fn run(a: Args) -> CliResult {
         _ => {}
     }
     if let Some(path) = &a.plot {
-        draw(
-            path,
-            &[Panel {
-                title: format!(
-                    "FedAvg on MNIST: {} devices, C={}, E={}, B={}{}",
-                    a.devices,
-                    a.fraction,
-                    a.local_epochs,
-                    a.batch,
-                    if a.non_iid { ", non-IID" } else { ", IID" }
-                ),
-                x_label: "round".into(),
-                y_label: "test accuracy %".into(),
-                series: vec![Series {
-                    name: format!("{} (lr {})", a.rule, a.lr),
-                    points: rows
-                        .iter()
-                        .map(|r| (r.round as f64, f64::from(r.accuracy) * 100.0))
-                        .collect(),
-                }],
-            }],
-        )?;
+        plot(path, &a, &rows)?;
         println!("plot: {}", path.display());
     }
     if a.json {
         crate::output::print_json(&serde_json::to_string(&rows)?);
     }
     Ok(())
+}
+
+/// A real server on loopback and the simulated devices registered with it.
+struct Simulation<'a> {
+    a: &'a Args,
+    backend: Backend,
+    mnist: Mnist,
+    /// Each device's example indices into MNIST's training split.
+    parts: Vec<Vec<usize>>,
+    /// Devices taking part in each round.
+    per_round: usize,
+    /// Devices `0..attackers` attack.
+    attackers: usize,
+    server: std::sync::Arc<Server>,
+    /// Runs the server; kept for as long as the simulation.
+    _runtime: tokio::runtime::Runtime,
+    client: Client,
+    server_key: [u8; 32],
+    keys: Vec<KeyPair>,
+    outboxes: Vec<Outbox>,
+    /// Where the devices pull the current version to.
+    model_path: PathBuf,
+    /// Chooses each round's devices.
+    rng: rand::rngs::StdRng,
+}
+
+impl<'a> Simulation<'a> {
+    /// Splits MNIST among the devices, starts the server in `dir` with a freshly
+    /// initialised MLP as version 1 and registers every device.
+    fn start(
+        a: &'a Args,
+        dir: &Path,
+        rule: AggRule,
+    ) -> Result<Simulation<'a>, Box<dyn std::error::Error>> {
+        let backend = Backend::auto(a.adapter.as_deref())?;
+        let mnist = crate::fetch::mnist()?;
+        let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
+        let per_round = ((a.fraction * a.devices as f32).round() as usize).max(1);
+        let attackers = (a.attackers * a.devices as f32).round() as usize;
+        let config = ServerConfig {
+            min_updates: per_round as u64,
+            deadline: Duration::from_secs(3600),
+            tick: Duration::from_millis(2),
+            max_norm: 1e6,
+            rule,
+            open_registration: true,
+            ..ServerConfig::default()
+        };
+        let server = Server::open(dir, config, finite_gate())?;
+        let spec = ClassifierSpec::new(Arch::Mlp, &mnist::SHAPE, mnist::CLASSES);
+        let init = Model::new("mnist", &spec, &Backend::Cpu, a.seed)?;
+        server.import_model(init.to_builder(DType::F32, 1, None)?.to_bytes()?)?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        runtime.spawn(serve(server.clone(), listener, std::future::pending()));
+        let client = Client::new(&url);
+        let server_key = client.server_key()?;
+        let keys = device_keys(a.devices, a.seed);
+        for (d, k) in keys.iter().enumerate() {
+            client.register(&format!("sim-{d}"), &k.public(), None)?;
+        }
+        let outboxes = (0..a.devices)
+            .map(|d| Outbox::open(&dir.join("devices").join(format!("sim-{d}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Simulation {
+            a,
+            backend,
+            mnist,
+            parts,
+            per_round,
+            attackers,
+            server,
+            _runtime: runtime,
+            client,
+            server_key,
+            keys,
+            outboxes,
+            model_path: dir.join("global.pupil"),
+            rng: rand::rngs::StdRng::seed_from_u64(a.seed ^ 0x5EED),
+        })
+    }
+
+    /// One round: the chosen devices pull the current version, train on their data and
+    /// push; once the server publishes the aggregate, its test accuracy.
+    fn round(&mut self, round: usize) -> Result<f32, Box<dyn std::error::Error>> {
+        self.client.pull(&self.model_path, &self.server_key)?;
+        let file = ModelFile::open(&self.model_path)?;
+        let version = self.server.current_meta().map_or(1, |m| m.version);
+        let mut chosen: Vec<usize> = (0..self.a.devices).collect();
+        chosen.shuffle(&mut self.rng);
+        for &d in &chosen[..self.per_round] {
+            self.push_update(d, &file, round)?;
+        }
+        // The server's round policy aggregates once every selected device has reported.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.server.current_meta().map_or(1, |m| m.version) == version {
+            if Instant::now() > deadline {
+                return Err(format!("round {round}: the server published no new version (quality gate or aggregation failed)").into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.client.pull(&self.model_path, &self.server_key)?;
+        let global = Model::open(
+            &ModelFile::open(&self.model_path)?,
+            &self.backend,
+            Train::All,
+        )?;
+        Ok(train::accuracy(
+            &global.net,
+            &global.params,
+            &self.mnist.test,
+            1000,
+        )?)
+    }
+
+    /// Device `d` trains the pulled `file` on its data and pushes its delta, signed.
+    fn push_update(&self, d: usize, file: &ModelFile, round: usize) -> CliResult {
+        let a = self.a;
+        let model = Model::open(file, &self.backend, Train::All)?;
+        let before = model.params.trainable_values()?.to_vec()?;
+        let local = self.mnist.train.subset(&self.parts[d]);
+        let seed = a.seed + (round * 1000) as u64;
+        train::sgd_epochs(
+            &model.net,
+            &model.params,
+            &local,
+            a.local_epochs,
+            a.batch,
+            a.lr,
+            seed,
+        )?;
+        let after = model.params.trainable_values()?.to_vec()?;
+        // An attacker scales its honest delta.
+        let scale = if d < self.attackers {
+            a.attack_scale
+        } else {
+            1.0
+        };
+        let refined = scaled_update(&model, &before, &after, scale);
+        let metrics = [Metric {
+            name: "examples",
+            value: self.parts[d].len() as f32,
+        }];
+        let options = UpdateOptions {
+            device_id: &format!("sim-{d}"),
+            encoding: DeltaEncoding::F16,
+            num_examples: self.parts[d].len() as u64,
+            metrics: &metrics,
+            personal: &[],
+        };
+        self.outboxes[d].queue_update(&self.keys[d], file, &refined, &options)?;
+        self.client.push(&self.outboxes[d])?;
+        Ok(())
+    }
+}
+
+/// Distinct deterministic device keys: the device index and the seed.
+fn device_keys(devices: usize, seed: u64) -> Vec<KeyPair> {
+    (0..devices)
+        .map(|d| {
+            let mut bytes = [7u8; 32];
+            bytes[..8].copy_from_slice(&(d as u64).to_le_bytes());
+            bytes[8..16].copy_from_slice(&seed.to_le_bytes());
+            KeyPair::from_seed(bytes)
+        })
+        .collect()
+}
+
+/// `model`'s parameters moved from `before` by `scale` times the step to `after`.
+fn scaled_update(model: &Model, before: &[f32], after: &[f32], scale: f32) -> Vec<NamedValues> {
+    model
+        .params
+        .infos()
+        .iter()
+        .map(|p| {
+            let n: usize = p.shape.iter().product();
+            let values = (p.offset..p.offset + n)
+                .map(|i| before[i] + (after[i] - before[i]) * scale)
+                .collect();
+            let shape = p.shape.iter().map(|&x| x as u64).collect();
+            (p.name.clone(), shape, values)
+        })
+        .collect()
+}
+
+/// The test accuracy per round.
+fn plot(path: &Path, a: &Args, rows: &[RoundRow]) -> CliResult {
+    draw(
+        path,
+        &[Panel {
+            title: format!(
+                "FedAvg on MNIST: {} devices, C={}, E={}, B={}{}",
+                a.devices,
+                a.fraction,
+                a.local_epochs,
+                a.batch,
+                if a.non_iid { ", non-IID" } else { ", IID" }
+            ),
+            x_label: "round".into(),
+            y_label: "test accuracy %".into(),
+            series: vec![Series {
+                name: format!("{} (lr {})", a.rule, a.lr),
+                points: rows
+                    .iter()
+                    .map(|r| (r.round as f64, f64::from(r.accuracy) * 100.0))
+                    .collect(),
+            }],
+        }],
+    )
 }

@@ -1,6 +1,6 @@
 //! `pupil serve` and `pupil sync register|queue|push|requeue|pull|status|versions|rollback`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use pupil::format::ModelFile;
@@ -196,16 +196,7 @@ pub fn run(cmd: Sync) -> CliResult {
             model,
             examples,
             options,
-        } => {
-            let (base, refined) = (ModelFile::open(&base)?, ModelFile::open(&model)?);
-            let values: Vec<_> = refined
-                .tensors()
-                .map(|t| (t.name.to_owned(), t.shape.to_vec(), t.to_f32()))
-                .collect();
-            let q = options.queue(&device.open()?, &base, &values, examples, &[])?;
-            print(device.json, &q, || vec![queued_line(&q)]);
-            Ok(())
-        }
+        } => queue(&device, &base, &model, examples, &options),
         Sync::Push { device } => {
             let dir = device.open()?;
             let report = device
@@ -233,24 +224,7 @@ pub fn run(cmd: Sync) -> CliResult {
             server_key,
         } => pull(&device, &model, server_key),
         Sync::Status { device } => status(&device),
-        Sync::Versions { device } => {
-            let versions = device.client().versions()?;
-            print(device.json, &json!(versions), || {
-                versions
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "version {:>4}  {}  round {:>5}  {} bytes",
-                            v.version,
-                            &v.hash[..16.min(v.hash.len())],
-                            v.round.map_or("-".into(), |r| r.to_string()),
-                            v.size
-                        )
-                    })
-                    .collect()
-            });
-            Ok(())
-        }
+        Sync::Versions { device } => versions(&device),
         Sync::Rollback {
             device,
             to,
@@ -274,6 +248,44 @@ pub fn queued_line(q: &serde_json::Value) -> String {
         q["tensors"].as_array().map_or(0, Vec::len),
         q["outbox"].as_str().unwrap_or("")
     )
+}
+
+/// `pupil sync queue`: the delta from `base` to every tensor of `model`.
+fn queue(
+    device: &Device,
+    base: &Path,
+    model: &Path,
+    examples: u64,
+    options: &QueueOptions,
+) -> CliResult {
+    let (base, refined) = (ModelFile::open(base)?, ModelFile::open(model)?);
+    let values: Vec<_> = refined
+        .tensors()
+        .map(|t| (t.name.to_owned(), t.shape.to_vec(), t.to_f32()))
+        .collect();
+    let q = options.queue(&device.open()?, &base, &values, examples, &[])?;
+    print(device.json, &q, || vec![queued_line(&q)]);
+    Ok(())
+}
+
+/// `pupil sync versions`.
+fn versions(device: &Device) -> CliResult {
+    let versions = device.client().versions()?;
+    print(device.json, &json!(versions), || {
+        versions
+            .iter()
+            .map(|v| {
+                format!(
+                    "version {:>4}  {}  round {:>5}  {} bytes",
+                    v.version,
+                    &v.hash[..16.min(v.hash.len())],
+                    v.round.map_or("-".into(), |r| r.to_string()),
+                    v.size
+                )
+            })
+            .collect()
+    });
+    Ok(())
 }
 
 /// `pupil sync register`.

@@ -16,13 +16,12 @@ use pupil::models::classifier::Personal;
 use pupil::models::classifier::{Model, Train};
 use pupil::refine::replay::Anchors;
 use pupil::refine::select::{SelfTraining, Uncertainty};
-use pupil::refine::{Active, Eval, RefineConfig, Session};
+use pupil::refine::{label_oracle, Active, Eval, RefineConfig, RoundReport, Session, UpdateReport};
 use pupil::train;
 use pupil::Backend;
 use pupil_sync::client::{
     Client, DeltaEncoding, DeviceDir, NamedValues, Outbox, PullOutcome, UpdateOptions,
 };
-use pupil_wire::Metric;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -221,10 +220,35 @@ impl Device {
     ) -> Result<DeviceRound, Box<dyn std::error::Error>> {
         let t = Instant::now();
         let shared = ModelFile::open(self.model_path())?;
-        let file = self.running(&shared)?;
-        let model = Model::open(&file, backend, Train::All)?;
+        let (model, report) = self.refine(&self.running(&shared)?, backend, round)?;
+        let refined = train::accuracy(&model.net, &model.params, &self.eval, 500)?;
+        phases.refine += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let update = UpdateReport::new(Some(&report), Some((before, refined)));
+        let update_bytes = self.push(client, &shared, &model, &update)?;
+        phases.sync += t.elapsed().as_secs_f64();
+        Ok(DeviceRound {
+            before,
+            refined,
+            labels: report.new_labels,
+            pseudo: report.pseudo_labels,
+            update_bytes,
+            kept: report.accepted,
+        })
+    }
+
+    /// One refinement round of the model it runs (`file`) on the local pool, asking its user
+    /// for a few more labels and keeping them; the refined model and the round's report.
+    fn refine(
+        &self,
+        file: &ModelFile,
+        backend: &Backend,
+        round: u64,
+    ) -> Result<(Model, RoundReport), Box<dyn std::error::Error>> {
+        let model = Model::open(file, backend, Train::All)?;
         let known = self.labels()?;
-        let anchors = Anchors::from_file(&file)?.ok_or("the model carries no anchors")?;
+        let anchors = Anchors::from_file(file)?.ok_or("the model carries no anchors")?;
         let cfg = RefineConfig {
             epochs: 3,
             lr: 5e-4,
@@ -248,64 +272,41 @@ impl Device {
         )?;
         session.add_labels(&known)?;
         // The app's labelling callback: here, the user answers with the true digit.
-        let labels = &self.pool.labels;
-        let mut oracle = |picks: &[usize]| {
-            picks
-                .iter()
-                .map(|&i| Some(usize::from(labels[i])))
-                .collect()
-        };
+        let mut oracle = label_oracle(&self.pool.labels);
         session.run(&mut oracle, &AtomicBool::new(false), &mut |_| {})?;
         self.save_labels(session.labels())?;
         let report = session.history().rounds.last().cloned().unwrap_or_default();
-        let refined = train::accuracy(&model.net, &model.params, &self.eval, 500)?;
-        phases.refine += t.elapsed().as_secs_f64();
+        Ok((model, report))
+    }
 
-        let t = Instant::now();
-        let examples = (report.pseudo_labels + report.labels) as u64;
-        let metrics = [
-            Metric {
-                name: "local_accuracy_before",
-                value: before,
-            },
-            Metric {
-                name: "local_accuracy_after",
-                value: refined,
-            },
-            Metric {
-                name: "loss",
-                value: report.loss,
-            },
-        ];
+    /// Queues the signed int8 delta of `model`'s shared layers to the `shared` version
+    /// (keeping its personal ones here) and pushes it; the update's size in bytes.
+    fn push(
+        &self,
+        client: &Client,
+        shared: &ModelFile,
+        model: &Model,
+        update: &UpdateReport,
+    ) -> Result<usize, Box<dyn std::error::Error>> {
         let values = model.merged()?;
-        let prefixes = self.keep_personal(&model, &values)?;
+        let prefixes = self.keep_personal(model, &values)?;
         let personal: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         let options = UpdateOptions {
             device_id: &self.name,
             encoding: DeltaEncoding::Int8,
-            num_examples: examples,
-            metrics: &metrics,
+            num_examples: update.examples,
+            metrics: &update.metrics,
             personal: &personal,
         };
-        // The delta is to the shared version: the shared layers trained from it, the personal
-        // ones stay here.
         let queued = self
             .outbox
-            .queue_update(&self.key, &shared, &values, &options)?;
-        let (seq, update_bytes) = (queued.seq, queued.bytes);
+            .queue_update(&self.key, shared, &values, &options)?;
         let pushed = client.push(&self.outbox)?;
         if let Some((_, why)) = pushed.rejected.first() {
+            let seq = queued.seq;
             return Err(format!("{}: the server refused update {seq}: {why}", self.name).into());
         }
-        phases.sync += t.elapsed().as_secs_f64();
-        Ok(DeviceRound {
-            before,
-            refined,
-            labels: report.new_labels,
-            pseudo: report.pseudo_labels,
-            update_bytes,
-            kept: report.accepted,
-        })
+        Ok(queued.bytes)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use super::State;
+use super::{State, VersionRow};
 use crate::plot::{draw, Panel, Series};
 
 /// The mean of `values` (0 for none).
@@ -11,9 +11,44 @@ fn mean_of(values: &[f32]) -> f32 {
     values.iter().sum::<f32>() / values.len().max(1) as f32
 }
 
+/// The devices' mean local accuracy with `v`, of the model each runs.
+fn mean_local(v: &VersionRow) -> f32 {
+    mean_of(&v.local)
+}
+
+/// The devices' mean local accuracy with `v`'s shared version alone (the model they run
+/// when none was measured apart).
+fn mean_shared(v: &VersionRow) -> f32 {
+    match v.shared.is_empty() {
+        true => mean_local(v),
+        false => mean_of(&v.shared),
+    }
+}
+
 /// Accuracy per version (global and per device), update sizes and time per phase.
 pub fn table(state: &State, devices: &[String]) -> String {
     let mut out = String::new();
+    accuracy_table(&mut out, state, devices);
+    if let (Some(first), Some(last)) = (state.versions.first(), state.versions.last()) {
+        let _ = writeln!(
+            out,
+            "\nshipped student v{} -> v{}: mean local accuracy {:.2}% -> {:.2}% ({:+.2} points; the shared version alone {:.2}%), global {:.2}% -> {:.2}%",
+            first.version,
+            last.version,
+            mean_local(first) * 100.0,
+            mean_local(last) * 100.0,
+            (mean_local(last) - mean_local(first)) * 100.0,
+            mean_shared(last) * 100.0,
+            first.global * 100.0,
+            last.global * 100.0
+        );
+    }
+    phase_table(&mut out, state);
+    out
+}
+
+/// A line per version: global accuracy, each device's, their means and the mean update size.
+fn accuracy_table(out: &mut String, state: &State, devices: &[String]) {
     let _ = writeln!(out, "summary: accuracy of each published version");
     let mut header = format!("{:<8} {:>8}", "version", "global");
     for d in devices {
@@ -34,12 +69,6 @@ pub fn table(state: &State, devices: &[String]) -> String {
         for a in &v.local {
             let _ = write!(line, " {:>8.2}%", a * 100.0);
         }
-        let mean = mean_of(&v.local);
-        let shared = if v.shared.is_empty() {
-            mean
-        } else {
-            mean_of(&v.shared)
-        };
         let bytes = if v.update_bytes.is_empty() {
             "-".to_string()
         } else {
@@ -51,29 +80,14 @@ pub fn table(state: &State, devices: &[String]) -> String {
         let _ = writeln!(
             out,
             "{line} {:>10.2}% {:>11.2}% {bytes:>13}",
-            mean * 100.0,
-            shared * 100.0
+            mean_local(v) * 100.0,
+            mean_shared(v) * 100.0
         );
     }
-    if let (Some(first), Some(last)) = (state.versions.first(), state.versions.last()) {
-        let mean = |v: &super::VersionRow| mean_of(&v.local);
-        let shared = |v: &super::VersionRow| match v.shared.is_empty() {
-            true => mean(v),
-            false => mean_of(&v.shared),
-        };
-        let _ = writeln!(
-            out,
-            "\nshipped student v{} -> v{}: mean local accuracy {:.2}% -> {:.2}% ({:+.2} points; the shared version alone {:.2}%), global {:.2}% -> {:.2}%",
-            first.version,
-            last.version,
-            mean(first) * 100.0,
-            mean(last) * 100.0,
-            (mean(last) - mean(first)) * 100.0,
-            shared(last) * 100.0,
-            first.global * 100.0,
-            last.global * 100.0
-        );
-    }
+}
+
+/// Seconds per phase of the round that made each version after the shipped one.
+fn phase_table(out: &mut String, state: &State) {
     let _ = writeln!(out, "\ntime per phase (seconds, all devices):");
     let _ = writeln!(
         out,
@@ -93,7 +107,6 @@ pub fn table(state: &State, devices: &[String]) -> String {
             p.aggregate
         );
     }
-    out
 }
 
 /// Accuracy per version: each device's local data, their mean, and MNIST's test set.
@@ -122,12 +135,7 @@ pub fn plot(path: &Path, state: &State) -> Result<(), Box<dyn std::error::Error>
         points: state
             .versions
             .iter()
-            .map(|v| {
-                (
-                    v.version as f64,
-                    f64::from(v.local.iter().sum::<f32>() / v.local.len().max(1) as f32) * 100.0,
-                )
-            })
+            .map(|v| (v.version as f64, f64::from(mean_local(v)) * 100.0))
             .collect(),
     });
     series.push(Series {

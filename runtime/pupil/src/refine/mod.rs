@@ -26,4 +26,7 @@ pub mod session;
 pub mod student_layers;
 pub mod text;
 
-pub use session::{Active, Eval, History, Outcome, Progress, RefineConfig, RoundReport, Session};
+pub use session::{
+    label_oracle, Active, Eval, History, Outcome, Progress, RefineConfig, RoundReport, Session,
+    UpdateReport,
+};

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use pupil_wire::Metric;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -140,6 +141,59 @@ pub struct History {
     pub rounds: Vec<RoundReport>,
     /// The round in progress, once its selection was made.
     pub current: Option<RoundReport>,
+}
+
+impl History {
+    /// What an update of the refined model tells the server: the last round's examples and
+    /// loss, and the local accuracy of the starting model and after the last round when the
+    /// session measured one.
+    pub fn update_report(&self) -> UpdateReport {
+        let last = self.rounds.last();
+        let local = self.start.0.zip(last.and_then(|r| r.local_accuracy));
+        UpdateReport::new(last, local)
+    }
+}
+
+/// What an update built from a refinement carries besides the delta.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateReport {
+    /// Examples the last round trained on (oracle labels and pseudo-labels): the update's
+    /// weight in the server's average.
+    pub examples: u64,
+    /// `loss` (of the last round), then `local_accuracy_before` and `local_accuracy_after`,
+    /// each where known.
+    pub metrics: Vec<Metric<'static>>,
+}
+
+impl UpdateReport {
+    /// The report of a refinement whose last round is `last` (None: no round ran), with the
+    /// local accuracy `(before, after)` when the device measured it.
+    pub fn new(last: Option<&RoundReport>, local_accuracy: Option<(f32, f32)>) -> Self {
+        let metric = |name, value| Metric { name, value };
+        let loss = last.map(|r| metric("loss", r.loss));
+        let local = local_accuracy.into_iter().flat_map(|(before, after)| {
+            [
+                metric("local_accuracy_before", before),
+                metric("local_accuracy_after", after),
+            ]
+        });
+        UpdateReport {
+            examples: last.map_or(0, |r| (r.labels + r.pseudo_labels) as u64),
+            metrics: loss.into_iter().chain(local).collect(),
+        }
+    }
+}
+
+/// An oracle for [`Session::run`] answering label requests from known `labels` (a labelled
+/// file standing in for the app's user, or a test's ground truth); a pool index past their
+/// end gets no label.
+pub fn label_oracle(labels: &[u8]) -> impl FnMut(&[usize]) -> Vec<Option<usize>> + '_ {
+    move |picks| {
+        picks
+            .iter()
+            .map(|&i| labels.get(i).map(|&y| usize::from(y)))
+            .collect()
+    }
 }
 
 /// Labelled data for measuring (never trained on).
@@ -681,4 +735,59 @@ fn memory_needs(model: &Model, opt: &Optimizer) -> Result<MemoryNeeds> {
         per_example,
         fixed: 4096,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_report_weighs_by_the_last_round_and_reports_local_accuracy() {
+        let round = |labels, pseudo_labels, loss, local_accuracy| RoundReport {
+            labels,
+            pseudo_labels,
+            loss,
+            local_accuracy,
+            ..RoundReport::default()
+        };
+        let history = History {
+            start: (Some(0.5), None),
+            rounds: vec![
+                round(10, 100, 0.9, Some(0.6)),
+                round(20, 300, 0.4, Some(0.7)),
+            ],
+            ..History::default()
+        };
+        let report = history.update_report();
+        assert_eq!(report.examples, 320);
+        let metrics: Vec<_> = report.metrics.iter().map(|m| (m.name, m.value)).collect();
+        assert_eq!(
+            metrics,
+            [
+                ("loss", 0.4),
+                ("local_accuracy_before", 0.5),
+                ("local_accuracy_after", 0.7)
+            ]
+        );
+        // Without a local evaluation set only the loss is reported; without rounds, nothing.
+        let unmeasured = History {
+            rounds: vec![round(1, 2, 0.3, None)],
+            ..History::default()
+        };
+        assert_eq!(unmeasured.update_report().metrics.len(), 1);
+        assert_eq!(
+            History::default().update_report(),
+            UpdateReport {
+                examples: 0,
+                metrics: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn label_oracle_answers_known_indices_only() {
+        let labels = [3u8, 1, 4];
+        let mut oracle = label_oracle(&labels);
+        assert_eq!(oracle(&[2, 0, 7]), [Some(4), Some(3), None]);
+    }
 }
