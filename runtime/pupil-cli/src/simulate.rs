@@ -162,7 +162,7 @@ pub fn run(a: Args) -> CliResult {
         })
         .collect();
     for (d, k) in keys.iter().enumerate() {
-        client.register(&format!("sim-{d}"), &k.public(), None)?;
+        client.register(&format!("sim-{d}"), k, None)?;
     }
     println!(
         "simulate: {} devices ({}), C={} ({} per round), E={}, B={}, lr={}, rule {}, {} attackers; devices train on {}",

@@ -316,7 +316,7 @@ fn register(
         }
     }
     let key = dir.key()?;
-    client.register(device_id, &key.public(), admin_token)?;
+    client.register(device_id, &key, admin_token)?;
     dir.set_device_id(device_id)?;
     let value = json!({
         "device_id": device_id,
@@ -373,7 +373,13 @@ fn status(device: &Device) -> CliResult {
     let dir = device.open()?;
     let status = dir.outbox()?.status()?;
     let id = dir.device_id().ok();
-    let latest = device.client().latest();
+    let latest = match dir.server_key()? {
+        Some(key) => device.client().latest(&key).map(|l| l.meta),
+        None => Err(pupil_sync::SyncError::InvalidArgument(format!(
+            "no server key pinned in {} to verify its answer; run `pupil sync register`",
+            dir.server_key_path().display()
+        ))),
+    };
     let value = json!({
         "device_id": id,
         "device_key": hex::encode(&dir.key()?.public()),

@@ -13,7 +13,7 @@ use ureq::Body;
 use super::upload::ChunkPolicy;
 use super::Outbox;
 use crate::keys::KeyPair;
-use crate::protocol::VersionMeta;
+use crate::protocol::{Challenge, Latest, RegisterRequest, VersionMeta};
 use crate::{hex, SyncError};
 
 /// Largest answer a request accepts (a model file), in bytes.
@@ -224,18 +224,34 @@ impl Client {
         }
     }
 
-    /// Registers `device_id` with `public_key`; `admin_token` is needed
-    /// unless the server allows open registration.
+    /// Registers `device_id` with `key`'s public key, proving it holds the
+    /// private key: it signs a fresh server challenge (`GET /v1/challenge`)
+    /// with `key`. `admin_token` is needed unless the server allows open
+    /// registration.
     pub fn register(
         &self,
         device_id: &str,
-        public_key: &[u8; 32],
+        key: &KeyPair,
         admin_token: Option<&str>,
     ) -> Result<(), SyncError> {
+        let (body, _) = self.get("/v1/challenge")?;
+        let challenge: Challenge = serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadAnswer(format!("registration challenge: {e}")))?;
+        let public_key = key.public();
+        let message = challenge
+            .registration_message(device_id, &public_key)
+            .ok_or_else(|| {
+                SyncError::BadAnswer("the registration challenge's nonce is not hex".into())
+            })?;
+        let request = RegisterRequest {
+            device_id: device_id.to_owned(),
+            public_key: hex::encode(&public_key),
+            signature: hex::encode(&key.sign(&message)),
+            challenge,
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| SyncError::InvalidArgument(format!("registration request: {e}")))?;
         let url = format!("{}/v1/devices", self.url);
-        let body =
-            serde_json::json!({ "device_id": device_id, "public_key": hex::encode(public_key) })
-                .to_string();
         let mut req = self
             .agent
             .post(&url)
@@ -243,7 +259,7 @@ impl Client {
         if let Some(t) = admin_token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        match Self::classify(&url, req.send(body.as_bytes())) {
+        match Self::classify(&url, req.send(&body[..])) {
             Attempt::Done(_) => Ok(()),
             Attempt::Refused(status, err) => Err(Self::refused(
                 format!("registration of {device_id:?}"),
@@ -340,14 +356,18 @@ impl Client {
             .ok_or_else(|| SyncError::BadAnswer("server key is not 64 hex digits".into()))
     }
 
-    /// The current version's metadata.
-    pub fn latest(&self) -> Result<VersionMeta, SyncError> {
+    /// The current version's metadata and rollback marker, verified with
+    /// the pinned `server_key`.
+    pub fn latest(&self, server_key: &[u8; 32]) -> Result<Latest, SyncError> {
         let (body, _) = self.get("/v1/models/latest")?;
-        serde_json::from_slice(&body)
-            .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))
+        let latest: Latest = serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))?;
+        latest.verify(server_key)?;
+        Ok(latest)
     }
 
-    /// Every published version's metadata, oldest first.
+    /// Every published version's metadata, oldest first, as the server
+    /// announces it (for display: [`Client::latest`] verifies).
     pub fn versions(&self) -> Result<Vec<VersionMeta>, SyncError> {
         let (body, _) = self.get("/v1/versions")?;
         serde_json::from_slice(&body)

@@ -22,7 +22,8 @@ use pupil_format::ModelFile;
 
 pub(crate) use crate::protocol::unix_now;
 pub use crate::protocol::{
-    model_signing_message, OpenUpload, UploadState, MAX_UPLOAD_CHUNKS, MODEL_SIGNING_CONTEXT,
+    version_signing_message, Latest, OpenUpload, Rollback, UploadState, MAX_UPLOAD_CHUNKS,
+    VERSION_SIGNING_CONTEXT,
 };
 pub use api_error::ApiError;
 pub use http::serve;
@@ -128,6 +129,8 @@ impl Default for ServerConfig {
 struct Current {
     meta: VersionMeta,
     model: Arc<ModelFile>,
+    /// The signed marker of the rollback that made it current, if one did.
+    rollback: Option<Rollback>,
 }
 
 /// The server's state. Share it as `Arc<Server>`.
@@ -173,8 +176,29 @@ impl Server {
             last_round: Mutex::new(Instant::now()),
             round_lock: Mutex::new(()),
         };
+        server.sign_again()?;
         server.reload()?;
         Ok(Arc::new(server))
+    }
+
+    /// Signs again, under the current scheme, every version whose metadata
+    /// this key did not sign that way (a store written before versions were
+    /// signed with their model id, number and parent).
+    fn sign_again(&self) -> Result<(), SyncError> {
+        for mut meta in self.store.versions()? {
+            if meta.verifies(&self.key.public()) {
+                continue;
+            }
+            let Some(bytes) = self.store.version_bytes(meta.version)? else {
+                continue;
+            };
+            meta.model_id = ModelFile::from_bytes(bytes)?.info().model_id.to_string();
+            if let Some(message) = meta.signing_message() {
+                meta.signature = hex::encode(&self.key.sign(&message));
+                self.store.put_version_meta(&meta)?;
+            }
+        }
+        Ok(())
     }
 
     /// Reloads the current version and the hash index from the store.
@@ -195,7 +219,15 @@ impl Server {
                             detail: "its model bytes are missing".into(),
                         })?;
                 let model = Arc::new(ModelFile::from_bytes(bytes)?);
-                Some(Arc::new(Current { meta, model }))
+                let rollback = self
+                    .store
+                    .rollback_marker()?
+                    .filter(|r| r.to == meta.version);
+                Some(Arc::new(Current {
+                    meta,
+                    model,
+                    rollback,
+                }))
             }
             None => None,
         };
@@ -233,6 +265,15 @@ impl Server {
     /// The current version's metadata.
     pub fn current_meta(&self) -> Option<VersionMeta> {
         self.current().map(|c| c.meta.clone())
+    }
+
+    /// The current version's signed metadata with the rollback marker that
+    /// made it current, if one did: what `GET /v1/models/latest` answers.
+    pub fn latest(&self) -> Option<Latest> {
+        self.current().map(|c| Latest {
+            meta: c.meta.clone(),
+            rollback: c.rollback.clone(),
+        })
     }
 
     /// The version number published with content hash `hash`.
@@ -292,25 +333,44 @@ impl Server {
         metrics: BTreeMap<String, f64>,
     ) -> VersionMeta {
         let hash = model.content_hash();
+        let model_id = model.info().model_id.to_string();
+        let message = version_signing_message(&model_id, n, parent.as_ref(), &hash);
         VersionMeta {
+            model_id,
             version: n,
             hash: hex::encode(&hash),
             parent: parent.map(|p| hex::encode(&p)),
             published_unix: unix_now(),
-            signature: hex::encode(&self.key.sign(&model_signing_message(&hash))),
+            signature: hex::encode(&self.key.sign(&message)),
             size: model.as_bytes().len() as u64,
             round,
             metrics,
         }
     }
 
-    /// Makes existing version `n` current again; false when there is none.
+    /// Makes existing version `n` current again, with a signed rollback
+    /// marker that lets devices running a later version go back to it; false
+    /// when there is none.
     pub fn rollback(&self, n: u64) -> Result<bool, SyncError> {
         let _round = self
             .round_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let found = self.store.set_current(n)?;
+        let Some(hash) = self
+            .store
+            .version_meta(n)?
+            .and_then(|m| hex::decode::<32>(&m.hash))
+        else {
+            return Ok(false);
+        };
+        let from = self.store.last_version()?;
+        let marker = Rollback {
+            to: n,
+            to_hash: hex::encode(&hash),
+            from,
+            signature: hex::encode(&self.key.sign(&Rollback::signing_message(n, &hash, from))),
+        };
+        let found = self.store.set_current(n, &marker)?;
         if found {
             self.reload()?;
         }
