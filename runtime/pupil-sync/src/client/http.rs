@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use ureq::http::Response;
+use ureq::tls::{RootCerts, TlsConfig};
 use ureq::Body;
 
 use super::upload::ChunkPolicy;
@@ -116,21 +117,57 @@ pub(super) enum Attempt {
     Retry(SyncError),
 }
 
+/// An HTTP agent that returns error statuses as answers, with `tls`.
+fn agent(tls: TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 impl Client {
-    /// A client of the server at `url`, e.g. `http://127.0.0.1:7070`.
+    /// A client of the server at `url`, e.g. `http://127.0.0.1:7070`, or
+    /// `https://...` with a certificate the web's roots (Mozilla's) vouch for.
     pub fn new(url: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
         Client {
             url: url.trim_end_matches('/').to_owned(),
-            agent,
+            agent: agent(TlsConfig::default()),
             retry: RetryPolicy::default(),
             chunks: ChunkPolicy::default(),
             key: None,
         }
+    }
+
+    /// The same client trusting only the server certificate `pem` (PEM, as
+    /// given to `pupil serve --tls-cert`) for `https://` URLs: a pinned,
+    /// possibly self-signed certificate instead of the web's roots.
+    pub fn with_pinned_cert(mut self, pem: &[u8]) -> Result<Self, SyncError> {
+        let certs = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                SyncError::InvalidArgument(format!(
+                    "the pinned certificate is not PEM: {e}; pass the server's --tls-cert file"
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(SyncError::InvalidArgument(
+                "the pinned certificate file holds no CERTIFICATE block; pass the server's \
+                 --tls-cert file"
+                    .into(),
+            ));
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&certs))
+            .build();
+        self.agent = agent(tls);
+        Ok(self)
     }
 
     /// The same client with another retry policy.
@@ -329,16 +366,25 @@ impl Client {
         Ok(report)
     }
 
-    /// One try at uploading a signed update in one request.
+    /// One try at uploading a signed update in one request, with a signed
+    /// request header when the client has the device key (a server reads a
+    /// large body only from a device it knows).
     pub(super) fn upload_whole(&self, bytes: &[u8], report: &mut PushReport) -> Attempt {
-        let url = format!("{}/v1/updates", self.url);
+        let path = "/v1/updates";
+        let url = format!("{}{path}", self.url);
         report.bytes_sent += bytes.len() as u64;
-        let result = self
+        let mut req = self
             .agent
             .post(&url)
-            .header("content-type", "application/octet-stream")
-            .send(bytes);
-        Self::classify(&url, result)
+            .header("content-type", "application/octet-stream");
+        if let Some(key) = &self.key {
+            let unix = crate::protocol::unix_now();
+            req = req.header(
+                "authorization",
+                crate::auth::authorization(key, "POST", path, unix, bytes),
+            );
+        }
+        Self::classify(&url, req.send(bytes))
     }
 
     /// The server's public key, as it announces it. Pin it once (e.g. at

@@ -37,8 +37,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use super::http_upload;
-use super::{ApiError, Server};
+use super::guard::guard;
+use super::listen::{self, Tls};
+use super::{http_upload, ApiError, Server};
 use crate::protocol::RegisterRequest;
 use crate::store::{Registration, VersionMeta};
 use crate::{hex, SyncError};
@@ -156,12 +157,13 @@ impl Server {
                 )
             })
             .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .layer(axum::middleware::from_fn(log_request))
             .with_state(self)
     }
 
     /// Whether `headers` carry the admin token.
-    fn is_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(super) fn is_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.config.admin_token else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -382,11 +384,32 @@ async fn server_key(State(s): State<Arc<Server>>) -> Response {
     Json(json!({ "public_key": hex::encode(&key), "key_id": hex::encode(&pupil_wire::key_id(&key)) })).into_response()
 }
 
-/// Serves `server` on `listener` until `shutdown` completes, running rounds
-/// whenever the round policy says so and removing stale uploads.
+/// Serves `server` over plain HTTP on `listener` until `shutdown` completes,
+/// running rounds whenever the round policy says so and removing stale
+/// uploads; connections are limited and timed as [`super::ServerConfig`] says.
 pub async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_with(server, listener, None, shutdown).await
+}
+
+/// [`serve`] over TLS with `tls` (rustls).
+pub async fn serve_tls(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Tls,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_with(server, listener, Some(tls), shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+async fn serve_with(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SyncError> {
     let ticker = server.clone();
@@ -422,15 +445,7 @@ pub async fn serve(
             }
         }
     });
-    let addr = listener.local_addr().ok();
-    let result = axum::serve(listener, server.router())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| SyncError::Io {
-            action: "serve on",
-            path: addr.map(|a| a.to_string()).unwrap_or_default().into(),
-            source,
-        });
+    let result = listen::accept_loop(server, listener, tls, shutdown).await;
     rounds.abort();
     result
 }

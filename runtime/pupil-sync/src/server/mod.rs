@@ -7,8 +7,10 @@
 mod api_error;
 mod auth;
 mod delta;
+mod guard;
 mod http;
 mod http_upload;
+mod listen;
 mod round;
 mod submit;
 mod upload;
@@ -26,7 +28,8 @@ pub use crate::protocol::{
     VERSION_SIGNING_CONTEXT,
 };
 pub use api_error::ApiError;
-pub use http::serve;
+pub use http::{serve, serve_tls};
+pub use listen::Tls;
 pub use submit::Submitted;
 pub use upload::Opened;
 
@@ -85,8 +88,22 @@ pub struct ServerConfig {
     /// Most examples one update counts for in FedAvg: a device claiming more
     /// weighs as much as one with this many (the robust rules ignore counts).
     pub max_examples: u64,
-    /// Largest request body in bytes (larger ones get 413).
+    /// Largest request body in bytes (a larger declared length gets 413
+    /// before the body is read).
     pub max_body: usize,
+    /// Largest body of a request without a registered device's signature
+    /// header or the admin token (larger ones get 401 before the body is read).
+    pub max_anonymous_body: usize,
+    /// Most bytes of signed request bodies held at once (then 503: retry).
+    pub signed_body_budget: usize,
+    /// Most bytes of anonymous request bodies held at once (then 503: retry).
+    pub anonymous_body_budget: usize,
+    /// Most connections served at once; the next wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has for a TLS handshake and for each request's headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
     /// How rounds combine deltas.
     pub rule: Rule,
     /// How FedAvg rounds combine LoRA adapters (`X.lora_a` / `X.lora_b` pairs): the
@@ -114,6 +131,12 @@ impl Default for ServerConfig {
             max_norm: 1e3,
             max_examples: 100_000,
             max_body: pupil_wire::MAX_ENVELOPE_LEN,
+            max_anonymous_body: 256 << 10,
+            signed_body_budget: 256 << 20,
+            anonymous_body_budget: 32 << 20,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             rule: Rule::FedAvg,
             lora_merge: Merge::Product,
             opt: ServerOpt::Plain,
@@ -145,6 +168,7 @@ pub struct Server {
     counters: Mutex<BTreeMap<String, u64>>,
     last_round: Mutex<Instant>,
     round_lock: Mutex<()>,
+    budgets: guard::Budgets,
 }
 
 impl Server {
@@ -165,6 +189,7 @@ impl Server {
             None => config.opt.clone(),
         };
         let server = Server {
+            budgets: guard::Budgets::new(config.signed_body_budget, config.anonymous_body_budget),
             store,
             key,
             opt: Mutex::new(opt),
