@@ -106,8 +106,9 @@ impl QueueOptions {
 /// Device-side sync commands.
 #[derive(Subcommand)]
 pub enum Sync {
-    /// Register this device's public key with the server; saves the device id and pins the
-    /// server's key (pass --server-key to check it against one given out of band).
+    /// Register this device's public key with the server, signing the server's challenge
+    /// with the device key; saves the device id and pins the server's key (pass
+    /// --server-key to check it against one given out of band).
     Register {
         #[command(flatten)]
         device: Device,
