@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The device: its own key, registered once; the server's key pinned once.
     let client = Client::new(&url);
     let key = KeyPair::load_or_create(&dir.path().join("device.key"))?;
-    client.register("phone-1", &key.public(), Some("secret"))?;
+    client.register("phone-1", &key, Some("secret"))?;
     let server_key = client.server_key()?;
 
     // A refined head: here a small nudge to the last layer's bias. One call builds the
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The server's round policy (1 update) aggregates and publishes version 2.
     let model_path = dir.path().join("model.pupil");
     for _ in 0..100 {
-        if client.latest()?.version == 2 {
+        if client.latest(&server_key)?.meta.version == 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

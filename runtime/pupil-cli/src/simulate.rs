@@ -241,7 +241,7 @@ impl<'a> Simulation<'a> {
         let server_key = client.server_key()?;
         let keys = device_keys(a.devices, a.seed);
         for (d, k) in keys.iter().enumerate() {
-            client.register(&format!("sim-{d}"), &k.public(), None)?;
+            client.register(&format!("sim-{d}"), k, None)?;
         }
         let outboxes = (0..a.devices)
             .map(|d| Outbox::open(&dir.join("devices").join(format!("sim-{d}"))))

@@ -25,9 +25,13 @@ pub struct Device {
     /// `outbox/`.
     #[arg(long, default_value = "pupil-device")]
     dir: PathBuf,
-    /// Server URL.
+    /// Server URL (`https://` when `pupil serve` has --tls-cert).
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     server: String,
+    /// Trust only this server certificate (PEM, the server's --tls-cert file) for an
+    /// `https://` server, instead of the web's certificate authorities.
+    #[arg(long, env = "PUPIL_PIN_CERT")]
+    pin_cert: Option<PathBuf>,
     /// Print one JSON object on stdout instead of lines of text.
     #[arg(long)]
     json: bool,
@@ -39,9 +43,21 @@ impl Device {
         DeviceDir::open(&self.dir)
     }
 
-    /// A client of the server.
-    fn client(&self) -> Client {
-        Client::new(&self.server)
+    /// A client of the server, pinned to --pin-cert when given.
+    fn client(&self) -> Result<Client, Box<dyn std::error::Error>> {
+        let client = Client::new(&self.server);
+        match &self.pin_cert {
+            None => Ok(client),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "cannot read --pin-cert {}: {e}; pass the server's certificate file",
+                        path.display()
+                    )
+                })?;
+                Ok(client.with_pinned_cert(&pem)?)
+            }
+        }
     }
 }
 
@@ -90,8 +106,9 @@ impl QueueOptions {
 /// Device-side sync commands.
 #[derive(Subcommand)]
 pub enum Sync {
-    /// Register this device's public key with the server; saves the device id and pins the
-    /// server's key (pass --server-key to check it against one given out of band).
+    /// Register this device's public key with the server, signing the server's challenge
+    /// with the device key; saves the device id and pins the server's key (pass
+    /// --server-key to check it against one given out of band).
     Register {
         #[command(flatten)]
         device: Device,
@@ -200,7 +217,7 @@ pub fn run(cmd: Sync) -> CliResult {
         Sync::Push { device } => {
             let dir = device.open()?;
             let report = device
-                .client()
+                .client()?
                 .with_device_key(dir.key()?)
                 .push(&dir.outbox()?)?;
             print(device.json, &push_json(&report), || push_lines(&report));
@@ -230,7 +247,7 @@ pub fn run(cmd: Sync) -> CliResult {
             to,
             admin_token,
         } => {
-            device.client().rollback(to, &admin_token)?;
+            device.client()?.rollback(to, &admin_token)?;
             print(device.json, &json!({ "current": to }), || {
                 vec![format!("version {to} is current again")]
             });
@@ -270,7 +287,7 @@ fn queue(
 
 /// `pupil sync versions`.
 fn versions(device: &Device) -> CliResult {
-    let versions = device.client().versions()?;
+    let versions = device.client()?.versions()?;
     print(device.json, &json!(versions), || {
         versions
             .iter()
@@ -296,7 +313,7 @@ fn register(
     given_key: Option<String>,
 ) -> CliResult {
     let dir = device.open()?;
-    let client = device.client();
+    let client = device.client()?;
     let announced = client.server_key()?;
     if let Some(given) = &given_key {
         let parsed: [u8; 32] = hex::decode(given.trim())
@@ -328,7 +345,7 @@ fn register(
         }
     }
     let key = dir.key()?;
-    client.register(device_id, &key.public(), admin_token)?;
+    client.register(device_id, &key, admin_token)?;
     dir.set_device_id(device_id)?;
     let value = json!({
         "device_id": device_id,
@@ -370,7 +387,7 @@ fn pull(device: &Device, model: &std::path::Path, given_key: Option<String>) -> 
             )
         })?,
     };
-    let report = device.client().pull_report(model, &key).map_err(|e| {
+    let report = device.client()?.pull_report(model, &key).map_err(|e| {
         format!(
             "{e} (the server key is pinned in {})",
             dir.server_key_path().display()
@@ -385,7 +402,13 @@ fn status(device: &Device) -> CliResult {
     let dir = device.open()?;
     let status = dir.outbox()?.status()?;
     let id = dir.device_id().ok();
-    let latest = device.client().latest();
+    let latest = match dir.server_key()? {
+        Some(key) => device.client()?.latest(&key).map(|l| l.meta),
+        None => Err(pupil_sync::SyncError::InvalidArgument(format!(
+            "no server key pinned in {} to verify its answer; run `pupil sync register`",
+            dir.server_key_path().display()
+        ))),
+    };
     let value = json!({
         "device_id": id,
         "device_key": hex::encode(&dir.key()?.public()),

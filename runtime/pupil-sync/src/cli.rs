@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::aggregate::Rule;
 use crate::error::io_err;
 use crate::lora_merge::Merge;
-use crate::server::{self, finite_gate, Server, ServerConfig};
+use crate::server::{self, finite_gate, Server, ServerConfig, Tls};
 use crate::SyncError;
 
 /// Arguments of `pupil serve`.
@@ -53,9 +53,38 @@ pub struct ServeArgs {
     /// Admin token (registration, rollback).
     #[arg(long, env = "PUPIL_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
-    /// Let devices register without the admin token.
+    /// Let devices register without the admin token (each still proves its key).
     #[arg(long)]
     pub open_registration: bool,
+    /// TLS certificate chain (PEM): serve https with it and --tls-key. Devices pin it
+    /// with `pupil sync ... --pin-cert FILE`.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body in bytes (a larger declared length gets 413 unread).
+    #[arg(long, default_value_t = pupil_wire::MAX_ENVELOPE_LEN)]
+    pub max_body: usize,
+    /// Largest body in bytes of a request not signed by a registered device (or the
+    /// admin); larger ones get 401 before their body is read.
+    #[arg(long, default_value_t = 256 << 10)]
+    pub max_anonymous_body: usize,
+    /// Most MiB of signed request bodies held in memory at once (then 503: retry).
+    #[arg(long, default_value_t = 256)]
+    pub signed_body_budget_mib: usize,
+    /// Most MiB of anonymous request bodies held in memory at once (then 503: retry).
+    #[arg(long, default_value_t = 32)]
+    pub anonymous_body_budget_mib: usize,
+    /// Most connections served at once; the next wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has for a TLS handshake and for each request's headers.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout_secs: u64,
 }
 
 impl ServeArgs {
@@ -86,6 +115,13 @@ impl ServeArgs {
             lora_merge,
             admin_token: self.admin_token.clone(),
             open_registration: self.open_registration,
+            max_body: self.max_body,
+            max_anonymous_body: self.max_anonymous_body,
+            signed_body_budget: self.signed_body_budget_mib.saturating_mul(1 << 20),
+            anonymous_body_budget: self.anonymous_body_budget_mib.saturating_mul(1 << 20),
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
             ..ServerConfig::default()
         })
     }
@@ -102,6 +138,10 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key)?),
+        _ => None,
+    };
     let server = Server::open(&args.store, args.config()?, finite_gate())?;
     if let Some(path) = &args.init_model {
         let bytes = std::fs::read(path).map_err(io_err("read", path))?;
@@ -122,12 +162,18 @@ pub fn run_serve(args: &ServeArgs) -> Result<(), SyncError> {
         let addr = listener
             .local_addr()
             .map_err(io_err("listen on", args.addr.as_ref()))?;
-        println!("listening on {addr}");
+        println!(
+            "listening on {addr}{}",
+            if tls.is_some() { " (https)" } else { "" }
+        );
         println!(
             "server key {} (devices pin it: pupil sync register --server-key ...)",
             crate::hex::encode(&server.public_key())
         );
-        server::serve(server, listener, shutdown()).await
+        match tls {
+            Some(tls) => server::serve_tls(server, listener, tls, shutdown()).await,
+            None => server::serve(server, listener, shutdown()).await,
+        }
     })
 }
 

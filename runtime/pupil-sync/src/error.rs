@@ -94,6 +94,16 @@ pub enum SyncError {
     /// A command-line or configuration value is invalid.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The server offered a version the device must not move to.
+    #[error("refusing version {offered}: this device runs version {running} and was offered {why} (a downgrade, or someone in between); the server's admin rolls back with `pupil sync rollback`, which devices accept; if the server's store was replaced on purpose, delete the model's `.version` file")]
+    Downgrade {
+        /// The version offered.
+        offered: u64,
+        /// The version the device runs.
+        running: u64,
+        /// Why it is refused.
+        why: &'static str,
+    },
     /// The server's answer cannot be trusted or understood.
     #[error(
         "server answer is unusable: {0}; check that the server key is the right one and try again"

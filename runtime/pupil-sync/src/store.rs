@@ -19,7 +19,7 @@ use crate::error::{db, io_err, SyncError};
 
 mod uploads;
 
-pub use crate::protocol::VersionMeta;
+pub use crate::protocol::{Rollback, VersionMeta};
 pub use uploads::{Append, UploadId, UploadMeta, UploadOpen, UPLOAD_ID_LEN};
 
 /// Device id → 32-byte Ed25519 public key.
@@ -38,6 +38,8 @@ const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("versions");
 const VERSION_META: TableDefinition<u64, &str> = TableDefinition::new("version_meta");
 /// Round number → [`RoundRecord`] as JSON.
 const ROUNDS: TableDefinition<u64, &str> = TableDefinition::new("rounds");
+/// (expiry, nonce) of registration challenges used; kept until they expire.
+const USED_CHALLENGES: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("used_challenges");
 /// Named counters and pointers, e.g. `current`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Named server state blobs, e.g. `optimizer` (the server optimizer as JSON).
@@ -73,6 +75,8 @@ pub enum Registration {
     Unchanged,
     /// The device is registered with another key.
     Conflict,
+    /// The registration challenge was used before.
+    ChallengeUsed,
 }
 
 /// The outcome of storing an update.
@@ -128,12 +132,14 @@ impl Store {
         tx.open_table(ROUNDS).map_err(db)?;
         tx.open_table(META).map_err(db)?;
         tx.open_table(STATE).map_err(db)?;
+        tx.open_table(USED_CHALLENGES).map_err(db)?;
         uploads::create_tables(&tx)?;
         tx.commit().map_err(db)?;
         Ok(store)
     }
 
-    /// Registers `device_id` with `public_key` and its key id.
+    /// Registers `device_id` with `public_key` and its key id, without a
+    /// challenge (provisioning by whoever holds the store).
     pub fn register(
         &self,
         device_id: &str,
@@ -141,27 +147,32 @@ impl Store {
         key_id: &[u8],
     ) -> Result<Registration, SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
+        let outcome = register_in(&tx, device_id, public_key, key_id)?;
+        tx.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    /// Registers `device_id` with `public_key` in answer to the challenge
+    /// `(expires_unix, nonce)`, which is recorded as used in the same
+    /// transaction: a second use answers [`Registration::ChallengeUsed`].
+    /// Challenges that expired before `now_unix` are forgotten.
+    pub fn register_with_challenge(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 32],
+        key_id: &[u8],
+        challenge: (u64, &[u8]),
+        now_unix: u64,
+    ) -> Result<Registration, SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
         let outcome = {
-            let mut devices = tx.open_table(DEVICES).map_err(db)?;
-            let existing = devices
-                .get(device_id)
-                .map_err(db)?
-                .map(|v| v.value().to_vec());
-            match existing {
-                Some(k) if k == public_key => Registration::Unchanged,
-                Some(_) => Registration::Conflict,
-                None => {
-                    let mut keys = tx.open_table(DEVICE_KEYS).map_err(db)?;
-                    if keys.get(key_id).map_err(db)?.is_some() {
-                        Registration::Conflict
-                    } else {
-                        devices
-                            .insert(device_id, public_key.as_slice())
-                            .map_err(db)?;
-                        keys.insert(key_id, device_id).map_err(db)?;
-                        Registration::Created
-                    }
-                }
+            let mut used = tx.open_table(USED_CHALLENGES).map_err(db)?;
+            used.retain_in(..(now_unix, [].as_slice()), |_, _| false)
+                .map_err(db)?;
+            if used.insert(challenge, ()).map_err(db)?.is_some() {
+                Registration::ChallengeUsed
+            } else {
+                register_in(&tx, device_id, public_key, key_id)?
             }
         };
         tx.commit().map_err(db)?;
@@ -386,8 +397,10 @@ impl Store {
         Ok(last)
     }
 
-    /// Makes existing version `n` current (a rollback); false when it does not exist.
-    pub fn set_current(&self, n: u64) -> Result<bool, SyncError> {
+    /// Makes existing version `n` current (a rollback) with the server's
+    /// signed `marker`, kept until a round publishes a version; false when
+    /// version `n` does not exist.
+    pub fn set_current(&self, n: u64, marker: &Rollback) -> Result<bool, SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
         let exists = tx
             .open_table(VERSIONS)
@@ -400,10 +413,69 @@ impl Store {
                 .map_err(db)?
                 .insert("current", n)
                 .map_err(db)?;
+            tx.open_table(STATE)
+                .map_err(db)?
+                .insert("rollback", to_json(marker).as_bytes())
+                .map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(exists)
     }
+
+    /// The signed marker of the last rollback, unless a version was
+    /// published since.
+    pub fn rollback_marker(&self) -> Result<Option<Rollback>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(STATE).map_err(db)?;
+        let value = table.get("rollback").map_err(db)?;
+        value
+            .map(|v| {
+                let text = String::from_utf8_lossy(v.value()).into_owned();
+                from_json("the rollback marker".into(), &text)
+            })
+            .transpose()
+    }
+
+    /// Replaces the metadata of existing version `meta.version` (a signature
+    /// made again under a newer scheme).
+    pub fn put_version_meta(&self, meta: &VersionMeta) -> Result<(), SyncError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(VERSION_META)
+            .map_err(db)?
+            .insert(meta.version, to_json(meta).as_str())
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+}
+
+/// Registers `device_id` with `public_key` and its key id within `tx`.
+fn register_in(
+    tx: &redb::WriteTransaction,
+    device_id: &str,
+    public_key: &[u8; 32],
+    key_id: &[u8],
+) -> Result<Registration, SyncError> {
+    let mut devices = tx.open_table(DEVICES).map_err(db)?;
+    let existing = devices
+        .get(device_id)
+        .map_err(db)?
+        .map(|v| v.value().to_vec());
+    Ok(match existing {
+        Some(k) if k == public_key => Registration::Unchanged,
+        Some(_) => Registration::Conflict,
+        None => {
+            let mut keys = tx.open_table(DEVICE_KEYS).map_err(db)?;
+            if keys.get(key_id).map_err(db)?.is_some() {
+                Registration::Conflict
+            } else {
+                devices
+                    .insert(device_id, public_key.as_slice())
+                    .map_err(db)?;
+                keys.insert(key_id, device_id).map_err(db)?;
+                Registration::Created
+            }
+        }
+    })
 }
 
 /// Stores update `(device, seq)` and marks it pending within `tx`, unless that
@@ -451,6 +523,10 @@ fn put_version(
         .map_err(db)?
         .insert("current", meta.version)
         .map_err(db)?;
+    tx.open_table(STATE)
+        .map_err(db)?
+        .remove("rollback")
+        .map_err(db)?;
     Ok(())
 }
 
@@ -462,6 +538,7 @@ mod tests {
 
     fn meta(version: u64) -> VersionMeta {
         VersionMeta {
+            model_id: "m".into(),
             version,
             hash: format!("{version:064x}"),
             parent: None,
@@ -537,9 +614,18 @@ mod tests {
         assert_eq!(s.rounds().unwrap(), [round]);
         assert_eq!(s.version_bytes(2).unwrap().unwrap(), b"two");
         assert_eq!((s.last_version().unwrap(), s.last_round().unwrap()), (2, 1));
-        assert!(s.set_current(1).unwrap());
-        assert!(!s.set_current(9).unwrap());
+        let marker = Rollback {
+            to: 1,
+            to_hash: meta(1).hash,
+            from: 2,
+            signature: String::new(),
+        };
+        assert!(s.set_current(1, &marker).unwrap());
+        assert!(!s.set_current(9, &marker).unwrap());
         assert_eq!(s.current().unwrap().unwrap().version, 1);
-        assert_eq!(s.versions().unwrap().len(), 2);
+        assert_eq!(s.rollback_marker().unwrap(), Some(marker));
+        s.add_version(&meta(3), b"three").unwrap();
+        assert_eq!(s.rollback_marker().unwrap(), None, "publishing ends it");
+        assert_eq!(s.versions().unwrap().len(), 3);
     }
 }

@@ -75,7 +75,7 @@ fn an_upload_cut_off_by_a_sigkill_resumes_from_the_servers_offset_and_counts_onc
     let mut outboxes = Vec::new();
     for (device, key) in devices.iter().zip(&keys) {
         Client::new(&url)
-            .register(device, &key.public(), Some(TOKEN))
+            .register(device, key, Some(TOKEN))
             .unwrap();
         let outbox = Outbox::open(&dir.path().join(device)).unwrap();
         outbox
@@ -243,10 +243,8 @@ fn every_hostile_chunk_request_gets_its_own_rejection_and_changes_nothing() {
     let bob = KeyPair::from_seed([2; 32]);
     let mallory = KeyPair::from_seed([3; 32]);
     let client = Client::new(url);
-    client
-        .register("alice", &alice.public(), Some(TOKEN))
-        .unwrap();
-    client.register("bob", &bob.public(), Some(TOKEN)).unwrap();
+    client.register("alice", &alice, Some(TOKEN)).unwrap();
+    client.register("bob", &bob, Some(TOKEN)).unwrap();
     let before = t.server.current_meta().unwrap();
     let base = base_hash();
     let good = signed(
@@ -560,7 +558,7 @@ fn stale_uploads_are_collected_by_the_server_loop() {
     });
     let key = KeyPair::from_seed([9; 32]);
     Client::new(&t.url)
-        .register("d", &key.public(), Some(TOKEN))
+        .register("d", &key, Some(TOKEN))
         .unwrap();
     open(&t.url, &key, 1, &[1u8; 100]);
     assert!(
@@ -577,7 +575,7 @@ fn uploads_left_beside_their_stored_updates_are_collected_by_the_duplicate_answe
     let t = start(quiet());
     let key = KeyPair::from_seed([9; 32]);
     Client::new(&t.url)
-        .register("d", &key.public(), Some(TOKEN))
+        .register("d", &key, Some(TOKEN))
         .unwrap();
     let store = t.server.store();
     let envelopes: Vec<Vec<u8>> = (1..=4)

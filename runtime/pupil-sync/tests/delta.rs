@@ -22,7 +22,7 @@ fn head_only_round() -> (TestServer, [u8; 32]) {
     let t = start_with(quiet(), student_bytes());
     let client = Client::new(&t.url);
     let key = KeyPair::from_seed([30; 32]);
-    client.register("dev", &key.public(), Some(TOKEN)).unwrap();
+    client.register("dev", &key, Some(TOKEN)).unwrap();
     let outbox = Outbox::open(&t.dir.path().join("outbox")).unwrap();
     let base = ModelFile::from_bytes(student_bytes())
         .unwrap()

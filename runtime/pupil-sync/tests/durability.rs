@@ -75,7 +75,7 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
     for (i, (key, outbox)) in keys.iter().zip(&outboxes).enumerate() {
         let device = format!("dev{i}");
         Client::new(&url)
-            .register(&device, &key.public(), Some(TOKEN))
+            .register(&device, key, Some(TOKEN))
             .unwrap();
         for _ in 0..PER_DEVICE {
             outbox

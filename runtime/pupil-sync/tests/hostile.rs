@@ -34,10 +34,8 @@ fn every_hostile_update_gets_its_own_rejection_and_changes_nothing() {
     let bob = KeyPair::from_seed([2; 32]);
     let mallory = KeyPair::from_seed([3; 32]);
     let client = Client::new(url);
-    client
-        .register("alice", &alice.public(), Some(TOKEN))
-        .unwrap();
-    client.register("bob", &bob.public(), Some(TOKEN)).unwrap();
+    client.register("alice", &alice, Some(TOKEN)).unwrap();
+    client.register("bob", &bob, Some(TOKEN)).unwrap();
     let before = t.server.current_meta().unwrap();
     let base = base_hash();
     let good = body("alice", 1, base, &[("b", &[3], &[0.1, 0.1, 0.1])]);
@@ -139,7 +137,7 @@ fn stale_updates_are_rejected_after_newer_versions() {
     });
     let key = KeyPair::from_seed([5; 32]);
     Client::new(&t.url)
-        .register("d", &key.public(), Some(TOKEN))
+        .register("d", &key, Some(TOKEN))
         .unwrap();
     let base = base_hash();
     let first = signed(&key, &body("d", 1, base, &[("b", &[3], &[0.1; 3])]));
@@ -154,16 +152,14 @@ fn registration_and_admin_need_the_token() {
     let t = start(quiet());
     let key = KeyPair::from_seed([6; 32]);
     let c = Client::new(&t.url);
-    let err = c.register("d", &key.public(), Some("wrong")).unwrap_err();
+    let err = c.register("d", &key, Some("wrong")).unwrap_err();
     assert!(err.to_string().contains("unauthorized"), "{err}");
-    let err = c
-        .register("bad id!", &key.public(), Some(TOKEN))
-        .unwrap_err();
+    let err = c.register("bad id!", &key, Some(TOKEN)).unwrap_err();
     assert!(err.to_string().contains("malformed"), "{err}");
-    c.register("d", &key.public(), Some(TOKEN)).unwrap();
-    c.register("d", &key.public(), Some(TOKEN)).unwrap();
+    c.register("d", &key, Some(TOKEN)).unwrap();
+    c.register("d", &key, Some(TOKEN)).unwrap();
     let err = c
-        .register("d", &KeyPair::from_seed([7; 32]).public(), Some(TOKEN))
+        .register("d", &KeyPair::from_seed([7; 32]), Some(TOKEN))
         .unwrap_err();
     assert!(err.to_string().contains("device_exists"), "{err}");
     let (s, j) = post(&format!("{}/v1/devices", t.url), b"{not json", Some(TOKEN));
@@ -172,4 +168,115 @@ fn registration_and_admin_need_the_token() {
     assert_eq!((s, j["error"].as_str()), (401, Some("unauthorized")));
     let (s, j) = post(&format!("{}/v1/nowhere", t.url), b"", None);
     assert_eq!((s, j["error"].as_str()), (404, Some("not_found")));
+}
+
+/// A registration of `device` with `public_key`, answering `challenge` with
+/// `signer`'s signature (issue 15.10).
+fn registration(
+    device: &str,
+    public_key: &[u8; 32],
+    challenge: &serde_json::Value,
+    signer: &KeyPair,
+) -> Vec<u8> {
+    let c: pupil_sync::protocol::Challenge = serde_json::from_value(challenge.clone()).unwrap();
+    let message = c.registration_message(device, public_key).unwrap();
+    serde_json::json!({
+        "device_id": device,
+        "public_key": pupil_sync::hex::encode(public_key),
+        "challenge": challenge,
+        "signature": pupil_sync::hex::encode(&signer.sign(&message)),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn registering_a_key_needs_its_private_key_and_a_fresh_challenge() {
+    let t = start(ServerConfig {
+        open_registration: true,
+        ..quiet()
+    });
+    let devices = format!("{}/v1/devices", t.url);
+    let victim = KeyPair::from_seed([21; 32]);
+    let mallory = KeyPair::from_seed([22; 32]);
+    let fresh = || signed_request(&t.url, "GET", "/v1/challenge", None, 0, b"").1;
+    let victim_hex = pupil_sync::hex::encode(&victim.public());
+
+    // Registering the victim's public key without proof, as before: refused.
+    let bare = serde_json::json!({ "device_id": "stolen", "public_key": victim_hex });
+    let (s, j) = post(&devices, bare.to_string().as_bytes(), None);
+    assert!((400..500).contains(&s), "{s} {j}");
+    // With a challenge signed by Mallory's key instead of the victim's: refused.
+    let forged = registration("stolen", &victim.public(), &fresh(), &mallory);
+    let (s, j) = post(&devices, &forged, None);
+    assert_eq!(
+        (s, j["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{j}"
+    );
+    // A challenge this server never issued, or one past its expiry: refused.
+    let mut made_up = fresh();
+    made_up["nonce"] = serde_json::json!("00".repeat(16));
+    let (s, j) = post(
+        &devices,
+        &registration("stolen", &victim.public(), &made_up, &victim),
+        None,
+    );
+    assert_eq!(
+        (s, j["error"].as_str()),
+        (401, Some("bad_challenge")),
+        "{j}"
+    );
+    let mut expired = fresh();
+    expired["expires_unix"] = serde_json::json!(now() - 1);
+    let (s, j) = post(
+        &devices,
+        &registration("stolen", &victim.public(), &expired, &victim),
+        None,
+    );
+    assert_eq!(
+        (s, j["error"].as_str()),
+        (401, Some("bad_challenge")),
+        "{j}"
+    );
+    assert_eq!(
+        t.server.store().device_for_key(&victim.key_id()).unwrap(),
+        None,
+        "nobody registered the victim's key"
+    );
+
+    // The victim registers with its own signature; replaying that request is refused,
+    // and so is its challenge under another id.
+    let challenge = fresh();
+    let own = registration("victim", &victim.public(), &challenge, &victim);
+    let (s, j) = post(&devices, &own, None);
+    assert_eq!((s, j["status"].as_str()), (201, Some("registered")), "{j}");
+    let (s, j) = post(&devices, &own, None);
+    assert_eq!(
+        (s, j["error"].as_str()),
+        (401, Some("bad_challenge")),
+        "{j}"
+    );
+    assert!(
+        j["message"].as_str().unwrap().contains("used before"),
+        "{j}"
+    );
+    let (s, j) = post(
+        &devices,
+        &registration("victim-2", &victim.public(), &challenge, &victim),
+        None,
+    );
+    assert_eq!(
+        (s, j["error"].as_str()),
+        (401, Some("bad_challenge")),
+        "{j}"
+    );
+    assert_eq!(
+        t.server.store().device_for_key(&victim.key_id()).unwrap(),
+        Some(("victim".to_owned(), victim.public()))
+    );
+    // The client does all of it in one call.
+    Client::new(&t.url)
+        .register("mallory", &mallory, None)
+        .unwrap();
 }

@@ -47,7 +47,7 @@ fn current(t: &TestServer, name: &str) -> Vec<f32> {
 /// Registers `device` with `key` on `t`.
 fn register(t: &TestServer, device: &str, key: &KeyPair) {
     Client::new(&t.url)
-        .register(device, &key.public(), Some(TOKEN))
+        .register(device, key, Some(TOKEN))
         .unwrap();
 }
 

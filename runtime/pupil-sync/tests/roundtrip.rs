@@ -26,9 +26,7 @@ fn push_aggregate_pull_and_roll_back() {
     for (i, d) in deltas.iter().enumerate() {
         let device = format!("dev{i}");
         let key = KeyPair::from_seed([10 + i as u8; 32]);
-        client
-            .register(&device, &key.public(), Some(TOKEN))
-            .unwrap();
+        client.register(&device, &key, Some(TOKEN)).unwrap();
         let outbox = Outbox::open(&t.dir.path().join(format!("outbox{i}"))).unwrap();
         let seq = outbox
             .enqueue(&key, |seq| Ok(body(&device, seq, base, &[("b", &[3], d)])))
@@ -155,7 +153,7 @@ fn push_before_registering_keeps_updates_queued_and_rejected_ones_requeue() {
         let status = outbox.status().unwrap();
         assert_eq!((status.queued, status.rejected), (vec![1, 2], vec![]));
     }
-    whole.register("d", &key.public(), Some(TOKEN)).unwrap();
+    whole.register("d", &key, Some(TOKEN)).unwrap();
     let report = chunked.push(&outbox).unwrap();
     assert_eq!((report.accepted, report.kept), (vec![1, 2], None));
 
@@ -195,7 +193,7 @@ fn server_momentum_survives_a_restart() {
     let t = start(config.clone());
     let client = Client::new(&t.url);
     let key = KeyPair::from_seed([42; 32]);
-    client.register("m", &key.public(), Some(TOKEN)).unwrap();
+    client.register("m", &key, Some(TOKEN)).unwrap();
     let outbox = Outbox::open(&t.dir.path().join("outbox")).unwrap();
     outbox
         .enqueue(&key, |seq| {

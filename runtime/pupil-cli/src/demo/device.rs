@@ -111,9 +111,9 @@ impl Device {
         })
     }
 
-    /// The device's public key.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.key.public()
+    /// The device's key.
+    pub fn key(&self) -> &pupil_sync::KeyPair {
+        &self.key
     }
 
     /// Where its current model lives.

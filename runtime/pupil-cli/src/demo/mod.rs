@@ -206,7 +206,7 @@ pub fn run(a: Args) -> CliResult {
     for (i, style) in STYLES.iter().enumerate().take(a.devices) {
         let style = Style::parse(style)?;
         let d = Device::open(&a.dir, i, style, a.pool, &mnist, personal)?;
-        client.register(&d.name, &d.public_key(), Some(ADMIN))?;
+        client.register(&d.name, d.key(), Some(ADMIN))?;
         devices.push(d);
     }
     state.styles = devices.iter().map(|d| d.style.to_string()).collect();

@@ -8,12 +8,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use ureq::http::Response;
+use ureq::tls::{RootCerts, TlsConfig};
 use ureq::Body;
 
 use super::upload::ChunkPolicy;
 use super::Outbox;
 use crate::keys::KeyPair;
-use crate::protocol::VersionMeta;
+use crate::protocol::{Challenge, Latest, RegisterRequest, VersionMeta};
 use crate::{hex, SyncError};
 
 /// Largest answer a request accepts (a model file), in bytes.
@@ -116,21 +117,57 @@ pub(super) enum Attempt {
     Retry(SyncError),
 }
 
+/// An HTTP agent that returns error statuses as answers, with `tls`.
+fn agent(tls: TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 impl Client {
-    /// A client of the server at `url`, e.g. `http://127.0.0.1:7070`.
+    /// A client of the server at `url`, e.g. `http://127.0.0.1:7070`, or
+    /// `https://...` with a certificate the web's roots (Mozilla's) vouch for.
     pub fn new(url: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
         Client {
             url: url.trim_end_matches('/').to_owned(),
-            agent,
+            agent: agent(TlsConfig::default()),
             retry: RetryPolicy::default(),
             chunks: ChunkPolicy::default(),
             key: None,
         }
+    }
+
+    /// The same client trusting only the server certificate `pem` (PEM, as
+    /// given to `pupil serve --tls-cert`) for `https://` URLs: a pinned,
+    /// possibly self-signed certificate instead of the web's roots.
+    pub fn with_pinned_cert(mut self, pem: &[u8]) -> Result<Self, SyncError> {
+        let certs = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                SyncError::InvalidArgument(format!(
+                    "the pinned certificate is not PEM: {e}; pass the server's --tls-cert file"
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(SyncError::InvalidArgument(
+                "the pinned certificate file holds no CERTIFICATE block; pass the server's \
+                 --tls-cert file"
+                    .into(),
+            ));
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&certs))
+            .build();
+        self.agent = agent(tls);
+        Ok(self)
     }
 
     /// The same client with another retry policy.
@@ -224,18 +261,34 @@ impl Client {
         }
     }
 
-    /// Registers `device_id` with `public_key`; `admin_token` is needed
-    /// unless the server allows open registration.
+    /// Registers `device_id` with `key`'s public key, proving it holds the
+    /// private key: it signs a fresh server challenge (`GET /v1/challenge`)
+    /// with `key`. `admin_token` is needed unless the server allows open
+    /// registration.
     pub fn register(
         &self,
         device_id: &str,
-        public_key: &[u8; 32],
+        key: &KeyPair,
         admin_token: Option<&str>,
     ) -> Result<(), SyncError> {
+        let (body, _) = self.get("/v1/challenge")?;
+        let challenge: Challenge = serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadAnswer(format!("registration challenge: {e}")))?;
+        let public_key = key.public();
+        let message = challenge
+            .registration_message(device_id, &public_key)
+            .ok_or_else(|| {
+                SyncError::BadAnswer("the registration challenge's nonce is not hex".into())
+            })?;
+        let request = RegisterRequest {
+            device_id: device_id.to_owned(),
+            public_key: hex::encode(&public_key),
+            signature: hex::encode(&key.sign(&message)),
+            challenge,
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| SyncError::InvalidArgument(format!("registration request: {e}")))?;
         let url = format!("{}/v1/devices", self.url);
-        let body =
-            serde_json::json!({ "device_id": device_id, "public_key": hex::encode(public_key) })
-                .to_string();
         let mut req = self
             .agent
             .post(&url)
@@ -243,7 +296,7 @@ impl Client {
         if let Some(t) = admin_token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        match Self::classify(&url, req.send(body.as_bytes())) {
+        match Self::classify(&url, req.send(&body[..])) {
             Attempt::Done(_) => Ok(()),
             Attempt::Refused(status, err) => Err(Self::refused(
                 format!("registration of {device_id:?}"),
@@ -313,16 +366,25 @@ impl Client {
         Ok(report)
     }
 
-    /// One try at uploading a signed update in one request.
+    /// One try at uploading a signed update in one request, with a signed
+    /// request header when the client has the device key (a server reads a
+    /// large body only from a device it knows).
     pub(super) fn upload_whole(&self, bytes: &[u8], report: &mut PushReport) -> Attempt {
-        let url = format!("{}/v1/updates", self.url);
+        let path = "/v1/updates";
+        let url = format!("{}{path}", self.url);
         report.bytes_sent += bytes.len() as u64;
-        let result = self
+        let mut req = self
             .agent
             .post(&url)
-            .header("content-type", "application/octet-stream")
-            .send(bytes);
-        Self::classify(&url, result)
+            .header("content-type", "application/octet-stream");
+        if let Some(key) = &self.key {
+            let unix = crate::protocol::unix_now();
+            req = req.header(
+                "authorization",
+                crate::auth::authorization(key, "POST", path, unix, bytes),
+            );
+        }
+        Self::classify(&url, req.send(bytes))
     }
 
     /// The server's public key, as it announces it. Pin it once (e.g. at
@@ -340,14 +402,18 @@ impl Client {
             .ok_or_else(|| SyncError::BadAnswer("server key is not 64 hex digits".into()))
     }
 
-    /// The current version's metadata.
-    pub fn latest(&self) -> Result<VersionMeta, SyncError> {
+    /// The current version's metadata and rollback marker, verified with
+    /// the pinned `server_key`.
+    pub fn latest(&self, server_key: &[u8; 32]) -> Result<Latest, SyncError> {
         let (body, _) = self.get("/v1/models/latest")?;
-        serde_json::from_slice(&body)
-            .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))
+        let latest: Latest = serde_json::from_slice(&body)
+            .map_err(|e| SyncError::BadAnswer(format!("latest version metadata: {e}")))?;
+        latest.verify(server_key)?;
+        Ok(latest)
     }
 
-    /// Every published version's metadata, oldest first.
+    /// Every published version's metadata, oldest first, as the server
+    /// announces it (for display: [`Client::latest`] verifies).
     pub fn versions(&self) -> Result<Vec<VersionMeta>, SyncError> {
         let (body, _) = self.get("/v1/versions")?;
         serde_json::from_slice(&body)

@@ -14,6 +14,6 @@ mod upload;
 pub use device::DeviceDir;
 pub use http::{Client, Kept, PushReport, RetryPolicy};
 pub use outbox::{sign_envelope, Outbox, OutboxStatus};
-pub use pull::{PullOutcome, PullReport, Transfer};
+pub use pull::{version_file, PullOutcome, PullReport, Transfer};
 pub use update::{DeltaEncoding, NamedValues, Queued, UpdateOptions};
 pub use upload::ChunkPolicy;

@@ -2,14 +2,15 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/devices` | register `{device_id, public_key}` (hex); admin token unless open registration |
+//! | `GET /v1/challenge` | a registration challenge `{nonce, expires_unix, server_signature}`, signed by the server, single-use, valid 5 minutes |
+//! | `POST /v1/devices` | register `{device_id, public_key, challenge, signature}` (hex; the device key's signature of the challenge, see [`crate::protocol::Challenge`]); admin token unless open registration |
 //! | `POST /v1/updates` | a signed update envelope; `{status: accepted | duplicate}` |
 //! | `POST /v1/uploads` | open (or find again) a chunked upload `{seq, length, sha256}`; `{upload_id, offset, length}` or `{status: duplicate}` (signed request) |
 //! | `GET /v1/uploads/{id}` | how many bytes the upload holds: `{upload_id, offset, length}` (signed request) |
 //! | `PUT /v1/uploads/{id}?offset=N` | the next chunk, starting at the bytes held; answers as above once committed (signed request) |
 //! | `POST /v1/uploads/{id}/commit` | assemble and submit like `POST /v1/updates`; `{status: accepted | duplicate}` (signed request) |
-//! | `GET /v1/models/latest` | the current version's metadata |
-//! | `GET /v1/models/{version}` | the model file; `x-pupil-signature` holds the server's signature |
+//! | `GET /v1/models/latest` | the current version's signed metadata ([`crate::protocol::Latest`]: model id, number, parent, content hash, signature), with the signed rollback marker when an admin made it current again |
+//! | `GET /v1/models/{version}` | the model file; `x-pupil-signature` holds the server's signature of its metadata |
 //! | `GET /v1/models/{version}/delta?from=N` | the [delta](crate::delta) rebuilding it from version or content hash `N`; headers as above |
 //! | `GET /v1/versions` | every version's metadata |
 //! | `POST /v1/rollback` | `{version}`: make an earlier version current (admin) |
@@ -36,17 +37,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use super::http_upload;
-use super::{ApiError, Server};
-use crate::store::VersionMeta;
+use super::guard::guard;
+use super::listen::{self, Tls};
+use super::{http_upload, ApiError, Server};
+use crate::protocol::RegisterRequest;
+use crate::store::{Registration, VersionMeta};
 use crate::{hex, SyncError};
-
-/// Body of `POST /v1/devices`.
-#[derive(Debug, Deserialize)]
-struct RegisterRequest {
-    device_id: String,
-    public_key: String,
-}
 
 /// Body of `POST /v1/rollback`.
 #[derive(Debug, Deserialize)]
@@ -136,6 +132,7 @@ impl Server {
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.config.max_body;
         Router::new()
+            .route("/v1/challenge", get(challenge))
             .route("/v1/devices", post(register))
             .route("/v1/updates", post(updates))
             .route("/v1/uploads", post(http_upload::open))
@@ -160,12 +157,13 @@ impl Server {
                 )
             })
             .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .layer(axum::middleware::from_fn(log_request))
             .with_state(self)
     }
 
     /// Whether `headers` carry the admin token.
-    fn is_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(super) fn is_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.config.admin_token else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -197,6 +195,11 @@ fn tokens_match(given: &str, token: &str) -> bool {
     given.as_slice().ct_eq(token.as_slice()).into()
 }
 
+/// `GET /v1/challenge`.
+async fn challenge(State(s): State<Arc<Server>>) -> Response {
+    Json(s.challenge()).into_response()
+}
+
 /// `POST /v1/devices`.
 async fn register(
     State(s): State<Arc<Server>>,
@@ -207,42 +210,16 @@ async fn register(
     if !s.config.open_registration {
         s.is_admin(&headers)?;
     }
-    let valid_id = !req.device_id.is_empty()
-        && req.device_id.len() <= pupil_wire::MAX_DEVICE_ID_LEN
-        && req
-            .device_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !valid_id {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            "device_id must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
-        ));
-    }
-    let key = hex::decode::<32>(&req.public_key).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            "public_key must be 64 hex digits (a 32-byte Ed25519 public key)",
-        )
-    })?;
     let id = req.device_id.clone();
-    let outcome =
-        blocking(move || Ok(s.store.register(&id, &key, &pupil_wire::key_id(&key))?)).await?;
-    use crate::store::Registration;
+    let outcome = blocking(move || s.register_device(&req)).await?;
     let (status, word) = match outcome {
         Registration::Created => (StatusCode::CREATED, "registered"),
         Registration::Unchanged => (StatusCode::OK, "unchanged"),
-        Registration::Conflict => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "device_exists", format!("device {:?} or its key is registered already with another key or id; pick a new device id", req.device_id)));
+        Registration::Conflict | Registration::ChallengeUsed => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "device_exists", format!("device {id:?} or its key is registered already with another key or id; pick a new device id")));
         }
     };
-    Ok((
-        status,
-        Json(json!({ "status": word, "device_id": req.device_id })),
-    )
-        .into_response())
+    Ok((status, Json(json!({ "status": word, "device_id": id }))).into_response())
 }
 
 /// `POST /v1/updates`.
@@ -270,8 +247,8 @@ fn no_model() -> ApiError {
 
 /// `GET /v1/models/latest`.
 async fn latest(State(s): State<Arc<Server>>) -> Result<Response, ApiError> {
-    let meta = s.current_meta().ok_or_else(no_model)?;
-    Ok(Json(meta).into_response())
+    let latest = s.latest().ok_or_else(no_model)?;
+    Ok(Json(latest).into_response())
 }
 
 /// `GET /v1/models/{version}`.
@@ -407,11 +384,32 @@ async fn server_key(State(s): State<Arc<Server>>) -> Response {
     Json(json!({ "public_key": hex::encode(&key), "key_id": hex::encode(&pupil_wire::key_id(&key)) })).into_response()
 }
 
-/// Serves `server` on `listener` until `shutdown` completes, running rounds
-/// whenever the round policy says so and removing stale uploads.
+/// Serves `server` over plain HTTP on `listener` until `shutdown` completes,
+/// running rounds whenever the round policy says so and removing stale
+/// uploads; connections are limited and timed as [`super::ServerConfig`] says.
 pub async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_with(server, listener, None, shutdown).await
+}
+
+/// [`serve`] over TLS with `tls` (rustls).
+pub async fn serve_tls(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Tls,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_with(server, listener, Some(tls), shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+async fn serve_with(
+    server: Arc<Server>,
+    listener: TcpListener,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SyncError> {
     let ticker = server.clone();
@@ -447,15 +445,7 @@ pub async fn serve(
             }
         }
     });
-    let addr = listener.local_addr().ok();
-    let result = axum::serve(listener, server.router())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| SyncError::Io {
-            action: "serve on",
-            path: addr.map(|a| a.to_string()).unwrap_or_default().into(),
-            source,
-        });
+    let result = listen::accept_loop(server, listener, tls, shutdown).await;
     rounds.abort();
     result
 }

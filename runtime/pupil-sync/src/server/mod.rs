@@ -7,8 +7,10 @@
 mod api_error;
 mod auth;
 mod delta;
+mod guard;
 mod http;
 mod http_upload;
+mod listen;
 mod round;
 mod submit;
 mod upload;
@@ -22,10 +24,12 @@ use pupil_format::ModelFile;
 
 pub(crate) use crate::protocol::unix_now;
 pub use crate::protocol::{
-    model_signing_message, OpenUpload, UploadState, MAX_UPLOAD_CHUNKS, MODEL_SIGNING_CONTEXT,
+    version_signing_message, Latest, OpenUpload, Rollback, UploadState, MAX_UPLOAD_CHUNKS,
+    VERSION_SIGNING_CONTEXT,
 };
 pub use api_error::ApiError;
-pub use http::serve;
+pub use http::{serve, serve_tls};
+pub use listen::Tls;
 pub use submit::Submitted;
 pub use upload::Opened;
 
@@ -84,8 +88,22 @@ pub struct ServerConfig {
     /// Most examples one update counts for in FedAvg: a device claiming more
     /// weighs as much as one with this many (the robust rules ignore counts).
     pub max_examples: u64,
-    /// Largest request body in bytes (larger ones get 413).
+    /// Largest request body in bytes (a larger declared length gets 413
+    /// before the body is read).
     pub max_body: usize,
+    /// Largest body of a request without a registered device's signature
+    /// header or the admin token (larger ones get 401 before the body is read).
+    pub max_anonymous_body: usize,
+    /// Most bytes of signed request bodies held at once (then 503: retry).
+    pub signed_body_budget: usize,
+    /// Most bytes of anonymous request bodies held at once (then 503: retry).
+    pub anonymous_body_budget: usize,
+    /// Most connections served at once; the next wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has for a TLS handshake and for each request's headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
     /// How rounds combine deltas.
     pub rule: Rule,
     /// How FedAvg rounds combine LoRA adapters (`X.lora_a` / `X.lora_b` pairs): the
@@ -113,6 +131,12 @@ impl Default for ServerConfig {
             max_norm: 1e3,
             max_examples: 100_000,
             max_body: pupil_wire::MAX_ENVELOPE_LEN,
+            max_anonymous_body: 256 << 10,
+            signed_body_budget: 256 << 20,
+            anonymous_body_budget: 32 << 20,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             rule: Rule::FedAvg,
             lora_merge: Merge::Product,
             opt: ServerOpt::Plain,
@@ -128,6 +152,8 @@ impl Default for ServerConfig {
 struct Current {
     meta: VersionMeta,
     model: Arc<ModelFile>,
+    /// The signed marker of the rollback that made it current, if one did.
+    rollback: Option<Rollback>,
 }
 
 /// The server's state. Share it as `Arc<Server>`.
@@ -142,6 +168,7 @@ pub struct Server {
     counters: Mutex<BTreeMap<String, u64>>,
     last_round: Mutex<Instant>,
     round_lock: Mutex<()>,
+    budgets: guard::Budgets,
 }
 
 impl Server {
@@ -162,6 +189,7 @@ impl Server {
             None => config.opt.clone(),
         };
         let server = Server {
+            budgets: guard::Budgets::new(config.signed_body_budget, config.anonymous_body_budget),
             store,
             key,
             opt: Mutex::new(opt),
@@ -173,8 +201,29 @@ impl Server {
             last_round: Mutex::new(Instant::now()),
             round_lock: Mutex::new(()),
         };
+        server.sign_again()?;
         server.reload()?;
         Ok(Arc::new(server))
+    }
+
+    /// Signs again, under the current scheme, every version whose metadata
+    /// this key did not sign that way (a store written before versions were
+    /// signed with their model id, number and parent).
+    fn sign_again(&self) -> Result<(), SyncError> {
+        for mut meta in self.store.versions()? {
+            if meta.verifies(&self.key.public()) {
+                continue;
+            }
+            let Some(bytes) = self.store.version_bytes(meta.version)? else {
+                continue;
+            };
+            meta.model_id = ModelFile::from_bytes(bytes)?.info().model_id.to_string();
+            if let Some(message) = meta.signing_message() {
+                meta.signature = hex::encode(&self.key.sign(&message));
+                self.store.put_version_meta(&meta)?;
+            }
+        }
+        Ok(())
     }
 
     /// Reloads the current version and the hash index from the store.
@@ -195,7 +244,15 @@ impl Server {
                             detail: "its model bytes are missing".into(),
                         })?;
                 let model = Arc::new(ModelFile::from_bytes(bytes)?);
-                Some(Arc::new(Current { meta, model }))
+                let rollback = self
+                    .store
+                    .rollback_marker()?
+                    .filter(|r| r.to == meta.version);
+                Some(Arc::new(Current {
+                    meta,
+                    model,
+                    rollback,
+                }))
             }
             None => None,
         };
@@ -233,6 +290,15 @@ impl Server {
     /// The current version's metadata.
     pub fn current_meta(&self) -> Option<VersionMeta> {
         self.current().map(|c| c.meta.clone())
+    }
+
+    /// The current version's signed metadata with the rollback marker that
+    /// made it current, if one did: what `GET /v1/models/latest` answers.
+    pub fn latest(&self) -> Option<Latest> {
+        self.current().map(|c| Latest {
+            meta: c.meta.clone(),
+            rollback: c.rollback.clone(),
+        })
     }
 
     /// The version number published with content hash `hash`.
@@ -292,25 +358,44 @@ impl Server {
         metrics: BTreeMap<String, f64>,
     ) -> VersionMeta {
         let hash = model.content_hash();
+        let model_id = model.info().model_id.to_string();
+        let message = version_signing_message(&model_id, n, parent.as_ref(), &hash);
         VersionMeta {
+            model_id,
             version: n,
             hash: hex::encode(&hash),
             parent: parent.map(|p| hex::encode(&p)),
             published_unix: unix_now(),
-            signature: hex::encode(&self.key.sign(&model_signing_message(&hash))),
+            signature: hex::encode(&self.key.sign(&message)),
             size: model.as_bytes().len() as u64,
             round,
             metrics,
         }
     }
 
-    /// Makes existing version `n` current again; false when there is none.
+    /// Makes existing version `n` current again, with a signed rollback
+    /// marker that lets devices running a later version go back to it; false
+    /// when there is none.
     pub fn rollback(&self, n: u64) -> Result<bool, SyncError> {
         let _round = self
             .round_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let found = self.store.set_current(n)?;
+        let Some(hash) = self
+            .store
+            .version_meta(n)?
+            .and_then(|m| hex::decode::<32>(&m.hash))
+        else {
+            return Ok(false);
+        };
+        let from = self.store.last_version()?;
+        let marker = Rollback {
+            to: n,
+            to_hash: hex::encode(&hash),
+            from,
+            signature: hex::encode(&self.key.sign(&Rollback::signing_message(n, &hash, from))),
+        };
+        let found = self.store.set_current(n, &marker)?;
         if found {
             self.reload()?;
         }
