@@ -35,9 +35,12 @@ fn browser_fixtures_equal_native_results() {
     let mut model = Classifier::load(student, &Backend::Cpu).unwrap();
     assert_eq!((model.inputs(), model.classes()), (PIXELS, CLASSES));
     let logits = pollster::block_on(model.logits(&pixels)).unwrap();
-    let loss =
-        pollster::block_on(model.train_step(&pixels[..TRAIN * PIXELS], &labels[..TRAIN], LR))
-            .unwrap();
+    let loss = pollster::block_on(model.train_step(
+        &pixels[..TRAIN * PIXELS],
+        &common::train_labels(&labels),
+        LR,
+    ))
+    .unwrap();
     let after = pollster::block_on(model.parameters()).unwrap();
     let now = Native {
         logits,

@@ -4,7 +4,7 @@
 //!   100 x 784 pixel bytes.
 //! - `fixtures/student-native.bin`: what the native CPU backend computes for the shipped
 //!   student on them, as little-endian f32: the logits of the 100 digits (`[100, 10]`), the
-//!   loss of one training step on the first [`TRAIN`] digits, then every [`STRIDE`]-th
+//!   loss of one training step on the first [`TRAIN`] digits (with [`train_labels`]), then every [`STRIDE`]-th
 //!   parameter after that step. `tests/native.rs` checks it against native and rewrites it
 //!   with `PUPIL_BLESS=1`.
 #![allow(dead_code)] // each test binary uses its own part
@@ -66,6 +66,19 @@ impl Native {
             .flat_map(|v| v.to_le_bytes())
             .collect()
     }
+}
+
+/// The labels of the training step: for the first [`TRAIN`] digits, a class the student
+/// disagrees with (the next one), as a user's corrections would be. Their gradients are
+/// large, so AdamW's first step, which moves each weight by about `lr` times the sign of
+/// its gradient, does not hinge on rounding in gradients within a few `eps` of zero (on the
+/// student's own, nearly zero-loss labels, a few weights of 199 424 moved by 1.3e-4
+/// differently on WebGPU and the CPU backend for that reason alone).
+pub fn train_labels(labels: &[u32]) -> Vec<u32> {
+    labels[..TRAIN]
+        .iter()
+        .map(|&y| (y + 1) % CLASSES as u32)
+        .collect()
 }
 
 /// Every [`STRIDE`]-th value.
