@@ -50,14 +50,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelFileError> {
 
 /// Writes and syncs `tmp`, then renames it to `path`.
 fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), ModelFileError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .map_err(io_err("create", tmp))?;
-    file.write_all(bytes).map_err(io_err("write", tmp))?;
-    file.sync_all().map_err(io_err("sync", tmp))?;
-    drop(file);
+    // The file is closed at the end of this block, before the rename (which Windows refuses
+    // for an open file).
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(io_err("create", tmp))?;
+        file.write_all(bytes).map_err(io_err("write", tmp))?;
+        file.sync_all().map_err(io_err("sync", tmp))?;
+    }
     fs::rename(tmp, path).map_err(io_err("rename the temporary file over", path))
 }
 

@@ -7,6 +7,14 @@
 //! - [`graph`]: the autodiff tape; [`params`] the flat parameter store; [`nn`] layers;
 //!   [`optim`] fused optimizers.
 //! - [`format`]: the `.pupil` model file; [`data`]: data sets.
+//!
+//! On the web (wasm32) nothing may block: GPU values are read with the `*_async` methods
+//! ([`Tensor::to_vec_async`]), and the CPU backend is the fallback where the browser has
+//! no WebGPU adapter.
+
+// On wasm32 wgpu's handles are neither Send nor Sync (a page has one thread); the runtime
+// shares them through the same `Arc`s as natively, where they are.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
 pub mod backend;
 pub mod data;

@@ -170,38 +170,63 @@ impl Tensor {
         }
     }
 
-    /// Copy the elements to the host as f32 (waits for the GPU).
+    /// Copy the elements to the host as f32 (blocks until the GPU is done). On the web, where
+    /// nothing may block, a GPU tensor is read with [`Tensor::to_vec_async`].
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::Cpu(_) => Ok(self.cpu_read()?.to_vec()),
             #[cfg(not(target_arch = "wasm32"))]
-            Storage::Gpu(b) => {
-                let bytes = b.gpu().read(b.raw(), self.byte_offset(), self.bytes())?;
-                Ok(match self.dtype {
-                    DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
-                    DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
-                        .iter()
-                        .map(|h| h.to_f32())
-                        .collect(),
-                })
-            }
+            Storage::Gpu(_) => pollster::block_on(self.to_vec_async()),
             #[cfg(target_arch = "wasm32")]
             Storage::Gpu(_) => Err(Error::NotSupported {
                 op: "to_vec",
-                detail: "synchronous readback on the web".into(),
+                detail: "a GPU tensor cannot be read synchronously on the web; await \
+                         Tensor::to_vec_async"
+                    .into(),
             }),
         }
     }
 
+    /// Copy the elements to the host as f32, awaiting the GPU without blocking (what reads a
+    /// GPU tensor on the web; natively the same as [`Tensor::to_vec`]).
+    pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        let b = match &self.storage {
+            Storage::Cpu(_) => return Ok(self.cpu_read()?.to_vec()),
+            Storage::Gpu(b) => b,
+        };
+        let bytes = b
+            .gpu()
+            .read_async(b.raw(), self.byte_offset(), self.bytes())
+            .await?;
+        Ok(match self.dtype {
+            DType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(&bytes),
+            DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                .iter()
+                .map(|h| h.to_f32())
+                .collect(),
+        })
+    }
+
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
+        self.check_scalar()?;
+        Ok(self.to_vec()?[0])
+    }
+
+    /// [`Tensor::item`] without blocking (for the web).
+    pub async fn item_async(&self) -> Result<f32> {
+        self.check_scalar()?;
+        Ok(self.to_vec_async().await?[0])
+    }
+
+    fn check_scalar(&self) -> Result<()> {
         if self.numel() != 1 {
             return Err(Error::shape(
                 "item",
                 format!("tensor {:?} has {} elements", self.shape, self.numel()),
             ));
         }
-        Ok(self.to_vec()?[0])
+        Ok(())
     }
 
     /// The same tensor on another backend (a copy).

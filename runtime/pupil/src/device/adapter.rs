@@ -5,7 +5,8 @@ use crate::error::{Error, Result};
 /// A readable description of one adapter, as `pupil info` prints it.
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
-    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)"; "unnamed Cpu adapter" where
+    /// the platform gives none (browsers).
     pub name: String,
     /// Backend: Vulkan, Metal, Dx12, Gl, BrowserWebGpu.
     pub backend: String,
@@ -29,8 +30,14 @@ impl AdapterReport {
         let info = adapter.get_info();
         let features = adapter.features();
         let l = adapter.limits();
+        // Browsers name no adapter (WebGPU's `description` is empty, for privacy).
+        let name = if info.name.is_empty() {
+            format!("unnamed {:?} adapter", info.device_type)
+        } else {
+            info.name.clone()
+        };
         AdapterReport {
-            name: info.name.clone(),
+            name,
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
             driver: format!("{} {}", info.driver, info.driver_info)

@@ -13,6 +13,7 @@
 
 mod adapter;
 mod buffer;
+mod oneshot;
 mod pool;
 mod recorder;
 
@@ -260,24 +261,24 @@ impl Gpu {
         if crate::debug_level() >= 3 {
             eprintln!("{source}");
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(kernel.shader),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-        if let Some(e) = block_on_scope(scope.pop()) {
+        let (pipeline, error) = self.scoped(wgpu::ErrorFilter::Validation, || {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.shader),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(kernel.entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(kernel.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        });
+        if let Some(e) = error {
             return Err(Error::Gpu {
                 context: format!("compiling {}::{}", kernel.shader, kernel.entry),
                 message: e.to_string(),
@@ -287,22 +288,56 @@ impl Gpu {
         Ok(pipeline)
     }
 
+    /// Run `f` inside an error scope for `filter` and return what it caught (natively).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn scoped<T>(
+        &self,
+        filter: wgpu::ErrorFilter,
+        f: impl FnOnce() -> T,
+    ) -> (T, Option<wgpu::Error>) {
+        let scope = self.device.push_error_scope(filter);
+        let out = f();
+        (out, pollster::block_on(scope.pop()))
+    }
+
+    /// On the web an error scope cannot be awaited synchronously, and one popped without
+    /// awaiting would swallow its error: `f` runs unscoped, so errors reach the
+    /// uncaptured-error handler and surface as typed errors at the next synchronisation.
+    #[cfg(target_arch = "wasm32")]
+    fn scoped<T>(
+        &self,
+        _filter: wgpu::ErrorFilter,
+        f: impl FnOnce() -> T,
+    ) -> (T, Option<wgpu::Error>) {
+        (f(), None)
+    }
+
     /// Submit everything recorded so far.
     pub fn flush(&self) -> Result<()> {
         self.recorder()?.flush(&self.queue);
         self.check_fault()
     }
 
-    /// Wait until the GPU has finished all submitted work.
+    /// Wait until the GPU has finished all submitted work (natively; on the web this only
+    /// submits: await [`Gpu::synchronize_async`] there).
     pub fn synchronize(&self) -> Result<()> {
         self.flush()?;
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                context: "waiting for the GPU".into(),
-                message: e.to_string(),
-            })?;
+        self.poll("waiting for the GPU")?;
         self.check_fault()
+    }
+
+    /// Submit the recorded work and await its completion, without blocking (the way to wait
+    /// on the web, where [`Gpu::synchronize`] cannot).
+    pub async fn synchronize_async(&self) -> Result<()> {
+        self.flush()?;
+        let (tx, rx) = oneshot::channel();
+        self.queue.on_submitted_work_done(move || tx.send(()));
+        self.poll("waiting for the GPU")?;
+        let done = rx.await;
+        self.check_fault()?;
+        done.ok_or_else(|| Error::DeviceLost {
+            reason: "submitted work never completed".into(),
+        })
     }
 
     fn recorder(&self) -> Result<std::sync::MutexGuard<'_, Recorder>> {
@@ -363,16 +398,17 @@ impl Gpu {
     }
 
     fn create_buffer(&self, size: u64) -> Result<wgpu::Buffer> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let (buffer, error) = self.scoped(wgpu::ErrorFilter::OutOfMemory, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
-        match block_on_scope(scope.pop()) {
+        match error {
             Some(_) => Err(Error::OutOfMemory { bytes: size }),
             None => Ok(buffer),
         }
@@ -397,9 +433,23 @@ impl Gpu {
         Ok(())
     }
 
-    /// Read `bytes` bytes of `src` from `offset` back to the host (waits for the GPU).
+    /// Read `bytes` bytes of `src` from `offset` back to the host (blocks until the GPU is
+    /// done; [`Gpu::read_async`] is the same without blocking).
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn read(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.read_async(src, offset, bytes))
+    }
+
+    /// Read `bytes` bytes of `src` from `offset` back to the host, awaiting the mapping of a
+    /// staging copy. Natively `device.poll` blocks until the copy is done, so the mapping is
+    /// ready when awaited; on the web the poll does nothing and the browser resolves the
+    /// mapping from its event loop while the caller's task waits.
+    pub(crate) async fn read_async(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
         let padded = bytes.div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -412,19 +462,13 @@ impl Gpu {
             rec.copy(&self.device, src, offset, &staging, 0, padded);
             rec.flush(&self.queue);
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                context: "reading back".into(),
-                message: e.to_string(),
-            })?;
+        let (tx, rx) = oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        self.poll("reading back")?;
+        let mapped = rx.await;
         self.check_fault()?;
-        rx.recv()
-            .map_err(|_| Error::DeviceLost {
+        mapped
+            .ok_or_else(|| Error::DeviceLost {
                 reason: "readback never completed".into(),
             })?
             .map_err(|e| Error::Gpu {
@@ -440,22 +484,18 @@ impl Gpu {
         staging.unmap();
         Ok(out)
     }
-}
 
-#[cfg(not(target_arch = "wasm32"))]
-fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(
-    f: F,
-) -> Option<wgpu::Error> {
-    pollster::block_on(f)
-}
-
-/// On the web an error scope cannot be awaited synchronously; errors arrive through the
-/// uncaptured-error handler and surface at the next synchronisation instead.
-#[cfg(target_arch = "wasm32")]
-fn block_on_scope<F: std::future::Future<Output = Option<wgpu::Error>>>(
-    _f: F,
-) -> Option<wgpu::Error> {
-    None
+    /// Natively, block until the GPU has finished all submitted work and has run the
+    /// callbacks waiting on it; on the web a no-op (the browser runs them by itself).
+    fn poll(&self, context: &str) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(drop)
+            .map_err(|e| Error::Gpu {
+                context: context.into(),
+                message: e.to_string(),
+            })
+    }
 }
 
 #[cfg(test)]

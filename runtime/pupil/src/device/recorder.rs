@@ -152,7 +152,6 @@ impl Recorder {
             .clear_buffer(dst, offset, Some(bytes.div_ceil(4) * 4));
     }
 
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(super) fn copy(
         &mut self,
         device: &wgpu::Device,
