@@ -191,7 +191,7 @@ impl Upstream {
         let client = Client::new(&url);
         let server_key = client.server_key()?;
         for d in devices {
-            client.register(&d.name, &d.dir.key()?.public(), Some(ADMIN))?;
+            client.register(&d.name, &d.dir.key()?, Some(ADMIN))?;
             d.dir.set_device_id(&d.name)?;
         }
         Ok(Upstream {
