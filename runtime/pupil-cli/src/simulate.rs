@@ -333,7 +333,9 @@ impl<'a> Simulation<'a> {
             personal: &[],
         };
         self.outboxes[d].queue_update(&self.keys[d], file, &refined, &options)?;
-        self.client.push(&self.outboxes[d])?;
+        // Signed with the device key: the server reads large bodies only from known devices.
+        let client = self.client.clone().with_device_key(self.keys[d].clone());
+        client.push(&self.outboxes[d])?;
         Ok(())
     }
 }
