@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let seq = outbox.queue_update(&key, &base, &refined, &options)?.seq;
     // Queued durably first: a crash now loses nothing; push retries with backoff.
-    let report = client.push(&outbox)?;
+    let report = client.push(&key, &outbox)?;
     println!("update {seq}: accepted {:?}", report.accepted);
 
     // The server's round policy (1 update) aggregates and publishes version 2.

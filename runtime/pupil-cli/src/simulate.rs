@@ -333,9 +333,7 @@ impl<'a> Simulation<'a> {
             personal: &[],
         };
         self.outboxes[d].queue_update(&self.keys[d], file, &refined, &options)?;
-        // Signed with the device key: the server reads large bodies only from known devices.
-        let client = self.client.clone().with_device_key(self.keys[d].clone());
-        client.push(&self.outboxes[d])?;
+        self.client.push(&self.keys[d], &self.outboxes[d])?;
         Ok(())
     }
 }

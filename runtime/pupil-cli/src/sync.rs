@@ -216,10 +216,7 @@ pub fn run(cmd: Sync) -> CliResult {
         } => queue(&device, &base, &model, examples, &options),
         Sync::Push { device } => {
             let dir = device.open()?;
-            let report = device
-                .client()?
-                .with_device_key(dir.key()?)
-                .push(&dir.outbox()?)?;
+            let report = dir.push(&device.client()?)?;
             print(device.json, &push_json(&report), || push_lines(&report));
             push_result(&report)
         }

@@ -127,11 +127,8 @@ fn an_upload_cut_off_by_a_sigkill_resumes_from_the_servers_offset_and_counts_onc
                 threshold: 256 << 10,
                 size: 1 << 10,
             };
-            let client = Client::new(&url)
-                .with_device_key(key)
-                .with_retry(retry)
-                .with_chunks(small);
-            client.push(&outbox).unwrap_err()
+            let client = Client::new(&url).with_retry(retry).with_chunks(small);
+            client.push(&key, &outbox).unwrap_err()
         })
     };
     // Poll often: the kill must land while the upload is under way.
@@ -160,13 +157,11 @@ fn an_upload_cut_off_by_a_sigkill_resumes_from_the_servers_offset_and_counts_onc
 
     // The next pushes continue both uploads from the restarted server's offsets.
     for (i, held) in [held, held2].into_iter().enumerate() {
-        let client = Client::new(&url)
-            .with_device_key(keys[i].clone())
-            .with_chunks(ChunkPolicy {
-                threshold: 256 << 10,
-                size: CHUNK,
-            });
-        let report = client.push(&outboxes[i]).unwrap();
+        let client = Client::new(&url).with_chunks(ChunkPolicy {
+            threshold: 256 << 10,
+            size: CHUNK,
+        });
+        let report = client.push(&keys[i], &outboxes[i]).unwrap();
         let total = envelopes[i].len() as u64;
         assert_eq!(report.accepted, [1], "{report:?}");
         assert_eq!(report.resumed, [(1, held)]);

@@ -42,7 +42,7 @@ fn head_only_round() -> (TestServer, [u8; 32]) {
             ))
         })
         .unwrap();
-    assert_eq!(client.push(&outbox).unwrap().accepted, [1]);
+    assert_eq!(client.push(&key, &outbox).unwrap().accepted, [1]);
     assert_eq!(t.server.run_round().unwrap().unwrap().published, Some(2));
     let key = client.server_key().unwrap();
     (t, key)

@@ -36,9 +36,11 @@ fn spawn(store: &Path, model: &Path, min_updates: u64) -> (Child, String) {
     spawn_server(store, model, &args)
 }
 
-/// Pushes every device's outbox until `stop`; errors (the server is gone) are retried.
+/// Pushes every device's outbox (signed with its key) until `stop`; errors (the
+/// server is gone) are retried.
 fn pusher(
     url: String,
+    keys: Arc<Vec<KeyPair>>,
     outboxes: Arc<Vec<Outbox>>,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<()> {
@@ -50,8 +52,8 @@ fn pusher(
         };
         let client = Client::new(&url).with_retry(retry);
         while !stop.load(Ordering::Relaxed) {
-            for o in outboxes.iter() {
-                let _ = client.push(o);
+            for (k, o) in keys.iter().zip(outboxes.iter()) {
+                let _ = client.push(k, o);
             }
         }
     })
@@ -90,12 +92,13 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
                 .unwrap();
         }
     }
+    let keys = Arc::new(keys);
     let outboxes = Arc::new(outboxes);
     let mut url = url;
     // Kill the server three times while devices upload and rounds run.
     for kill in 0..3 {
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = pusher(url.clone(), outboxes.clone(), stop.clone());
+        let handle = pusher(url.clone(), keys.clone(), outboxes.clone(), stop.clone());
         thread::sleep(Duration::from_millis(150 + 100 * kill));
         server.kill().unwrap();
         server.wait().unwrap();
@@ -105,8 +108,8 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
     }
     // Finish uploading against the last server.
     let client = Client::new(&url);
-    for o in outboxes.iter() {
-        client.push(o).unwrap();
+    for (k, o) in keys.iter().zip(outboxes.iter()) {
+        client.push(k, o).unwrap();
         let status = o.status().unwrap();
         assert!(
             status.queued.is_empty() && status.rejected.is_empty(),

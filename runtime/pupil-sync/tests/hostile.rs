@@ -190,6 +190,14 @@ fn registration(
     .into_bytes()
 }
 
+/// Posts `body` to `url` and asserts the answer is a refusal with `status` and
+/// error `kind`; returns the answer's message.
+fn refused(url: &str, body: &[u8], status: u16, kind: &str) -> String {
+    let (s, j) = post(url, body, None);
+    assert_eq!((s, j["error"].as_str()), (status, Some(kind)), "{j}");
+    j["message"].as_str().unwrap_or_default().to_owned()
+}
+
 #[test]
 fn registering_a_key_needs_its_private_key_and_a_fresh_challenge() {
     let t = start(ServerConfig {
@@ -201,44 +209,23 @@ fn registering_a_key_needs_its_private_key_and_a_fresh_challenge() {
     let mallory = KeyPair::from_seed([22; 32]);
     let fresh = || signed_request(&t.url, "GET", "/v1/challenge", None, 0, b"").1;
     let victim_hex = pupil_sync::hex::encode(&victim.public());
+    let stolen = |challenge: &serde_json::Value, signer: &KeyPair| {
+        registration("stolen", &victim.public(), challenge, signer)
+    };
 
     // Registering the victim's public key without proof, as before: refused.
     let bare = serde_json::json!({ "device_id": "stolen", "public_key": victim_hex });
     let (s, j) = post(&devices, bare.to_string().as_bytes(), None);
     assert!((400..500).contains(&s), "{s} {j}");
     // With a challenge signed by Mallory's key instead of the victim's: refused.
-    let forged = registration("stolen", &victim.public(), &fresh(), &mallory);
-    let (s, j) = post(&devices, &forged, None);
-    assert_eq!(
-        (s, j["error"].as_str()),
-        (401, Some("bad_signature")),
-        "{j}"
-    );
+    refused(&devices, &stolen(&fresh(), &mallory), 401, "bad_signature");
     // A challenge this server never issued, or one past its expiry: refused.
     let mut made_up = fresh();
     made_up["nonce"] = serde_json::json!("00".repeat(16));
-    let (s, j) = post(
-        &devices,
-        &registration("stolen", &victim.public(), &made_up, &victim),
-        None,
-    );
-    assert_eq!(
-        (s, j["error"].as_str()),
-        (401, Some("bad_challenge")),
-        "{j}"
-    );
+    refused(&devices, &stolen(&made_up, &victim), 401, "bad_challenge");
     let mut expired = fresh();
     expired["expires_unix"] = serde_json::json!(now() - 1);
-    let (s, j) = post(
-        &devices,
-        &registration("stolen", &victim.public(), &expired, &victim),
-        None,
-    );
-    assert_eq!(
-        (s, j["error"].as_str()),
-        (401, Some("bad_challenge")),
-        "{j}"
-    );
+    refused(&devices, &stolen(&expired, &victim), 401, "bad_challenge");
     assert_eq!(
         t.server.store().device_for_key(&victim.key_id()).unwrap(),
         None,
@@ -251,26 +238,10 @@ fn registering_a_key_needs_its_private_key_and_a_fresh_challenge() {
     let own = registration("victim", &victim.public(), &challenge, &victim);
     let (s, j) = post(&devices, &own, None);
     assert_eq!((s, j["status"].as_str()), (201, Some("registered")), "{j}");
-    let (s, j) = post(&devices, &own, None);
-    assert_eq!(
-        (s, j["error"].as_str()),
-        (401, Some("bad_challenge")),
-        "{j}"
-    );
-    assert!(
-        j["message"].as_str().unwrap().contains("used before"),
-        "{j}"
-    );
-    let (s, j) = post(
-        &devices,
-        &registration("victim-2", &victim.public(), &challenge, &victim),
-        None,
-    );
-    assert_eq!(
-        (s, j["error"].as_str()),
-        (401, Some("bad_challenge")),
-        "{j}"
-    );
+    let message = refused(&devices, &own, 401, "bad_challenge");
+    assert!(message.contains("used before"), "{message}");
+    let other_id = registration("victim-2", &victim.public(), &challenge, &victim);
+    refused(&devices, &other_id, 401, "bad_challenge");
     assert_eq!(
         t.server.store().device_for_key(&victim.key_id()).unwrap(),
         Some(("victim".to_owned(), victim.public()))

@@ -32,7 +32,7 @@ fn push_aggregate_pull_and_roll_back() {
             .enqueue(&key, |seq| Ok(body(&device, seq, base, &[("b", &[3], d)])))
             .unwrap();
         assert_eq!(seq, 1);
-        let report = client.push(&outbox).unwrap();
+        let report = client.push(&key, &outbox).unwrap();
         assert_eq!(report.accepted, [1]);
         assert!(outbox.status().unwrap().queued.is_empty());
     }
@@ -115,7 +115,7 @@ fn push_keeps_updates_queued_while_the_server_is_down() {
     // Port 9 (discard) on localhost is closed on test machines.
     let err = Client::new("http://127.0.0.1:9")
         .with_retry(retry)
-        .push(&outbox)
+        .push(&key, &outbox)
         .unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert_eq!(outbox.status().unwrap().queued, [1]);
@@ -138,14 +138,12 @@ fn push_before_registering_keeps_updates_queued_and_rejected_ones_requeue() {
             .unwrap();
     }
     let whole = Client::new(&t.url);
-    let chunked = Client::new(&t.url)
-        .with_device_key(key.clone())
-        .with_chunks(ChunkPolicy {
-            threshold: 0,
-            size: 64,
-        });
+    let chunked = Client::new(&t.url).with_chunks(ChunkPolicy {
+        threshold: 0,
+        size: 64,
+    });
     for client in [&whole, &chunked] {
-        let report = client.push(&outbox).unwrap();
+        let report = client.push(&key, &outbox).unwrap();
         let kept = report.kept.as_ref().expect("the push stops at update 1");
         assert_eq!((kept.seq, kept.kind.as_str()), (1, "unknown_device"));
         assert!(kept.message.contains("pupil sync register"), "{kept:?}");
@@ -154,7 +152,7 @@ fn push_before_registering_keeps_updates_queued_and_rejected_ones_requeue() {
         assert_eq!((status.queued, status.rejected), (vec![1, 2], vec![]));
     }
     whole.register("d", &key, Some(TOKEN)).unwrap();
-    let report = chunked.push(&outbox).unwrap();
+    let report = chunked.push(&key, &outbox).unwrap();
     assert_eq!((report.accepted, report.kept), (vec![1, 2], None));
 
     // An update for another model is refused for good, moved aside, and requeued by hand.
@@ -169,7 +167,7 @@ fn push_before_registering_keeps_updates_queued_and_rejected_ones_requeue() {
             ))
         })
         .unwrap();
-    let report = whole.push(&outbox).unwrap();
+    let report = whole.push(&key, &outbox).unwrap();
     assert_eq!(report.rejected, [(3, "wrong_model".to_owned())]);
     assert_eq!(outbox.status().unwrap().rejected, [3]);
     assert_eq!(outbox.requeue(&[]).unwrap(), [3]);
@@ -205,7 +203,7 @@ fn server_momentum_survives_a_restart() {
             ))
         })
         .unwrap();
-    client.push(&outbox).unwrap();
+    client.push(&key, &outbox).unwrap();
     assert!(
         wait_for(10, || t.server.current_meta().unwrap().version == 2),
         "no round ran"

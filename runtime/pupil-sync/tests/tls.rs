@@ -56,8 +56,7 @@ fn a_pinned_certificate_is_trusted_and_nothing_else() {
             ))
         })
         .unwrap();
-    let client = client.with_device_key(key);
-    assert_eq!(client.push(&outbox).unwrap().accepted, [1]);
+    assert_eq!(client.push(&key, &outbox).unwrap().accepted, [1]);
     assert!(wait_for(10, || server.current_meta().unwrap().version == 2));
     let model = dir.path().join("device.pupil");
     assert!(matches!(

@@ -301,7 +301,7 @@ impl Device {
         let queued = self
             .outbox
             .queue_update(&self.key, shared, &values, &options)?;
-        let pushed = client.push(&self.outbox)?;
+        let pushed = client.push(&self.key, &self.outbox)?;
         if let Some((_, why)) = pushed.rejected.first() {
             let seq = queued.seq;
             return Err(format!("{}: the server refused update {seq}: {why}", self.name).into());

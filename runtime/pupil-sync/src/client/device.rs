@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use pupil_format::{DType, ModelBuilder, ModelFile};
 
 use super::update::{NamedValues, Queued, UpdateOptions};
-use super::Outbox;
+use super::{Client, Outbox, PushReport};
 use crate::error::io_err;
 use crate::keys::KeyPair;
 use crate::{fsutil, hex, SyncError};
@@ -176,6 +176,12 @@ impl DeviceDir {
         };
         self.outbox()?
             .queue_update(&self.key()?, base, refined, &options)
+    }
+
+    /// Pushes this device's outbox through `client`, every request signed with
+    /// this device's key (see [`Client::push`]).
+    pub fn push(&self, client: &Client) -> Result<PushReport, SyncError> {
+        client.push(&self.key()?, &self.outbox()?)
     }
 }
 

@@ -104,7 +104,6 @@ pub struct Client {
     pub(super) agent: ureq::Agent,
     retry: RetryPolicy,
     pub(super) chunks: ChunkPolicy,
-    key: Option<KeyPair>,
 }
 
 /// The outcome of one attempt.
@@ -136,7 +135,6 @@ impl Client {
             agent: agent(TlsConfig::default()),
             retry: RetryPolicy::default(),
             chunks: ChunkPolicy::default(),
-            key: None,
         }
     }
 
@@ -179,14 +177,6 @@ impl Client {
     /// The same client with another chunking policy.
     pub fn with_chunks(mut self, chunks: ChunkPolicy) -> Self {
         self.chunks = chunks;
-        self
-    }
-
-    /// The same client signing requests with the device's `key`, which lets
-    /// [`Client::push`] upload large updates in resumable chunks. Without
-    /// it every update goes in one request.
-    pub fn with_device_key(mut self, key: KeyPair) -> Self {
-        self.key = Some(key);
         self
     }
 
@@ -308,25 +298,27 @@ impl Client {
     }
 
     /// Uploads every queued update in order, retrying transient failures with
-    /// backoff. With a device key, updates larger than the chunking threshold
-    /// go in resumable chunks, each retry continuing from the bytes the server
-    /// holds. An update leaves the outbox only once the server acknowledged it
+    /// backoff. Every request is signed with the device's `key` (the key the
+    /// updates were queued with; a server reads large bodies only from a
+    /// device it knows), and updates larger than the chunking threshold go in
+    /// resumable chunks, each retry continuing from the bytes the server
+    /// holds. [`DeviceDir::push`](super::DeviceDir::push) does this with the
+    /// device directory's own key and outbox. An update leaves the outbox only once the server acknowledged it
     /// (accepted or duplicate) or refused it for good (moved aside). A
     /// refusal the device can fix (not registered yet, clock off) keeps the
     /// update queued and ends the push ([`PushReport::kept`]). Stops with an
     /// error, keeping the rest queued, when retries run out.
-    pub fn push(&self, outbox: &Outbox) -> Result<PushReport, SyncError> {
+    pub fn push(&self, key: &KeyPair, outbox: &Outbox) -> Result<PushReport, SyncError> {
         let mut rng = StdRng::from_os_rng();
         let mut report = PushReport::default();
         'updates: for seq in outbox.queued()? {
             let bytes = outbox.read(seq)?;
             let mut attempt = 0;
             loop {
-                let result = match &self.key {
-                    Some(key) if bytes.len() > self.chunks.threshold => {
-                        self.upload_chunked(key, seq, &bytes, &mut report)
-                    }
-                    _ => self.upload_whole(&bytes, &mut report),
+                let result = if bytes.len() > self.chunks.threshold {
+                    self.upload_chunked(key, seq, &bytes, &mut report)
+                } else {
+                    self.upload_whole(key, &bytes, &mut report)
                 };
                 match result {
                     Attempt::Done(body) => {
@@ -366,24 +358,27 @@ impl Client {
         Ok(report)
     }
 
-    /// One try at uploading a signed update in one request, with a signed
-    /// request header when the client has the device key (a server reads a
-    /// large body only from a device it knows).
-    pub(super) fn upload_whole(&self, bytes: &[u8], report: &mut PushReport) -> Attempt {
+    /// One try at uploading a signed update in one request, the request itself
+    /// signed with the device `key` (a server reads a large body only from a
+    /// device it knows).
+    pub(super) fn upload_whole(
+        &self,
+        key: &KeyPair,
+        bytes: &[u8],
+        report: &mut PushReport,
+    ) -> Attempt {
         let path = "/v1/updates";
         let url = format!("{}{path}", self.url);
         report.bytes_sent += bytes.len() as u64;
-        let mut req = self
+        let unix = crate::protocol::unix_now();
+        let req = self
             .agent
             .post(&url)
-            .header("content-type", "application/octet-stream");
-        if let Some(key) = &self.key {
-            let unix = crate::protocol::unix_now();
-            req = req.header(
+            .header("content-type", "application/octet-stream")
+            .header(
                 "authorization",
                 crate::auth::authorization(key, "POST", path, unix, bytes),
             );
-        }
         Self::classify(&url, req.send(bytes))
     }
 

@@ -132,7 +132,7 @@ impl Client {
             Attempt::Done(body) => body,
             // A server without chunked uploads takes the update in one request.
             Attempt::Refused(404, err) if err.error == "not_found" => {
-                return self.upload_whole(bytes, report)
+                return self.upload_whole(key, bytes, report)
             }
             other => return other,
         };

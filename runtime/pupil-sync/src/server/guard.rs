@@ -129,7 +129,7 @@ pub(super) async fn guard(State(s): State<Arc<Server>>, req: Request, next: Next
                 return refuse(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
-                    format!("a body over {anonymous_limit} bytes needs `Authorization: Pupil ...` signed by a registered device key at the current time (Client::with_device_key does it), or the admin token"),
+                    format!("a body over {anonymous_limit} bytes needs `Authorization: Pupil ...` signed by a registered device key at the current time (Client::push does it), or the admin token"),
                 ));
             }
             Err(e) => return refuse(e),
