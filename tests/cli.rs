@@ -421,3 +421,47 @@ fn hints_name_what_is_wrong() {
     ]);
     assert!(err.contains("temperature must be a number >= 0"), "{err}");
 }
+
+/// `pupil simulate --dp-noise` prints ε per round, growing, and equal to the accountant's
+/// for the rounds run (Poisson rate C, noise z, δ).
+#[test]
+fn simulate_with_differential_privacy_reports_epsilon_per_round() {
+    let out = run_ok(&[
+        "simulate",
+        "--devices",
+        "8",
+        "--fraction",
+        "0.5",
+        "--rounds",
+        "3",
+        "--dp-noise",
+        "1.1",
+        "--dp-clip",
+        "1",
+        "--dp-delta",
+        "1e-4",
+        "--adapter",
+        "cpu",
+        "--json",
+    ]);
+    let rows = json_of(&out);
+    let eps: Vec<f64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["epsilon"].as_f64().unwrap())
+        .collect();
+    assert_eq!(eps.len(), 3);
+    assert!(eps.windows(2).all(|w| w[0] < w[1]), "{eps:?}");
+    let mut acc = pupil_sync::dp::RdpAccountant::default();
+    // The mechanism runs with z as f32, and so accounts.
+    acc.compose_sampled_gaussian(0.5, f64::from(1.1f32), 3)
+        .unwrap();
+    let want = acc.epsilon(1e-4).unwrap().0;
+    assert!(
+        (eps[2] - want).abs() < 1e-9 * want,
+        "{eps:?} against {want}"
+    );
+    let err = run_err(&["simulate", "--dp-noise", "1", "--adapter", "cpu"]);
+    assert!(err.contains("--dp-clip"), "{err}");
+}

@@ -1,7 +1,9 @@
 //! `pupil simulate`: federated learning on MNIST with N simulated devices against a real
-//! server on loopback (signed updates over HTTP, the server's own round policy and FedAvg or
-//! a robust rule), after McMahan et al. 2017: each round a fraction C of the devices pull the
-//! current version, train E local epochs with batch B and SGD, and push their deltas.
+//! server on loopback (signed updates over HTTP, the server's rounds with FedAvg, a robust
+//! rule or DP-FedAvg), after McMahan et al. 2017: each round a fraction C of the devices
+//! pull the current version, train E local epochs with batch B and SGD, and push their
+//! deltas. With `--dp-noise`, devices take part by Poisson sampling and the round is
+//! differentially private at the ε printed (see `pupil_sync::dp`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,13 +14,14 @@ use pupil::data::Split;
 use pupil::format::{DType, ModelFile};
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::{train, Backend};
-use pupil_sync::aggregate::Rule as AggRule;
+use pupil_sync::aggregate::{clip_norm, Rule as AggRule};
 use pupil_sync::client::{Client, DeltaEncoding, NamedValues, Outbox, UpdateOptions};
+use pupil_sync::dp::{GaussianParams, RdpAccountant};
 use pupil_sync::server::{finite_gate, serve, Server, ServerConfig};
 use pupil_sync::KeyPair;
 use pupil_wire::Metric;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::plot::{draw, Panel, Series};
@@ -79,6 +82,56 @@ pub struct Args {
     /// Adapter (name, backend or cpu) the devices train on.
     #[arg(long)]
     adapter: Option<String>,
+    /// Differential privacy (DP-FedAvg): the noise multiplier z. Devices take part with
+    /// probability C each round (Poisson sampling), clip their delta to --dp-clip, and
+    /// the server clips again, adds Gaussian noise of standard deviation z × clip to the
+    /// sum and divides by the expected count; ε is printed per round.
+    #[arg(long, requires = "dp_clip")]
+    dp_noise: Option<f32>,
+    /// Differential privacy: the clip norm of one device's delta (with --dp-noise).
+    #[arg(long, requires = "dp_noise")]
+    dp_clip: Option<f32>,
+    /// Differential privacy: the δ at which ε is reported.
+    #[arg(long, default_value_t = 1e-5)]
+    dp_delta: f64,
+}
+
+/// The differential-privacy run: its mechanism and the privacy spent so far.
+struct Privacy {
+    params: GaussianParams,
+    accountant: RdpAccountant,
+    q: f64,
+    delta: f64,
+}
+
+impl Privacy {
+    /// The mechanism of `--dp-noise`/`--dp-clip`, if given, with nothing spent yet.
+    fn of(a: &Args) -> Result<Option<Privacy>, Box<dyn std::error::Error>> {
+        let (Some(noise_multiplier), Some(clip_norm)) = (a.dp_noise, a.dp_clip) else {
+            return Ok(None);
+        };
+        let params = GaussianParams {
+            clip_norm,
+            noise_multiplier,
+            expected_updates: f64::from(a.fraction) * a.devices as f64,
+        };
+        params.check()?;
+        let privacy = Privacy {
+            params,
+            accountant: RdpAccountant::default(),
+            q: f64::from(a.fraction),
+            delta: a.dp_delta,
+        };
+        privacy.accountant.epsilon(a.dp_delta)?;
+        Ok(Some(privacy))
+    }
+
+    /// Accounts one more round; returns ε so far.
+    fn spend_round(&mut self) -> Result<f64, Box<dyn std::error::Error>> {
+        let noise = f64::from(self.params.noise_multiplier);
+        self.accountant.compose_sampled_gaussian(self.q, noise, 1)?;
+        Ok(self.accountant.epsilon(self.delta)?.0)
+    }
 }
 
 #[derive(Serialize)]
@@ -86,6 +139,9 @@ struct RoundRow {
     round: usize,
     accuracy: f32,
     seconds: f64,
+    /// ε at --dp-delta after this round (with --dp-noise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epsilon: Option<f64>,
 }
 
 /// Each device's example indices into the training split.
@@ -119,14 +175,18 @@ pub fn run(a: Args) -> CliResult {
     if a.devices == 0 || !(0.0..=1.0).contains(&a.fraction) {
         return Err("--devices must be positive and --fraction in [0, 1]".into());
     }
-    let rule = AggRule::from_name(&a.rule, a.clip_norm)
-        .ok_or_else(|| format!("--rule {:?}: use fedavg, trimmed or median", a.rule))?;
+    let mut privacy = Privacy::of(&a)?;
+    let rule = match &privacy {
+        Some(p) => AggRule::DpFedAvg(p.params),
+        None => AggRule::from_name(&a.rule, a.clip_norm)
+            .ok_or_else(|| format!("--rule {:?}: use fedavg, trimmed or median", a.rule))?,
+    };
     crate::output::json_mode(a.json);
     if let Some(path) = &a.plot {
         crate::output::check_writable("--plot", path)?;
     }
     let dir = tempfile::tempdir()?;
-    let mut sim = Simulation::start(&a, dir.path(), rule)?;
+    let mut sim = Simulation::start(&a, dir.path(), rule, privacy.as_ref().map(|p| p.params))?;
     println!(
         "simulate: {} devices ({}), C={} ({} per round), E={}, B={}, lr={}, rule {}, {} attackers; devices train on {}",
         a.devices,
@@ -136,7 +196,7 @@ pub fn run(a: Args) -> CliResult {
         a.local_epochs,
         a.batch,
         a.lr,
-        a.rule,
+        privacy.as_ref().map_or(a.rule.as_str(), |_| "dp-fedavg"),
         sim.attackers,
         sim.backend.describe()
     );
@@ -150,14 +210,24 @@ pub fn run(a: Args) -> CliResult {
     let mut reached = None;
     for round in 1..=a.rounds {
         let accuracy = sim.round(round)?;
+        let epsilon = privacy.as_mut().map(Privacy::spend_round).transpose()?;
+        let spent = epsilon.map_or(String::new(), |e| {
+            format!("  ε = {e:.2} at δ = {:e}", a.dp_delta)
+        });
         rows.push(RoundRow {
             round,
             accuracy,
             seconds: start.elapsed().as_secs_f64(),
+            epsilon,
         });
         bar.set_position(round as u64);
         bar.set_message(format!("accuracy {:.2}%", accuracy * 100.0));
-        bar.suspend(|| println!("round {round:>4}  test accuracy {:.2}%", accuracy * 100.0));
+        bar.suspend(|| {
+            println!(
+                "round {round:>4}  test accuracy {:.2}%{spent}",
+                accuracy * 100.0
+            )
+        });
         if a.target.is_some_and(|t| accuracy >= t) {
             reached = Some(round);
             break;
@@ -194,6 +264,9 @@ struct Simulation<'a> {
     per_round: usize,
     /// Devices `0..attackers` attack.
     attackers: usize,
+    /// With differential privacy: the mechanism (devices clip to its norm and take part
+    /// with probability C).
+    privacy: Option<GaussianParams>,
     server: std::sync::Arc<Server>,
     /// Runs the server; kept for as long as the simulation.
     _runtime: tokio::runtime::Runtime,
@@ -214,15 +287,17 @@ impl<'a> Simulation<'a> {
         a: &'a Args,
         dir: &Path,
         rule: AggRule,
+        privacy: Option<GaussianParams>,
     ) -> Result<Simulation<'a>, Box<dyn std::error::Error>> {
         let backend = Backend::auto(a.adapter.as_deref())?;
         let mnist = crate::fetch::mnist()?;
         let parts = partition(&mnist.train, a.devices, a.non_iid, a.seed);
         let per_round = ((a.fraction * a.devices as f32).round() as usize).max(1);
         let attackers = (a.attackers * a.devices as f32).round() as usize;
+        // Rounds run when the simulation says (`Server::run_round`), not by the server's loop.
         let config = ServerConfig {
-            min_updates: per_round as u64,
-            deadline: Duration::from_secs(3600),
+            min_updates: u64::MAX,
+            deadline: Duration::from_secs(24 * 3600),
             tick: Duration::from_millis(2),
             max_norm: 1e6,
             rule,
@@ -253,6 +328,7 @@ impl<'a> Simulation<'a> {
             parts,
             per_round,
             attackers,
+            privacy,
             server,
             _runtime: runtime,
             client,
@@ -264,24 +340,38 @@ impl<'a> Simulation<'a> {
         })
     }
 
+    /// The devices taking part in a round: C × devices of them at random, or with
+    /// differential privacy each one independently with probability C.
+    fn choose(&mut self) -> Vec<usize> {
+        if self.privacy.is_some() {
+            let q = f64::from(self.a.fraction);
+            return (0..self.a.devices)
+                .filter(|_| self.rng.random_bool(q))
+                .collect();
+        }
+        let mut chosen: Vec<usize> = (0..self.a.devices).collect();
+        chosen.shuffle(&mut self.rng);
+        chosen.truncate(self.per_round);
+        chosen
+    }
+
     /// One round: the chosen devices pull the current version, train on their data and
-    /// push; once the server publishes the aggregate, its test accuracy.
+    /// push; the server aggregates them and publishes; the new version's test accuracy.
     fn round(&mut self, round: usize) -> Result<f32, Box<dyn std::error::Error>> {
         self.client.pull(&self.model_path, &self.server_key)?;
         let file = ModelFile::open(&self.model_path)?;
-        let version = self.server.current_meta().map_or(1, |m| m.version);
-        let mut chosen: Vec<usize> = (0..self.a.devices).collect();
-        chosen.shuffle(&mut self.rng);
-        for &d in &chosen[..self.per_round] {
+        for d in self.choose() {
             self.push_update(d, &file, round)?;
         }
-        // The server's round policy aggregates once every selected device has reported.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.server.current_meta().map_or(1, |m| m.version) == version {
-            if Instant::now() > deadline {
-                return Err(format!("round {round}: the server published no new version (quality gate or aggregation failed)").into());
+        // A round without updates (possible with Poisson sampling) publishes nothing.
+        if let Some(record) = self.server.run_round()? {
+            if record.published.is_none() {
+                return Err(format!(
+                    "round {round}: the server published no new version ({})",
+                    record.gate
+                )
+                .into());
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
         self.client.pull(&self.model_path, &self.server_key)?;
         let global = Model::open(
@@ -314,12 +404,17 @@ impl<'a> Simulation<'a> {
             seed,
         )?;
         let after = model.params.trainable_values()?.to_vec()?;
-        // An attacker scales its honest delta.
-        let scale = if d < self.attackers {
+        // An attacker scales its honest delta; with differential privacy a device clips
+        // its own delta before it leaves (the server clips again).
+        let mut scale = if d < self.attackers {
             a.attack_scale
         } else {
             1.0
         };
+        if let Some(p) = &self.privacy {
+            let mut delta: Vec<f32> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+            scale *= clip_norm(&mut delta, p.clip_norm);
+        }
         let refined = scaled_update(&model, &before, &after, scale);
         let metrics = [Metric {
             name: "examples",

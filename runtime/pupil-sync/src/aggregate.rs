@@ -2,8 +2,12 @@
 //! weighted FedAvg, norm clipping, coordinate-wise trimmed mean and median, and
 //! server optimizers (momentum, FedAdam) that turn an aggregate into a step.
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::dp::{noised_mean, GaussianParams};
 
 /// Why deltas cannot be aggregated.
 #[derive(Clone, Debug, PartialEq, Error)]
@@ -35,6 +39,9 @@ pub enum AggregateError {
     /// LoRA adapter pairs could not be merged.
     #[error("LoRA adapters could not be merged: {0}")]
     Adapters(String),
+    /// The differential-privacy parameters are unusable.
+    #[error("differential-privacy parameters are invalid ({0}); the clip norm and the expected updates must be positive, the noise multiplier at least 0")]
+    BadPrivacy(String),
 }
 
 /// How the server combines a round's deltas.
@@ -56,6 +63,9 @@ pub enum Rule {
         /// Largest L2 norm of one delta.
         clip_norm: f32,
     },
+    /// DP-FedAvg: clip each delta, sum, add Gaussian noise and divide by the expected
+    /// number of updates (see [`crate::dp`]). Example counts are ignored.
+    DpFedAvg(GaussianParams),
 }
 
 impl Rule {
@@ -75,7 +85,7 @@ impl Rule {
 }
 
 /// Checks that `deltas` is non-empty and of equal lengths; returns the length.
-fn common_len(deltas: &[&[f32]]) -> Result<usize, AggregateError> {
+pub(crate) fn common_len(deltas: &[&[f32]]) -> Result<usize, AggregateError> {
     let first = deltas.first().ok_or(AggregateError::Empty)?;
     let expected = first.len();
     for (index, d) in deltas.iter().enumerate() {
@@ -185,7 +195,8 @@ pub fn median(deltas: &[&[f32]]) -> Result<Vec<f32>, AggregateError> {
     })
 }
 
-/// Combines `deltas` by `rule`; `weights` are used by FedAvg only.
+/// Combines `deltas` by `rule`; `weights` are used by FedAvg only. The DP rule draws its
+/// noise from the operating system's generator.
 pub fn aggregate(
     rule: Rule,
     deltas: &[&[f32]],
@@ -201,6 +212,7 @@ pub fn aggregate(
             let c = clipped(deltas, clip_norm);
             median(&c.iter().map(Vec::as_slice).collect::<Vec<_>>())
         }
+        Rule::DpFedAvg(p) => noised_mean(deltas, &p, &mut StdRng::from_os_rng()),
     }
 }
 

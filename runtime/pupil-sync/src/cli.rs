@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::aggregate::Rule;
+use crate::dp::GaussianParams;
 use crate::error::io_err;
 use crate::lora_merge::Merge;
 use crate::server::{self, finite_gate, Server, ServerConfig, Tls};
@@ -39,15 +40,24 @@ pub struct ServeArgs {
     /// Most examples one update counts for in FedAvg (larger claims are capped).
     #[arg(long, default_value_t = 100_000)]
     pub max_examples: u64,
-    /// Aggregation rule: fedavg, trimmed (clip + 20% trimmed mean) or median (clip + median).
+    /// Aggregation rule: fedavg, trimmed (clip + 20% trimmed mean), median (clip +
+    /// median) or dp (DP-FedAvg: clip to --clip-norm, sum, add Gaussian noise of standard
+    /// deviation --dp-noise × --clip-norm, divide by --dp-expected).
     #[arg(long, default_value = "fedavg")]
     pub rule: String,
+    /// With --rule dp: the noise multiplier z.
+    #[arg(long, default_value_t = 1.0)]
+    pub dp_noise: f32,
+    /// With --rule dp: the updates expected per round (devices × their participation
+    /// rate), the fixed denominator of the noised mean.
+    #[arg(long)]
+    pub dp_expected: Option<f64>,
     /// How FedAvg merges LoRA adapters (`*.lora_a`/`*.lora_b` pairs): product (the mean
     /// of each device's B A, re-factored by truncated SVD) or factors (A and B averaged
     /// apart: biased, for comparison).
     #[arg(long, default_value = "product")]
     pub lora_merge: String,
-    /// Clip norm of the robust rules.
+    /// Clip norm of the robust rules and of --rule dp.
     #[arg(long, default_value_t = 10.0)]
     pub clip_norm: f32,
     /// Admin token (registration, rollback).
@@ -88,14 +98,35 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The server settings these arguments describe.
-    pub fn config(&self) -> Result<ServerConfig, SyncError> {
-        let rule = Rule::from_name(&self.rule, self.clip_norm).ok_or_else(|| {
+    /// The aggregation rule of `--rule` and its flags.
+    fn rule(&self) -> Result<Rule, SyncError> {
+        if self.rule == "dp" {
+            let expected_updates = self.dp_expected.ok_or_else(|| {
+                SyncError::InvalidArgument(
+                    "--rule dp needs --dp-expected N: the updates expected per round".into(),
+                )
+            })?;
+            let params = GaussianParams {
+                clip_norm: self.clip_norm,
+                noise_multiplier: self.dp_noise,
+                expected_updates,
+            };
+            params
+                .check()
+                .map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
+            return Ok(Rule::DpFedAvg(params));
+        }
+        Rule::from_name(&self.rule, self.clip_norm).ok_or_else(|| {
             SyncError::InvalidArgument(format!(
-                "unknown rule {:?}; use fedavg, trimmed or median",
+                "unknown rule {:?}; use fedavg, trimmed, median or dp",
                 self.rule
             ))
-        })?;
+        })
+    }
+
+    /// The server settings these arguments describe.
+    pub fn config(&self) -> Result<ServerConfig, SyncError> {
+        let rule = self.rule()?;
         let lora_merge = match self.lora_merge.as_str() {
             "product" => Merge::Product,
             "factors" => Merge::Factors,
@@ -197,4 +228,57 @@ async fn shutdown() {
     }
     #[cfg(not(unix))]
     ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<ServerConfig, SyncError> {
+        let argv = ["serve", "--store", "s"];
+        Serve::try_parse_from(argv.iter().chain(flags))
+            .map_err(|e| SyncError::InvalidArgument(e.to_string()))?
+            .args
+            .config()
+    }
+
+    #[test]
+    fn the_dp_rule_takes_its_flags_and_needs_the_expected_count() {
+        let c = config(&[
+            "--rule",
+            "dp",
+            "--clip-norm",
+            "2",
+            "--dp-noise",
+            "0.8",
+            "--dp-expected",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.rule,
+            Rule::DpFedAvg(GaussianParams {
+                clip_norm: 2.0,
+                noise_multiplier: 0.8,
+                expected_updates: 50.0,
+            })
+        );
+        let err = config(&["--rule", "dp"]).unwrap_err().to_string();
+        assert!(err.contains("--dp-expected"), "{err}");
+        let err = config(&["--rule", "dp", "--dp-expected", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid"), "{err}");
+        assert!(config(&["--rule", "nope"])
+            .unwrap_err()
+            .to_string()
+            .contains("dp"));
+    }
 }

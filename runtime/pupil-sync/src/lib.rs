@@ -4,7 +4,7 @@
 //! ([`keys`]), queue them durably and upload them ([`client`]); the server
 //! ([`server`]) authenticates and validates each one, stores it in an embedded
 //! database ([`store`]) before acknowledging it, aggregates rounds with robust
-//! rules ([`aggregate`]), gates candidates on a holdout and publishes signed
+//! rules ([`aggregate`]), optionally with differential privacy ([`dp`]), gates candidates on a holdout and publishes signed
 //! model versions that devices verify before use.
 //!
 //! The server, its store and `pupil serve`'s arguments are behind the `server`
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod delta;
+pub mod dp;
 pub mod error;
 mod fsutil;
 pub mod hex;

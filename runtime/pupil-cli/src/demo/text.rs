@@ -318,6 +318,41 @@ fn rounds(
         curves.fleet.push(mean(&own));
         curves.general.push(mean(&general));
     }
+    if let Ok(scales) = std::env::var("PUPIL_EXP_SCALES") {
+        for sc in scales.split(',') {
+            let sc: f32 = sc.parse()?;
+            let (mut o2, mut g2) = (Vec::new(), Vec::new());
+            for d in devices {
+                let lora = fleet.adapters(d, 0)?;
+                for info in lora.params().infos().to_vec() {
+                    if fleet
+                        .personal
+                        .iter()
+                        .any(|p| info.name.starts_with(p.as_str()))
+                        && info.name.ends_with("lora_b")
+                    {
+                        let id = lora.params().find(&info.name).unwrap();
+                        let v: Vec<f32> = lora
+                            .params()
+                            .value(id)?
+                            .to_vec()?
+                            .iter()
+                            .map(|x| x * sc)
+                            .collect();
+                        lora.params().set(id, &v)?;
+                    }
+                }
+                fleet.lm.model_mut().set_lora(Some(lora));
+                o2.push(perplexity(fleet.lm.model(), &d.held, WINDOW)?);
+                g2.push(perplexity(fleet.lm.model(), &fleet.general, WINDOW)?);
+            }
+            println!(
+                "EXP scale {sc}: held-out {:.2} general {:.2}",
+                mean(&o2),
+                mean(&g2)
+            );
+        }
+    }
     let general_shared = published_general(fleet, &devices[0])?;
     let alone = if a.skip_alone {
         Vec::new()
