@@ -4,7 +4,9 @@
 //! pushes their signed f16 delta, the server merges the devices' adapters (product rule by
 //! default, `--lora-merge factors` for the naive one) into a shared adapter published as a
 //! version, and the device pulls it. Its output-projection adapter is personal: it trains
-//! beside the shared one and never leaves the device. Per round the demo measures held-out
+//! beside the shared one and never leaves the device; the device runs it blended in at the
+//! largest scale that keeps its perplexity on the base's own samples within `--max-drift`
+//! (`pupil::refine::blend`). Per round the demo measures held-out
 //! perplexity on each device's own play for shared + personal and for training alone (the
 //! same steps, nothing shared), and general-text perplexity (the Lee news corpus).
 
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use pupil::format::ModelFile;
 use pupil::import::{import_file, Target as Keep};
 use pupil::models::llama::{CausalLm, LlamaLora, Target};
+use pupil::refine::blend::{blend_personal, Blend};
 use pupil::refine::text::{perplexity, personalise, self_anchors, windows, TextConfig};
 use pupil::Backend;
 use pupil_sync::client::{Client, DeltaEncoding, DeviceDir, UpdateOptions};
@@ -36,6 +39,11 @@ const ANCHORS: usize = 16;
 const HELD_WINDOWS: usize = 4;
 /// General-text windows (the Lee news corpus).
 const GENERAL_WINDOWS: usize = 8;
+/// Probe windows sampled from the base, apart from the anchors: the drift bound of the
+/// personal adapter's blend is measured on them.
+const PROBE_WINDOWS: usize = 4;
+/// The personal adapter's scales a device tries, largest first.
+const BLEND_SCALES: [f32; 4] = [0.25, 0.5, 0.75, 1.0];
 /// The projections that are shared; the output projection stays on the device.
 const SHARED: [Target; 2] = [Target::Q, Target::V];
 const TRAINED: [Target; 3] = [Target::Q, Target::V, Target::O];
@@ -92,6 +100,11 @@ struct TextFleet {
     anchors: Vec<Vec<u32>>,
     personal: Vec<String>,
     general: Vec<u32>,
+    /// The base's own samples, held apart, and its perplexity on them.
+    probe: Vec<Vec<u32>>,
+    probe_base: f64,
+    /// Largest rise of the probe perplexity a personal blend may cause.
+    max_drift: f64,
 }
 
 impl TextFleet {
@@ -148,13 +161,33 @@ impl TextFleet {
         Ok(plan.planned_bytes)
     }
 
-    /// Held-out perplexity of shared + personal on `d`'s play, and general perplexity.
-    fn measure_device(&mut self, d: &Device) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    /// The model `d` runs: the shared adapters with its personal ones blended in as far as
+    /// the drift bound allows; returns the blend.
+    fn device_model(&mut self, d: &Device) -> Result<Blend, Box<dyn std::error::Error>> {
         let lora = self.adapters(d, 0)?;
         self.lm.model_mut().set_lora(Some(lora));
+        let personal = |name: &str| self.personal.iter().any(|p| name.starts_with(p.as_str()));
+        Ok(blend_personal(
+            self.lm.model(),
+            personal,
+            &self.probe,
+            WINDOW,
+            self.probe_base,
+            self.max_drift,
+            &BLEND_SCALES,
+        )?)
+    }
+
+    /// Held-out perplexity of the model `d` runs on its play, general perplexity, and the
+    /// scale of its personal adapter.
+    fn measure_device(
+        &mut self,
+        d: &Device,
+    ) -> Result<(f64, f64, f32), Box<dyn std::error::Error>> {
+        let blend = self.device_model(d)?;
         let own = perplexity(self.lm.model(), &d.held, WINDOW)?;
         let general = perplexity(self.lm.model(), &self.general, WINDOW)?;
-        Ok((own, general))
+        Ok((own, general, blend.scale))
     }
 }
 
@@ -226,9 +259,12 @@ fn load(
         .map(|p| lm.tokenizer().encode(p))
         .collect::<pupil::Result<Vec<_>>>()?;
     let anchors = self_anchors(lm.model(), &prompts, ANCHORS.min(2 * a.windows), WINDOW, 5)?;
+    let probe = self_anchors(lm.model(), &prompts, PROBE_WINDOWS, WINDOW, 6)?;
+    let probe_base = perplexity(lm.model(), &probe.concat(), WINDOW)?;
     println!(
-        "sampled {} anchor windows from the base in {:.0} s (replay anchors: they hold general English)",
+        "sampled {} anchor and {} probe windows from the base in {:.0} s (anchors hold general English in training; the probe bounds the personal blend)",
         anchors.len(),
+        probe.len(),
         t.elapsed().as_secs_f64()
     );
     let cfg = lm.config().clone();
@@ -253,6 +289,9 @@ fn load(
             .map(|i| format!("blk.{i}.{}.", Target::O.name()))
             .collect(),
         general,
+        probe,
+        probe_base,
+        max_drift: a.max_drift,
     };
     Ok((fleet, devices))
 }
@@ -266,6 +305,8 @@ struct Outcome {
     /// personal.
     fleet: Vec<f64>,
     general: Vec<f64>,
+    /// Each device's personal scale after the last round.
+    scales: Vec<f64>,
     /// General perplexity of the published shared adapter alone.
     general_shared: f64,
     /// Held-out perplexity per device after training alone (empty with `--skip-alone`).
@@ -293,65 +334,33 @@ fn rounds(
         general: vec![general_base],
         ..Curves::default()
     };
-    let (mut planned_bytes, mut own, mut general) = (0, Vec::new(), Vec::new());
+    let (mut planned_bytes, mut own, mut general, mut scales) =
+        (0, Vec::new(), Vec::new(), Vec::new());
     for round in 1..=a.rounds as u64 {
         let t = Instant::now();
         for d in devices {
             planned_bytes = fleet.refine_and_push(d, &up.client, &up.server_key, round)?;
         }
         let record = up.server.run_round()?.ok_or("the server had no updates")?;
-        (own, general) = (Vec::new(), Vec::new());
+        (own, general, scales) = (Vec::new(), Vec::new(), Vec::new());
         for d in devices {
             up.client.pull(&d.shared_path(), &up.server_key)?;
-            let (o, g) = fleet.measure_device(d)?;
+            let (o, g, s) = fleet.measure_device(d)?;
             own.push(o);
             general.push(g);
+            scales.push(f64::from(s));
         }
         println!(
-            "round {round}: {} updates, {}; mean held-out perplexity {:.2}, general {:.2} ({:.0} s)",
+            "round {round}: {} updates, {}; mean held-out perplexity {:.2}, general {:.2}, personal scale {:.2} ({:.0} s)",
             record.updates,
             record.gate,
             mean(&own),
             mean(&general),
+            mean(&scales),
             t.elapsed().as_secs_f64()
         );
         curves.fleet.push(mean(&own));
         curves.general.push(mean(&general));
-    }
-    if let Ok(scales) = std::env::var("PUPIL_EXP_SCALES") {
-        for sc in scales.split(',') {
-            let sc: f32 = sc.parse()?;
-            let (mut o2, mut g2) = (Vec::new(), Vec::new());
-            for d in devices {
-                let lora = fleet.adapters(d, 0)?;
-                for info in lora.params().infos().to_vec() {
-                    if fleet
-                        .personal
-                        .iter()
-                        .any(|p| info.name.starts_with(p.as_str()))
-                        && info.name.ends_with("lora_b")
-                    {
-                        let id = lora.params().find(&info.name).unwrap();
-                        let v: Vec<f32> = lora
-                            .params()
-                            .value(id)?
-                            .to_vec()?
-                            .iter()
-                            .map(|x| x * sc)
-                            .collect();
-                        lora.params().set(id, &v)?;
-                    }
-                }
-                fleet.lm.model_mut().set_lora(Some(lora));
-                o2.push(perplexity(fleet.lm.model(), &d.held, WINDOW)?);
-                g2.push(perplexity(fleet.lm.model(), &fleet.general, WINDOW)?);
-            }
-            println!(
-                "EXP scale {sc}: held-out {:.2} general {:.2}",
-                mean(&o2),
-                mean(&g2)
-            );
-        }
     }
     let general_shared = published_general(fleet, &devices[0])?;
     let alone = if a.skip_alone {
@@ -364,6 +373,7 @@ fn rounds(
         general_base,
         fleet: own,
         general,
+        scales,
         general_shared,
         alone,
         curves,
@@ -410,12 +420,14 @@ pub fn run(a: &Args, backend: Backend) -> CliResult {
 fn report(a: &Args, dir: &Path, merge: Merge, devices: &[Device], o: &Outcome) -> CliResult {
     print_table(devices, &o.base, &o.alone, &o.fleet);
     println!(
-        "general perplexity: base {:.2}, shared version {:.2} ({:+.1} %), shared + personal {:.2} ({:+.1} %)",
+        "general perplexity: base {:.2}, shared version {:.2} ({:+.1} %), shared + personal {:.2} ({:+.1} %; personal adapters blended at mean scale {:.2}, drift bound {:.0} % on the base's samples)",
         o.general_base,
         o.general_shared,
         change(o.general_base, o.general_shared),
         mean(&o.general),
-        change(o.general_base, mean(&o.general))
+        change(o.general_base, mean(&o.general)),
+        mean(&o.scales),
+        a.max_drift * 100.0
     );
     let plot_path = dir.join("demo-text.png");
     plot(&plot_path, &o.curves)?;
@@ -430,7 +442,8 @@ fn report(a: &Args, dir: &Path, merge: Merge, devices: &[Device], o: &Outcome) -
             .enumerate()
             .map(|(i, d)| {
                 serde_json::json!({ "device": d.name, "play": d.title, "base": o.base[i],
-                    "alone": o.alone.get(i), "shared_personal": o.fleet[i], "general": o.general[i] })
+                    "alone": o.alone.get(i), "shared_personal": o.fleet[i], "general": o.general[i],
+                    "personal_scale": o.scales[i] })
             })
             .collect();
         let alone = (!o.alone.is_empty()).then(|| mean(&o.alone));

@@ -22,6 +22,8 @@ pub mod lora;
 pub mod lora_file;
 mod run;
 pub mod sample;
+#[cfg(test)]
+pub(crate) mod testing;
 mod weight;
 
 pub use cache::KvCache;

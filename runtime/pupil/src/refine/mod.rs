@@ -14,6 +14,7 @@
 //! - [`text`]: decoder personalisation (LoRA on local text, perplexity, self-sampled anchors);
 //! - [`generate`]: generate-score-train, sampling and judging continuations of local prompts.
 
+pub mod blend;
 pub mod checkpoint;
 pub mod distill;
 pub mod distill_encoder;
