@@ -50,7 +50,9 @@ pub fn blend_personal(
     let lora = lm
         .lora()
         .ok_or_else(|| Error::Invalid("blending needs a model with adapters".into()))?;
-    if !(reference.is_finite() && reference > 0.0) || !(max_rise >= 0.0) {
+    let usable =
+        reference.is_finite() && reference > 0.0 && max_rise.is_finite() && max_rise >= 0.0;
+    if !usable {
         return Err(Error::Invalid(format!(
             "reference perplexity {reference} and allowed rise {max_rise} must be positive"
         )));
