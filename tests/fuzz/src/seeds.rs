@@ -13,7 +13,9 @@ use pupil_wire::update::{EncodedDelta, UpdateDraft};
 use pupil_wire::Metric;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
     fs::create_dir_all(&dir).expect("the seeds directory");
     fs::write(dir.join(name), bytes).expect("a seed");
 }
@@ -24,8 +26,13 @@ fn model(weight: f32) -> Vec<u8> {
     b.config("classes", pupil_format::ConfigValue::Int(3))
         .expect("a config entry");
     b.add_f32("fc.weight", &[3, 4], &[weight; 12]).expect("f32");
-    b.add_f32_as("fc.bias", pupil_format::DType::F16, &[3], &[0.25, -1.0, 2.0])
-        .expect("f16");
+    b.add_f32_as(
+        "fc.bias",
+        pupil_format::DType::F16,
+        &[3],
+        &[0.25, -1.0, 2.0],
+    )
+    .expect("f16");
     b.add_tensor("ids", pupil_format::DType::I8, &[4], vec![1, 2, 3, 4])
         .expect("i8");
     b.to_bytes().expect("the model")
@@ -37,7 +44,9 @@ fn update() -> Vec<u8> {
     let encoded = [
         EncodedDelta::f16("a", &[12], &values).expect("f16"),
         EncodedDelta::int8("b", &[3, 4], &values).expect("int8"),
-        EncodedDelta::top_k("c", &[12], &values, None, 4).expect("top-k").delta,
+        EncodedDelta::top_k("c", &[12], &values, None, 4)
+            .expect("top-k")
+            .delta,
     ];
     let views: Vec<_> = encoded.iter().map(EncodedDelta::as_delta).collect();
     let body = UpdateDraft {
@@ -92,7 +101,10 @@ fn gguf() -> Vec<u8> {
         gguf_string(&mut out, t);
     }
     // token_embd: [4, 32] F32; output: [4, 32] Q8_0 (4 blocks of 34 bytes).
-    let tensors = [("token_embd.weight", 0u32, 4 * 32 * 4), ("output.weight", 8, 4 * 34)];
+    let tensors = [
+        ("token_embd.weight", 0u32, 4 * 32 * 4),
+        ("output.weight", 8, 4 * 34),
+    ];
     let mut offset = 0u64;
     for (name, ty, len) in tensors {
         gguf_string(&mut out, name);
@@ -167,7 +179,15 @@ fn main() {
     write("server_request", "update", &request(1, 2, bytes, &update));
     let open = br#"{"seq":1,"length":100,"sha256":"00"}"#;
     write("server_request", "upload", &request(1, 3, json, open));
-    write("server_request", "chunk", &request(2, 4, &format!("abc?offset=0{bytes}"), b"xyz"));
-    write("server_request", "rollback", &request(1, 9, "\nx-pupil-admin: fuzz-admin", b"{\"version\":1}"));
+    write(
+        "server_request",
+        "chunk",
+        &request(2, 4, &format!("abc?offset=0{bytes}"), b"xyz"),
+    );
+    write(
+        "server_request",
+        "rollback",
+        &request(1, 9, "\nx-pupil-admin: fuzz-admin", b"{\"version\":1}"),
+    );
     println!("seeds written under {}/seeds", env!("CARGO_MANIFEST_DIR"));
 }
