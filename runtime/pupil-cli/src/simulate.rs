@@ -31,7 +31,9 @@ use crate::CliResult;
 #[derive(clap::Args)]
 #[command(
     after_help = "McMahan et al. 2017's 2NN setting: pupil simulate --devices 100 --fraction 0.1 \
---local-epochs 1 --batch 10 --rounds 200 --target 0.97 [--non-iid]"
+--local-epochs 1 --batch 10 --rounds 200 --target 0.97 [--non-iid]\n\
+DP-FedAvg, 94 % at ε = 7.9 (δ = 1e-5): pupil simulate --devices 1000 --fraction 0.1 \
+--local-epochs 5 --lr 0.1 --rounds 100 --dp-noise 1.0 --dp-clip 1.0"
 )]
 pub struct Args {
     /// Simulated devices (MNIST's 60,000 training images split among them).

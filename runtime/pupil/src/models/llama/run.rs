@@ -1,6 +1,6 @@
 //! A loaded Llama language model: prefill, one-token decode steps and generation.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use super::sample::Sampler;
 use super::{KvCache, Llama, LlamaConfig};
