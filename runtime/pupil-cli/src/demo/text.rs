@@ -100,9 +100,8 @@ struct TextFleet {
     anchors: Vec<Vec<u32>>,
     personal: Vec<String>,
     general: Vec<u32>,
-    /// The base's own samples, held apart, and its perplexity on them.
+    /// The base's own samples, held apart from the anchors.
     probe: Vec<Vec<u32>>,
-    probe_base: f64,
     /// Largest rise of the probe perplexity a personal blend may cause.
     max_drift: f64,
 }
@@ -172,7 +171,6 @@ impl TextFleet {
             personal,
             &self.probe,
             WINDOW,
-            self.probe_base,
             self.max_drift,
             &BLEND_SCALES,
         )?)
@@ -260,7 +258,6 @@ fn load(
         .collect::<pupil::Result<Vec<_>>>()?;
     let anchors = self_anchors(lm.model(), &prompts, ANCHORS.min(2 * a.windows), WINDOW, 5)?;
     let probe = self_anchors(lm.model(), &prompts, PROBE_WINDOWS, WINDOW, 6)?;
-    let probe_base = perplexity(lm.model(), &probe.concat(), WINDOW)?;
     println!(
         "sampled {} anchor and {} probe windows from the base in {:.0} s (anchors hold general English in training; the probe bounds the personal blend)",
         anchors.len(),
@@ -290,7 +287,6 @@ fn load(
             .collect(),
         general,
         probe,
-        probe_base,
         max_drift: a.max_drift,
     };
     Ok((fleet, devices))

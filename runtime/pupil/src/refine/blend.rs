@@ -7,9 +7,10 @@
 //! models"): most of the local gain comes back at a fraction of the drift. The device keeps
 //! the largest `s` whose perplexity on a *probe*, windows the base model sampled itself
 //! ([`super::text::self_anchors`], held apart from the replay anchors), rises at most
-//! `max_rise` over a reference (the base's own perplexity on the probe). It needs no text
-//! but its own and the base's samples, and the trained adapter is not changed on disk:
-//! the blend is how the device runs it.
+//! `max_rise` over the shared model's (`s = 0`): the personal adapter may add that much
+//! drift to the version the server published (and gated). It needs no text but its own
+//! and the base's samples, and the trained adapter is not changed on disk: the blend is
+//! how the device runs it.
 
 use crate::error::{Error, Result};
 use crate::models::llama::Llama;
@@ -23,7 +24,7 @@ pub struct Blend {
     pub scale: f32,
     /// Perplexity on the probe at that scale.
     pub probe: f64,
-    /// The probe perplexity the rise is measured against.
+    /// The shared model's probe perplexity (scale 0), which the rise is measured against.
     pub reference: f64,
 }
 
@@ -36,25 +37,23 @@ impl Blend {
 
 /// Scales the LoRA `B` factors of `lm`'s adapters named by `personal` to the largest of
 /// `scales` (tried from the largest down) whose perplexity on `probe` (windows of
-/// `window + 1` tokens) is at most `(1 + max_rise) × reference`, or to 0 when none is.
-/// The adapters must come fresh from training or loading (scale 1).
+/// `window + 1` tokens) is at most `(1 + max_rise)` times the perplexity with the personal
+/// adapters off, or to 0 when none is. The adapters must come fresh from training or
+/// loading (scale 1).
 pub fn blend_personal(
     lm: &Llama,
     personal: impl Fn(&str) -> bool,
     probe: &[Vec<u32>],
     window: usize,
-    reference: f64,
     max_rise: f64,
     scales: &[f32],
 ) -> Result<Blend> {
     let lora = lm
         .lora()
         .ok_or_else(|| Error::Invalid("blending needs a model with adapters".into()))?;
-    let usable =
-        reference.is_finite() && reference > 0.0 && max_rise.is_finite() && max_rise >= 0.0;
-    if !usable {
+    if !(max_rise.is_finite() && max_rise >= 0.0) {
         return Err(Error::Invalid(format!(
-            "reference perplexity {reference} and allowed rise {max_rise} must be positive"
+            "the allowed rise {max_rise} must be finite and at least 0"
         )));
     }
     let params = lora.params();
@@ -76,6 +75,8 @@ pub fn blend_personal(
         Ok(())
     };
     let tokens: Vec<u32> = probe.concat();
+    set_scale(0.0)?;
+    let reference = perplexity(lm, &tokens, window)?;
     let mut order: Vec<f32> = scales.iter().copied().filter(|s| *s > 0.0).collect();
     order.sort_by(|a, b| b.total_cmp(a));
     for s in order {
@@ -92,7 +93,7 @@ pub fn blend_personal(
     set_scale(0.0)?;
     Ok(Blend {
         scale: 0.0,
-        probe: perplexity(lm, &tokens, window)?,
+        probe: reference,
         reference,
     })
 }
@@ -128,8 +129,9 @@ mod tests {
         p.value(p.find(name).unwrap()).unwrap().to_vec().unwrap()
     }
 
-    /// The scale is the largest one within the bound; only the personal B factors move, by
-    /// exactly that factor; the reported probe perplexity is the model's at that scale.
+    /// The scale is the largest one within the bound over the model without personal
+    /// adapters; only the personal B factors move, by exactly that factor; the reported
+    /// probe perplexity is the model's at that scale.
     #[test]
     fn the_largest_scale_within_the_bound_is_kept() {
         let probe: Vec<Vec<u32>> = (0..2)
@@ -141,18 +143,19 @@ mod tests {
 
         let lm = adapted();
         let (o_before, q_before) = (b_values(&lm, &o), b_values(&lm, &q));
-        let loose = blend_personal(&lm, personal, &probe, 8, 1.0, 1e9, &[0.5, 1.0]).unwrap();
+        let loose = blend_personal(&lm, personal, &probe, 8, 1e9, &[0.5, 1.0]).unwrap();
         assert_eq!(loose.scale, 1.0);
         assert_eq!(b_values(&lm, &o), o_before);
-
-        let at_half = blend_personal(&adapted(), personal, &probe, 8, 1.0, 1e9, &[0.5]).unwrap();
+        let at_half = blend_personal(&adapted(), personal, &probe, 8, 1e9, &[0.5]).unwrap();
         assert!(
             loose.probe > at_half.probe,
-            "random adapters raise perplexity"
+            "large random adapters raise perplexity"
         );
+
+        // Allow exactly the rise of scale 0.5: 1.0 exceeds it.
         let lm = adapted();
-        let half =
-            blend_personal(&lm, personal, &probe, 8, at_half.probe, 0.0, &[0.5, 1.0]).unwrap();
+        let rise = at_half.rise();
+        let half = blend_personal(&lm, personal, &probe, 8, rise, &[0.5, 1.0]).unwrap();
         assert_eq!(half.scale, 0.5);
         assert_eq!(b_values(&lm, &q), q_before, "shared factors stay");
         let want: Vec<f32> = o_before.iter().map(|v| v * 0.5).collect();
@@ -160,11 +163,11 @@ mod tests {
         let tokens: Vec<u32> = probe.concat();
         assert_eq!(half.probe, perplexity(&lm, &tokens, 8).unwrap());
 
-        // A bound nothing meets: the personal adapter is switched off.
+        // No rise allowed: the personal adapter is switched off.
         let lm = adapted();
-        let none = blend_personal(&lm, personal, &probe, 8, 1e-3, 0.0, &[0.25, 0.5, 1.0]).unwrap();
-        assert_eq!(none.scale, 0.0);
+        let none = blend_personal(&lm, personal, &probe, 8, 0.0, &[0.25, 0.5, 1.0]).unwrap();
+        assert_eq!((none.scale, none.probe), (0.0, none.reference));
         assert!(b_values(&lm, &o).iter().all(|&v| v == 0.0));
-        assert!(blend_personal(&lm, personal, &probe, 8, 0.0, 0.0, &[1.0]).is_err());
+        assert!(blend_personal(&lm, personal, &probe, 8, f64::NAN, &[1.0]).is_err());
     }
 }
