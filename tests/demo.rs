@@ -133,6 +133,8 @@ fn text_demo_personalises_a_decoder_fleet() {
         );
         assert!(fleet < base, "{d}");
         assert!(d["alone"].as_f64().unwrap().is_finite(), "{d}");
+        let scale = d["personal_scale"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&scale), "{d}");
     }
     assert_eq!(r["curves"]["shared_personal"].as_array().unwrap().len(), 3);
     assert_eq!(r["curves"]["alone"].as_array().unwrap().len(), 3);
