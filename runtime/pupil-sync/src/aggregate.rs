@@ -84,28 +84,17 @@ impl Rule {
     }
 }
 
-/// Checks that `deltas` is non-empty and of equal lengths; returns the length.
-pub(crate) fn common_len(deltas: &[&[f32]]) -> Result<usize, AggregateError> {
-    let first = deltas.first().ok_or(AggregateError::Empty)?;
-    let expected = first.len();
-    for (index, d) in deltas.iter().enumerate() {
-        if d.len() != expected {
-            return Err(AggregateError::LengthMismatch {
-                index,
-                len: d.len(),
-                expected,
-            });
-        }
-    }
-    Ok(expected)
-}
+mod stream;
 
-/// The weighted mean of `deltas`, accumulated in f64.
-pub fn fedavg(deltas: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, AggregateError> {
-    let n = common_len(deltas)?;
-    if weights.len() != deltas.len() {
+pub(crate) use stream::{clip_factors, common_len, per_coordinate};
+pub use stream::{DeltaSource, BLOCK};
+
+/// Checks FedAvg's weights: one finite, non-negative weight per delta with a positive
+/// sum; returns the sum.
+fn check_weights(weights: &[f64], deltas: usize) -> Result<f64, AggregateError> {
+    if weights.len() != deltas {
         return Err(AggregateError::BadWeights {
-            detail: format!("{} weights for {} deltas", weights.len(), deltas.len()),
+            detail: format!("{} weights for {} deltas", weights.len(), deltas),
         });
     }
     let total: f64 = weights.iter().sum();
@@ -114,85 +103,63 @@ pub fn fedavg(deltas: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, AggregateE
             detail: format!("sum {total}"),
         });
     }
-    let mut acc = vec![0.0f64; n];
-    for (d, w) in deltas.iter().zip(weights) {
-        acc.iter_mut()
-            .zip(d.iter())
-            .for_each(|(a, &v)| *a += w * f64::from(v));
-    }
-    Ok(acc.into_iter().map(|a| (a / total) as f32).collect())
+    Ok(total)
+}
+
+/// The weighted mean of `deltas`, accumulated in f64.
+pub fn fedavg(deltas: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, AggregateError> {
+    aggregate(Rule::FedAvg, deltas, weights)
 }
 
 /// The L2 norm of `x`, accumulated in f64.
 pub fn l2_norm(x: &[f32]) -> f64 {
-    x.iter()
-        .map(|&v| f64::from(v) * f64::from(v))
-        .sum::<f64>()
-        .sqrt()
+    x.squared_norm().sqrt()
 }
 
 /// Scales `delta` down so its L2 norm is at most `max_norm`; returns the factor.
 pub fn clip_norm(delta: &mut [f32], max_norm: f32) -> f32 {
-    let norm = l2_norm(delta);
-    if norm <= f64::from(max_norm) || norm == 0.0 {
-        return 1.0;
+    let factor = stream::clip_factor((&*delta).squared_norm(), max_norm);
+    if factor != 1.0 {
+        delta.iter_mut().for_each(|v| *v *= factor);
     }
-    let factor = (f64::from(max_norm) / norm) as f32;
-    delta.iter_mut().for_each(|v| *v *= factor);
     factor
-}
-
-/// Copies of `deltas`, each clipped to `max_norm`.
-fn clipped(deltas: &[&[f32]], max_norm: f32) -> Vec<Vec<f32>> {
-    deltas
-        .iter()
-        .map(|d| {
-            let mut c = d.to_vec();
-            clip_norm(&mut c, max_norm);
-            c
-        })
-        .collect()
-}
-
-/// Applies `f` to the sorted values of every coordinate.
-fn per_coordinate(
-    deltas: &[&[f32]],
-    f: impl Fn(&[f32]) -> f32,
-) -> Result<Vec<f32>, AggregateError> {
-    let n = common_len(deltas)?;
-    let mut column = vec![0.0f32; deltas.len()];
-    Ok((0..n)
-        .map(|i| {
-            column.iter_mut().zip(deltas).for_each(|(c, d)| *c = d[i]);
-            column.sort_unstable_by(f32::total_cmp);
-            f(&column)
-        })
-        .collect())
 }
 
 /// The coordinate-wise mean after dropping `floor(trim × n)` of the largest
 /// and of the smallest values of each coordinate.
 pub fn trimmed_mean(deltas: &[&[f32]], trim: f32) -> Result<Vec<f32>, AggregateError> {
-    if !(0.0..0.5).contains(&trim) {
-        return Err(AggregateError::BadTrim(trim));
-    }
-    let cut = (trim * deltas.len() as f32).floor() as usize;
-    per_coordinate(deltas, |sorted| {
-        let kept = &sorted[cut..sorted.len() - cut];
-        (kept.iter().map(|&v| f64::from(v)).sum::<f64>() / kept.len() as f64) as f32
-    })
+    let rule = Rule::TrimmedMean {
+        clip_norm: f32::INFINITY,
+        trim,
+    };
+    aggregate(rule, deltas, &[])
 }
 
 /// The coordinate-wise median (the mean of the middle two for an even count).
 pub fn median(deltas: &[&[f32]]) -> Result<Vec<f32>, AggregateError> {
-    per_coordinate(deltas, |sorted| {
-        let mid = sorted.len() / 2;
-        if sorted.len() % 2 == 1 {
-            sorted[mid]
-        } else {
-            (sorted[mid - 1] + sorted[mid]) / 2.0
-        }
-    })
+    aggregate(
+        Rule::Median {
+            clip_norm: f32::INFINITY,
+        },
+        deltas,
+        &[],
+    )
+}
+
+/// The mean of the values of `sorted` left after dropping `cut` from each end.
+fn trimmed(sorted: &[f32], cut: usize) -> f32 {
+    let kept = &sorted[cut..sorted.len() - cut];
+    (kept.iter().map(|&v| f64::from(v)).sum::<f64>() / kept.len() as f64) as f32
+}
+
+/// The median of `sorted` (the mean of the middle two for an even count).
+fn middle(sorted: &[f32]) -> f32 {
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
 }
 
 /// Combines `deltas` by `rule`; `weights` are used by FedAvg only. The DP rule draws its
@@ -202,15 +169,48 @@ pub fn aggregate(
     deltas: &[&[f32]],
     weights: &[f64],
 ) -> Result<Vec<f32>, AggregateError> {
+    aggregate_sources(rule, deltas, weights)
+}
+
+/// [`aggregate`] over deltas read a block at a time ([`DeltaSource`]): what a server
+/// round uses, so that its memory does not grow with one model-sized copy per update.
+pub fn aggregate_sources<S: DeltaSource>(
+    rule: Rule,
+    deltas: &[S],
+    weights: &[f64],
+) -> Result<Vec<f32>, AggregateError> {
+    let len = common_len(deltas)?;
+    let sort = |c: &mut [f32]| c.sort_unstable_by(f32::total_cmp);
     match rule {
-        Rule::FedAvg => fedavg(deltas, weights),
+        Rule::FedAvg => {
+            let total = check_weights(weights, deltas.len())?;
+            let ones = vec![1.0; deltas.len()];
+            Ok(per_coordinate(deltas, &ones, len, |column| {
+                let sum: f64 = column
+                    .iter()
+                    .zip(weights)
+                    .map(|(&v, w)| w * f64::from(v))
+                    .sum();
+                (sum / total) as f32
+            }))
+        }
         Rule::TrimmedMean { clip_norm, trim } => {
-            let c = clipped(deltas, clip_norm);
-            trimmed_mean(&c.iter().map(Vec::as_slice).collect::<Vec<_>>(), trim)
+            if !(0.0..0.5).contains(&trim) {
+                return Err(AggregateError::BadTrim(trim));
+            }
+            let cut = (trim * deltas.len() as f32).floor() as usize;
+            let scales = clip_factors(deltas, clip_norm);
+            Ok(per_coordinate(deltas, &scales, len, |column| {
+                sort(column);
+                trimmed(column, cut)
+            }))
         }
         Rule::Median { clip_norm } => {
-            let c = clipped(deltas, clip_norm);
-            median(&c.iter().map(Vec::as_slice).collect::<Vec<_>>())
+            let scales = clip_factors(deltas, clip_norm);
+            Ok(per_coordinate(deltas, &scales, len, |column| {
+                sort(column);
+                middle(column)
+            }))
         }
         Rule::DpFedAvg(p) => noised_mean(deltas, &p, &mut StdRng::from_os_rng()),
     }

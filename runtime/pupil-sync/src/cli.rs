@@ -11,6 +11,7 @@ use crate::dp::GaussianParams;
 use crate::error::io_err;
 use crate::lora_merge::Merge;
 use crate::server::{self, finite_gate, Server, ServerConfig, Tls};
+use crate::store::Retention;
 use crate::SyncError;
 
 /// Arguments of `pupil serve`.
@@ -95,6 +96,20 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's body.
     #[arg(long, default_value_t = 60)]
     pub body_timeout_secs: u64,
+    /// Newest versions the store keeps with their files (the current one, the last
+    /// rollback's target and version 1 stay besides); older ones are removed.
+    #[arg(long, default_value_t = 32)]
+    pub keep_versions: u64,
+    /// Seconds an aggregated update keeps its bytes; then only its SHA-256 stays (a
+    /// resent update is still answered "duplicate").
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub keep_updates_secs: u64,
+    /// Most MiB that all unfinished chunked uploads may declare together (then 507).
+    #[arg(long, default_value_t = 4096)]
+    pub max_upload_mib: u64,
+    /// Seconds an unfinished chunked upload may go without a chunk before it is removed.
+    #[arg(long, default_value_t = 3600)]
+    pub upload_idle_secs: u64,
 }
 
 impl ServeArgs {
@@ -153,6 +168,12 @@ impl ServeArgs {
             max_connections: self.max_connections,
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             body_timeout: Duration::from_secs(self.body_timeout_secs),
+            retention: Retention {
+                versions: self.keep_versions,
+                update_grace_secs: self.keep_updates_secs,
+            },
+            max_upload_bytes: self.max_upload_mib.saturating_mul(1 << 20),
+            upload_idle: Duration::from_secs(self.upload_idle_secs),
             ..ServerConfig::default()
         })
     }

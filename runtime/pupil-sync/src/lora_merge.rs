@@ -14,6 +14,8 @@
 
 use pupil_format::ModelFile;
 
+use crate::aggregate::DeltaSource;
+
 /// How to merge adapters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -93,10 +95,10 @@ pub fn merge(
 /// `model` (`X.lora_a` `[r, in]` beside `X.lora_b` `[out, r]`) by the [`Merge::Product`]
 /// of the devices' refined factors (the model's plus each device's delta), as a delta from
 /// the model's. Returns how many pairs it merged.
-pub fn merge_adapter_deltas(
+pub fn merge_adapter_deltas<S: DeltaSource>(
     model: &ModelFile,
     layout: &[(&str, usize, usize)],
-    deltas: &[&[f32]],
+    deltas: &[S],
     weights: &[f64],
     mean: &mut [f32],
 ) -> Result<usize, String> {
@@ -124,10 +126,10 @@ pub fn merge_adapter_deltas(
             .iter()
             .map(|d| {
                 let add = |base: &[f32], from: usize| -> Vec<f32> {
-                    base.iter()
-                        .zip(&d[from..from + base.len()])
-                        .map(|(x, y)| x + y)
-                        .collect()
+                    let mut refined = vec![0.0; base.len()];
+                    d.read(from, &mut refined);
+                    refined.iter_mut().zip(base).for_each(|(r, x)| *r += x);
+                    refined
                 };
                 (add(&b0, b_at), add(&a0, a_at))
             })

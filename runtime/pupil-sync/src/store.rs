@@ -14,12 +14,15 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{db, io_err, SyncError};
 
+mod retention;
 mod uploads;
 
 pub use crate::protocol::{Rollback, VersionMeta};
+pub use retention::{Pruned, Retention};
 pub use uploads::{Append, UploadId, UploadMeta, UploadOpen, UPLOAD_ID_LEN};
 
 /// Device id → 32-byte Ed25519 public key.
@@ -134,6 +137,7 @@ impl Store {
         tx.open_table(STATE).map_err(db)?;
         tx.open_table(USED_CHALLENGES).map_err(db)?;
         uploads::create_tables(&tx)?;
+        retention::create_tables(&tx, crate::protocol::unix_now())?;
         tx.commit().map_err(db)?;
         Ok(store)
     }
@@ -218,6 +222,18 @@ impl Store {
         Ok(bytes)
     }
 
+    /// The SHA-256 of update `(device, seq)`, whether its bytes are stored or were
+    /// pruned ([`Retention`]).
+    pub fn update_digest(&self, device: &str, seq: u64) -> Result<Option<[u8; 32]>, SyncError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let updates = tx.open_table(UPDATES).map_err(db)?;
+        if let Some(bytes) = updates.get((device, seq)).map_err(db)? {
+            return Ok(Some(Sha256::digest(bytes.value()).into()));
+        }
+        let digests = tx.open_table(retention::UPDATE_DIGESTS).map_err(db)?;
+        retention::pruned_digest(&digests, device, seq)
+    }
+
     /// The pending updates with their bytes, in key order.
     pub fn pending(&self) -> Result<Vec<(UpdateKey, Vec<u8>)>, SyncError> {
         let tx = self.db.begin_read().map_err(db)?;
@@ -234,24 +250,35 @@ impl Store {
         Ok(out)
     }
 
-    /// Every stored update's key, in key order.
+    /// Every accepted update's key (its bytes stored or pruned), in key order.
     pub fn update_keys(&self) -> Result<Vec<UpdateKey>, SyncError> {
         let tx = self.db.begin_read().map_err(db)?;
-        let updates = tx.open_table(UPDATES).map_err(db)?;
         let mut out = Vec::new();
-        for item in updates.iter().map_err(db)? {
+        for item in tx.open_table(UPDATES).map_err(db)?.iter().map_err(db)? {
             let (k, _) = item.map_err(db)?;
             let (device, seq) = k.value();
             out.push((device.to_owned(), seq));
         }
+        let digests = tx.open_table(retention::UPDATE_DIGESTS).map_err(db)?;
+        for item in digests.iter().map_err(db)? {
+            let (k, _) = item.map_err(db)?;
+            let (device, seq) = k.value();
+            out.push((device.to_owned(), seq));
+        }
+        out.sort();
         Ok(out)
     }
 
-    /// Counts: stored updates, pending updates, versions, rounds.
+    /// Counts: accepted updates (bytes stored or pruned), pending updates, versions,
+    /// rounds.
     pub fn counts(&self) -> Result<[u64; 4], SyncError> {
         let tx = self.db.begin_read().map_err(db)?;
         Ok([
-            tx.open_table(UPDATES).map_err(db)?.len().map_err(db)?,
+            tx.open_table(UPDATES).map_err(db)?.len().map_err(db)?
+                + tx.open_table(retention::UPDATE_DIGESTS)
+                    .map_err(db)?
+                    .len()
+                    .map_err(db)?,
             tx.open_table(PENDING).map_err(db)?.len().map_err(db)?,
             tx.open_table(VERSIONS).map_err(db)?.len().map_err(db)?,
             tx.open_table(ROUNDS).map_err(db)?.len().map_err(db)?,
@@ -285,10 +312,12 @@ impl Store {
             let mut pending = tx.open_table(PENDING).map_err(db)?;
             for (device, seq) in used {
                 pending.remove((device.as_str(), *seq)).map_err(db)?;
+                retention::mark_consumed(&tx, round.finished_unix, device, *seq)?;
             }
             let mut aside = tx.open_table(SET_ASIDE).map_err(db)?;
             for ((device, seq), why) in set_aside {
                 pending.remove((device.as_str(), *seq)).map_err(db)?;
+                retention::mark_consumed(&tx, round.finished_unix, device, *seq)?;
                 aside
                     .insert((device.as_str(), *seq), why.as_str())
                     .map_err(db)?;
@@ -487,10 +516,15 @@ fn insert_in(
     bytes: &[u8],
 ) -> Result<Insert, SyncError> {
     let mut updates = tx.open_table(UPDATES).map_err(db)?;
-    let existing = updates
+    let mut existing = updates
         .get((device, seq))
         .map_err(db)?
         .map(|v| v.value() == bytes);
+    if existing.is_none() {
+        let digests = tx.open_table(retention::UPDATE_DIGESTS).map_err(db)?;
+        existing = retention::pruned_digest(&digests, device, seq)?
+            .map(|d| d == <[u8; 32]>::from(Sha256::digest(bytes)));
+    }
     Ok(match existing {
         Some(true) => Insert::Duplicate,
         Some(false) => Insert::Conflict,

@@ -563,6 +563,41 @@ fn stale_uploads_are_collected_by_the_server_loop() {
 }
 
 #[test]
+fn open_uploads_share_a_byte_budget_and_idle_ones_are_collected() {
+    let t = start(ServerConfig {
+        max_upload_bytes: 150,
+        upload_idle: Duration::ZERO,
+        ..quiet()
+    });
+    let (a, b) = (KeyPair::from_seed([10; 32]), KeyPair::from_seed([11; 32]));
+    for (device, key) in [("a", &a), ("b", &b)] {
+        Client::new(&t.url)
+            .register(device, key, Some(TOKEN))
+            .unwrap();
+    }
+    open(&t.url, &a, 1, &[1u8; 100]);
+    let (status, json) = signed_request(
+        &t.url,
+        "POST",
+        "/v1/uploads",
+        Some(&b),
+        now(),
+        &open_body(1, &[2u8; 100]),
+    );
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (507, Some("uploads_full")),
+        "{json}"
+    );
+    // The server loop removes the idle upload, which frees the budget.
+    assert!(
+        wait_for(10, || t.server.store().uploads().unwrap().is_empty()),
+        "the idle upload is still there"
+    );
+    open(&t.url, &b, 1, &[2u8; 100]);
+}
+
+#[test]
 fn uploads_left_beside_their_stored_updates_are_collected_by_the_duplicate_answer() {
     use pupil_sync::store::UploadMeta;
     use sha2::Digest;
@@ -596,8 +631,11 @@ fn uploads_left_beside_their_stored_updates_are_collected_by_the_duplicate_answe
             received: 0,
             chunks: 0,
             created_unix: now(),
+            touched_unix: 0,
         };
-        store.open_upload(&[seq as u8; 16], &meta, 4).unwrap();
+        store
+            .open_upload(&[seq as u8; 16], &meta, 4, u64::MAX)
+            .unwrap();
     }
     let other = vec![5u8; 100];
     let open_new = || {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use pupil_format::ModelFile;
-use pupil_sync::client::{Client, Outbox, RetryPolicy};
+use pupil_sync::client::{ChunkPolicy, Client, Outbox, RetryPolicy};
 use pupil_sync::store::Store;
 use pupil_sync::KeyPair;
 
@@ -164,4 +164,153 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
         }
         hashes.push(v.hash);
     }
+}
+
+/// Pushes each device's outbox, in chunks of 64 bytes for the devices marked in
+/// `chunked`, until `stop`; errors (the server is gone) are retried.
+fn mixed_pusher(
+    url: String,
+    keys: Arc<Vec<KeyPair>>,
+    outboxes: Arc<Vec<Outbox>>,
+    chunked: usize,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let retry = RetryPolicy {
+            attempts: 2,
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(10),
+        };
+        let whole = Client::new(&url).with_retry(retry);
+        let chunks = Client::new(&url)
+            .with_retry(retry)
+            .with_chunks(ChunkPolicy {
+                threshold: 64,
+                size: 64,
+            });
+        while !stop.load(Ordering::Relaxed) {
+            for (i, (k, o)) in keys.iter().zip(outboxes.iter()).enumerate() {
+                let client = if i < chunked { &chunks } else { &whole };
+                let _ = client.push(k, o);
+            }
+        }
+    })
+}
+
+#[test]
+fn many_sigkills_under_whole_and_chunked_pushes_leave_every_device_able_to_upload() {
+    const KILLS: u64 = 25;
+    const MIXED: usize = 8;
+    const EACH: u64 = 80;
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let model = dir.path().join("model.pupil");
+    std::fs::write(&model, model_bytes()).unwrap();
+    let base = base_hash();
+    let (mut server, mut url) = spawn(&store, &model, 4);
+    let keys: Vec<KeyPair> = (0..MIXED)
+        .map(|i| KeyPair::from_seed([80 + i as u8; 32]))
+        .collect();
+    let outboxes: Vec<Outbox> = (0..MIXED)
+        .map(|i| Outbox::open(&dir.path().join(format!("outbox{i}"))).unwrap())
+        .collect();
+    let enqueue = |i: usize, key: &KeyPair, outbox: &Outbox| {
+        let device = format!("dev{i}");
+        outbox
+            .enqueue(key, |seq| {
+                Ok(body(
+                    &device,
+                    seq,
+                    base,
+                    &[("w", &[2, 3], &[1e-3, 0.0, -1e-3, 2e-3, 0.0, -2e-3])],
+                ))
+            })
+            .unwrap();
+    };
+    for (i, (key, outbox)) in keys.iter().zip(&outboxes).enumerate() {
+        Client::new(&url)
+            .register(&format!("dev{i}"), key, Some(TOKEN))
+            .unwrap();
+        (0..EACH).for_each(|_| enqueue(i, key, outbox));
+    }
+    let keys = Arc::new(keys);
+    let outboxes = Arc::new(outboxes);
+    let mut under_load = 0;
+    for kill in 0..KILLS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = mixed_pusher(
+            url.clone(),
+            keys.clone(),
+            outboxes.clone(),
+            MIXED / 2,
+            stop.clone(),
+        );
+        // Kill at varied points: mid-chunk, mid-commit, mid-round.
+        thread::sleep(Duration::from_millis(20 + (kill * 37) % 90));
+        server.kill().unwrap();
+        server.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+        (server, url) = spawn(&store, &model, 4);
+        let queued: usize = outboxes
+            .iter()
+            .map(|o| o.status().unwrap().queued.len())
+            .sum();
+        under_load += u64::from(queued > 0);
+    }
+    // Every device can still upload: what is queued goes, and so does a new update.
+    for (i, (k, o)) in keys.iter().zip(outboxes.iter()).enumerate() {
+        enqueue(i, k, o);
+        let mut client = Client::new(&url);
+        if i < MIXED / 2 {
+            client = client.with_chunks(ChunkPolicy {
+                threshold: 64,
+                size: 64,
+            });
+        }
+        let report = client.push(k, o).unwrap();
+        let status = o.status().unwrap();
+        assert!(
+            status.queued.is_empty() && status.rejected.is_empty(),
+            "device {i}: {status:?} after {report:?}"
+        );
+    }
+    assert!(wait_for(10, || {
+        let mut resp = agent().get(&format!("{url}/v1/metrics")).call().unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        m["updates_pending"].as_u64() == Some(0)
+    }));
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let s = Store::open(&store).unwrap();
+    let mut expected: Vec<(String, u64)> = (0..MIXED)
+        .flat_map(|i| (1..=EACH + 1).map(move |seq| (format!("dev{i}"), seq)))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        s.update_keys().unwrap(),
+        expected,
+        "every update stored exactly once"
+    );
+    let [stored, pending, _, _] = s.counts().unwrap();
+    let aggregated: u64 = s.rounds().unwrap().iter().map(|r| r.updates).sum();
+    assert_eq!(
+        aggregated + pending,
+        stored,
+        "each update aggregated exactly once"
+    );
+    assert_eq!(
+        s.uploads().unwrap(),
+        [],
+        "no upload left behind to hold a slot"
+    );
+    eprintln!(
+        "{KILLS} SIGKILLs ({under_load} with updates still queued), {} updates ({} chunked) in {:.1} s",
+        expected.len(),
+        (EACH as usize + 1) * MIXED / 2,
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -6,7 +6,7 @@
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-use crate::aggregate::{clip_norm, AggregateError};
+use crate::aggregate::{clip_factors, common_len, per_coordinate, AggregateError, DeltaSource};
 
 /// The mechanism's parameters.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -39,31 +39,20 @@ impl GaussianParams {
 
 /// The noised mean of `deltas` under `p`, with noise drawn from `rng` (the server uses the
 /// operating system's generator).
-pub fn noised_mean(
-    deltas: &[&[f32]],
+pub fn noised_mean<S: DeltaSource>(
+    deltas: &[S],
     p: &GaussianParams,
     rng: &mut impl Rng,
 ) -> Result<Vec<f32>, AggregateError> {
     p.check()?;
-    let n = crate::aggregate::common_len(deltas)?;
-    let mut sum = vec![0.0f64; n];
-    let mut clipped = Vec::with_capacity(n);
-    for d in deltas {
-        clipped.clear();
-        clipped.extend_from_slice(d);
-        clip_norm(&mut clipped, p.clip_norm);
-        sum.iter_mut()
-            .zip(&clipped)
-            .for_each(|(s, &v)| *s += f64::from(v));
-    }
+    let n = common_len(deltas)?;
+    let scales = clip_factors(deltas, p.clip_norm);
     let sigma = f64::from(p.noise_multiplier) * f64::from(p.clip_norm);
-    Ok(sum
-        .into_iter()
-        .map(|s| {
-            let noise: f64 = rng.sample(StandardNormal);
-            ((s + sigma * noise) / p.expected_updates) as f32
-        })
-        .collect())
+    Ok(per_coordinate(deltas, &scales, n, |column| {
+        let sum: f64 = column.iter().map(|&v| f64::from(v)).sum();
+        let noise: f64 = rng.sample(StandardNormal);
+        ((sum + sigma * noise) / p.expected_updates) as f32
+    }))
 }
 
 #[cfg(test)]
@@ -86,7 +75,7 @@ mod tests {
         let big = [6.0f32, 8.0];
         let small = [0.3f32, 0.4];
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mean = noised_mean(&[&big, &small], &params(0.0), &mut rng).unwrap();
+        let mean = noised_mean(&[&big[..], &small[..]], &params(0.0), &mut rng).unwrap();
         let want = [(0.6 + 0.3) / 4.0, (0.8 + 0.4) / 4.0];
         for (m, w) in mean.iter().zip(want) {
             assert!((m - w).abs() < 1e-6, "{mean:?}");
@@ -98,7 +87,7 @@ mod tests {
     fn the_noise_has_the_stated_spread() {
         let zeros = vec![0.0f32; 20_000];
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let mean = noised_mean(&[&zeros], &params(2.0), &mut rng).unwrap();
+        let mean = noised_mean(&[zeros.as_slice()], &params(2.0), &mut rng).unwrap();
         let var = mean.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / mean.len() as f64;
         let want = 2.0 / 4.0;
         assert!((var.sqrt() - want).abs() < 0.02 * want, "{}", var.sqrt());
@@ -109,9 +98,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let mut p = params(1.0);
         p.expected_updates = 0.0;
-        assert!(noised_mean(&[&[1.0]], &p, &mut rng).is_err());
+        assert!(noised_mean(&[&[1.0f32][..]], &p, &mut rng).is_err());
         assert_eq!(
-            noised_mean(&[], &params(1.0), &mut rng),
+            noised_mean::<&[f32]>(&[], &params(1.0), &mut rng),
             Err(AggregateError::Empty)
         );
     }

@@ -13,6 +13,7 @@ mod http_upload;
 mod listen;
 mod round;
 mod submit;
+mod update_source;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -37,7 +38,7 @@ use crate::aggregate::{Rule, ServerOpt};
 use crate::hex;
 use crate::keys::KeyPair;
 use crate::lora_merge::Merge;
-use crate::store::{Store, VersionMeta};
+use crate::store::{Retention, Store, VersionMeta};
 use crate::SyncError;
 
 /// A quality gate's verdict on a candidate version.
@@ -117,8 +118,16 @@ pub struct ServerConfig {
     pub open_registration: bool,
     /// Unfinished chunked uploads are removed this long after they were opened.
     pub upload_ttl: Duration,
+    /// Unfinished chunked uploads that received nothing for this long are removed.
+    pub upload_idle: Duration,
     /// Most chunked uploads one device may have open.
     pub max_uploads_per_device: u64,
+    /// Most bytes all open chunked uploads may declare together (then 507: retry
+    /// later); bounds the disk that unfinished uploads hold.
+    pub max_upload_bytes: u64,
+    /// Which versions and update bytes the store keeps; applied after every round
+    /// and at startup, when the store is also compacted.
+    pub retention: Retention,
 }
 
 impl Default for ServerConfig {
@@ -143,7 +152,10 @@ impl Default for ServerConfig {
             admin_token: None,
             open_registration: false,
             upload_ttl: Duration::from_secs(24 * 3600),
+            upload_idle: Duration::from_secs(3600),
             max_uploads_per_device: 4,
+            max_upload_bytes: 4 << 30,
+            retention: Retention::default(),
         }
     }
 }
@@ -175,7 +187,16 @@ impl Server {
     /// Opens the store in `dir` and the server key `dir/server.key` (created
     /// on first use).
     pub fn open(dir: &Path, config: ServerConfig, gate: Gate) -> Result<Arc<Self>, SyncError> {
-        let store = Store::open(dir)?;
+        let mut store = Store::open(dir)?;
+        let pruned = store.prune(&config.retention, unix_now())?;
+        if pruned != Default::default() {
+            tracing::info!(
+                versions = pruned.versions,
+                updates = pruned.updates,
+                "pruned the store"
+            );
+        }
+        store.compact()?;
         let key = KeyPair::load_or_create(&dir.join("server.key"))?;
         // Continue the optimizer a previous run persisted with its last version, when it
         // is the same kind of optimizer as configured now.

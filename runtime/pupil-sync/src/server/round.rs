@@ -15,19 +15,21 @@ use pupil_format::{ModelBuilder, ModelFile};
 use pupil_wire::{Envelope, Update};
 
 use super::submit::not_trainable;
+use super::update_source::UpdateSource;
 use super::{unix_now, Server};
-use crate::aggregate::{aggregate, staleness_weight, AggregateError, Rule};
+use crate::aggregate::{aggregate_sources, staleness_weight, AggregateError, Rule};
 use crate::lora_merge::{merge_adapter_deltas, Merge};
 use crate::protocol::takes_deltas;
 use crate::store::{RoundRecord, UpdateKey};
 use crate::SyncError;
 
-/// The deltas of one round laid out flat over the tensors they touch.
-struct Batch {
+/// The deltas of one round laid out flat over the tensors they touch, read from the
+/// stored updates' bytes.
+struct Batch<'a> {
     /// Tensor name → (offset, length) in the flat layout.
     layout: BTreeMap<String, (usize, usize)>,
-    /// One flat delta per update.
-    deltas: Vec<Vec<f32>>,
+    /// One source per update, over the flat layout.
+    sources: Vec<UpdateSource<'a>>,
     /// One weight per update.
     weights: Vec<f64>,
     /// Sums of device metrics and how many reported each.
@@ -106,25 +108,31 @@ impl Server {
             gate: String::new(),
             finished_unix: 0,
         };
-        let refs: Vec<&[f32]> = batch.deltas.iter().map(Vec::as_slice).collect();
         // The optimizer steps on a copy: its state changes only if the gate publishes.
         let mut opt = self
             .opt
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let aggregated = aggregate(self.config.rule, &refs, &batch.weights).and_then(|mut mean| {
-            if self.config.rule == Rule::FedAvg && self.config.lora_merge == Merge::Product {
-                let layout: Vec<(&str, usize, usize)> = batch
-                    .layout
-                    .iter()
-                    .map(|(name, &(at, len))| (name.as_str(), at, len))
-                    .collect();
-                merge_adapter_deltas(&current.model, &layout, &refs, &batch.weights, &mut mean)
+        let aggregated = aggregate_sources(self.config.rule, &batch.sources, &batch.weights)
+            .and_then(|mut mean| {
+                if self.config.rule == Rule::FedAvg && self.config.lora_merge == Merge::Product {
+                    let layout: Vec<(&str, usize, usize)> = batch
+                        .layout
+                        .iter()
+                        .map(|(name, &(at, len))| (name.as_str(), at, len))
+                        .collect();
+                    merge_adapter_deltas(
+                        &current.model,
+                        &layout,
+                        &batch.sources,
+                        &batch.weights,
+                        &mut mean,
+                    )
                     .map_err(AggregateError::Adapters)?;
-            }
-            Ok(mean)
-        });
+                }
+                Ok(mean)
+            });
         let candidate = match aggregated {
             Ok(mean) => {
                 let step = opt.step(&mean);
@@ -186,24 +194,32 @@ impl Server {
             .finish_round(version, &record, &batch.used, &batch.set_aside)?;
         if published.is_some() {
             *self.opt.lock().unwrap_or_else(PoisonError::into_inner) = opt;
+        }
+        let pruned = self.store.prune(&self.config.retention, unix_now())?;
+        if published.is_some() || pruned.versions > 0 {
             self.reload()?;
         }
         Ok(Some(record))
     }
 
-    /// Decodes the pending updates into flat deltas, weighted by their
-    /// example counts (each capped at the configured maximum) and staleness.
+    /// Lays the pending updates' deltas out flat over the tensors they touch, weighted
+    /// by their example counts (each capped at the configured maximum) and staleness.
     /// Updates that do not fit the model are set aside.
-    fn batch(&self, model: &ModelFile, current: u64, pending: &[(UpdateKey, Vec<u8>)]) -> Batch {
+    fn batch<'a>(
+        &self,
+        model: &ModelFile,
+        current: u64,
+        pending: &'a [(UpdateKey, Vec<u8>)],
+    ) -> Batch<'a> {
         let mut batch = Batch {
             layout: BTreeMap::new(),
-            deltas: Vec::new(),
+            sources: Vec::new(),
             weights: Vec::new(),
             metrics: BTreeMap::new(),
             used: Vec::new(),
             set_aside: Vec::new(),
         };
-        let mut updates: Vec<Update<'_>> = Vec::new();
+        let mut updates: Vec<Update<'a>> = Vec::new();
         for (key, bytes) in pending {
             let fitting = Envelope::parse(bytes)
                 .and_then(|env| Update::parse(env.body))
@@ -226,19 +242,19 @@ impl Server {
             }
         }
         for u in &updates {
-            let mut flat = vec![0.0f32; total];
-            for d in u.deltas.iter().flatten() {
-                if let Some(&(at, len)) = batch.layout.get(d.name) {
-                    // The layout was made from these deltas, so lengths agree.
-                    let _ = d.add_to(&mut flat[at..at + len], 1.0);
-                }
-            }
+            // The layout was made from these deltas, so every name is in it.
+            let placed = u
+                .deltas
+                .iter()
+                .flatten()
+                .filter_map(|d| batch.layout.get(d.name).map(|&(at, _)| (at, d)))
+                .collect();
+            batch.sources.push(UpdateSource::new(placed, total));
             let base = self.version_of(&u.base_version).unwrap_or(0);
             batch.weights.push(staleness_weight(
                 u.num_examples.min(self.config.max_examples),
                 current.saturating_sub(base),
             ));
-            batch.deltas.push(flat);
             for m in &u.metrics {
                 let e = batch.metrics.entry(m.name.to_owned()).or_default();
                 e.0 += f64::from(m.value);

@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use pupil_format::DType;
 use pupil_wire::{Envelope, Update, UpdateError};
+use sha2::{Digest, Sha256};
 
 use super::api_error::ApiError;
 use super::Server;
@@ -111,8 +112,8 @@ impl Server {
                 format!("the update claims device {:?} but is signed by device {device:?}; send updates under the signer's own id", update.device_id),
             ));
         }
-        if let Some(stored) = self.store.get_update(&device, update.seq)? {
-            return if stored == bytes {
+        if let Some(stored) = self.store.update_digest(&device, update.seq)? {
+            return if stored == <[u8; 32]>::from(Sha256::digest(bytes)) {
                 // An upload of it that outlived the store (a crash of an older server) goes.
                 self.store.remove_upload_of(&device, update.seq)?;
                 Ok(Submitted::Duplicate)

@@ -79,8 +79,8 @@ impl Server {
                 "sha256 must be 64 hex digits: the SHA-256 of the signed update",
             )
         })?;
-        if let Some(stored) = self.store.get_update(device, req.seq)? {
-            if stored.len() as u64 == req.length && Sha256::digest(&stored).as_slice() == sha {
+        if let Some(stored) = self.store.update_digest(device, req.seq)? {
+            if stored == sha {
                 // An upload of it left behind by a crash would hold a slot for a day.
                 self.store.remove_upload_of(device, req.seq)?;
                 self.count("duplicate");
@@ -98,10 +98,16 @@ impl Server {
             received: 0,
             chunks: 0,
             created_unix: unix_now(),
+            touched_unix: 0,
         };
         match self
             .store
-            .open_upload(&id, &meta, self.config.max_uploads_per_device)?
+            .open_upload(
+                &id,
+                &meta,
+                self.config.max_uploads_per_device,
+                self.config.max_upload_bytes,
+            )?
         {
             UploadOpen::Created(id) => {
                 self.count("uploads.opened");
@@ -120,6 +126,11 @@ impl Server {
             UploadOpen::Conflict(old) => Err(conflict(
                 "upload_conflict",
                 format!("device {device:?} has an upload of update {} with another content ({} bytes, SHA-256 {}); use a new sequence number for new content", req.seq, old.length, old.sha256),
+            )),
+            UploadOpen::StoreFull { open_bytes } => Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "uploads_full",
+                format!("the server's open uploads hold {open_bytes} bytes and this one would pass its limit of {}; retry later, when uploads have been committed or expired", self.config.max_upload_bytes),
             )),
             UploadOpen::TooMany => Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -244,13 +255,17 @@ impl Server {
         result
     }
 
-    /// Removes uploads opened longer ago than the configured time to live;
-    /// returns how many.
+    /// Removes uploads opened longer ago than the configured time to live, or idle
+    /// longer than the configured idle time; returns how many.
     pub fn gc_uploads(&self) -> Result<u64, SyncError> {
-        match unix_now().checked_sub(self.config.upload_ttl.as_secs()) {
-            Some(cutoff) => self.store.remove_uploads_opened_by(cutoff),
-            None => Ok(0),
+        let now = unix_now();
+        let opened_by = now.checked_sub(self.config.upload_ttl.as_secs());
+        let idle_by = now.checked_sub(self.config.upload_idle.as_secs());
+        if opened_by.is_none() && idle_by.is_none() {
+            return Ok(0);
         }
+        self.store
+            .remove_stale_uploads(opened_by.unwrap_or(0), idle_by.unwrap_or(0))
     }
 }
 

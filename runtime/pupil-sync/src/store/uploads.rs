@@ -38,6 +38,16 @@ pub struct UploadMeta {
     pub chunks: u64,
     /// Seconds since the Unix epoch when it was opened.
     pub created_unix: u64,
+    /// Seconds since the Unix epoch when it last received a chunk (0: none yet).
+    #[serde(default)]
+    pub touched_unix: u64,
+}
+
+impl UploadMeta {
+    /// When it was last active: opened or sent a chunk.
+    pub fn active_unix(&self) -> u64 {
+        self.created_unix.max(self.touched_unix)
+    }
 }
 
 /// The outcome of opening an upload.
@@ -52,6 +62,11 @@ pub enum UploadOpen {
     Conflict(UploadMeta),
     /// The device has as many uploads open as allowed.
     TooMany,
+    /// The open uploads declare as many bytes together as allowed.
+    StoreFull {
+        /// Bytes the open uploads declare.
+        open_bytes: u64,
+    },
 }
 
 /// The outcome of appending a chunk.
@@ -100,6 +115,20 @@ fn get_meta(
         .transpose()
 }
 
+/// The bytes every open upload declares, together.
+fn open_bytes(uploads: &impl ReadableTable<&'static [u8], &'static str>) -> Result<u64, SyncError> {
+    let mut total = 0u64;
+    for item in uploads.iter().map_err(db)? {
+        let (k, v) = item.map_err(db)?;
+        let meta: UploadMeta = from_json(
+            format!("upload {}", crate::hex::encode(k.value())),
+            v.value(),
+        )?;
+        total = total.saturating_add(meta.length);
+    }
+    Ok(total)
+}
+
 /// Removes upload `id` and its chunks within `tx`; false when there is none.
 fn remove_in(tx: &WriteTransaction, id: &[u8]) -> Result<bool, SyncError> {
     let mut uploads = tx.open_table(UPLOADS).map_err(db)?;
@@ -127,12 +156,14 @@ fn remove_in(tx: &WriteTransaction, id: &[u8]) -> Result<bool, SyncError> {
 impl Store {
     /// Opens upload `id` described by `meta` (nothing received), unless the
     /// device has an upload of the same sequence number already, or
-    /// `max_per_device` uploads open.
+    /// `max_per_device` uploads open, or the open uploads would declare more than
+    /// `max_total_bytes` together.
     pub fn open_upload(
         &self,
         id: &UploadId,
         meta: &UploadMeta,
         max_per_device: u64,
+        max_total_bytes: u64,
     ) -> Result<UploadOpen, SyncError> {
         let tx = self.db.begin_write().map_err(db)?;
         let outcome = {
@@ -160,6 +191,11 @@ impl Store {
                     }
                 }
                 None if open >= max_per_device => UploadOpen::TooMany,
+                None if open_bytes(&uploads)?.saturating_add(meta.length) > max_total_bytes => {
+                    UploadOpen::StoreFull {
+                        open_bytes: open_bytes(&uploads)?,
+                    }
+                }
                 None => {
                     uploads
                         .insert(id.as_slice(), to_json(meta).as_str())
@@ -237,6 +273,7 @@ impl Store {
                         .map_err(db)?;
                     meta.received += bytes.len() as u64;
                     meta.chunks += 1;
+                    meta.touched_unix = crate::protocol::unix_now();
                     uploads
                         .insert(id.as_slice(), to_json(&meta).as_str())
                         .map_err(db)?;
@@ -319,12 +356,13 @@ impl Store {
         Ok(removed)
     }
 
-    /// Removes every upload opened at or before `unix` seconds; returns how many.
-    pub fn remove_uploads_opened_by(&self, unix: u64) -> Result<u64, SyncError> {
+    /// Removes every upload opened at or before `opened_by` or last active at or
+    /// before `idle_by` (seconds since the Unix epoch); returns how many.
+    pub fn remove_stale_uploads(&self, opened_by: u64, idle_by: u64) -> Result<u64, SyncError> {
         let stale: Vec<UploadId> = self
             .uploads()?
             .into_iter()
-            .filter(|(_, m)| m.created_unix <= unix)
+            .filter(|(_, m)| m.created_unix <= opened_by || m.active_unix() <= idle_by)
             .map(|(id, _)| id)
             .collect();
         if stale.is_empty() {
@@ -353,6 +391,7 @@ mod tests {
             received: 0,
             chunks: 0,
             created_unix: 100,
+            touched_unix: 0,
         }
     }
 
@@ -363,7 +402,7 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             assert_eq!(
-                s.open_upload(&id, &meta("d", 1, 6), 2).unwrap(),
+                s.open_upload(&id, &meta("d", 1, 6), 2, u64::MAX).unwrap(),
                 UploadOpen::Created(id)
             );
             let app = |off, b: &[u8]| s.append_chunk(&id, "d", off, b, 3).unwrap();
@@ -384,11 +423,11 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert!(matches!(
-            s.open_upload(&[3; UPLOAD_ID_LEN], &meta("d", 1, 6), 2).unwrap(),
+            s.open_upload(&[3; UPLOAD_ID_LEN], &meta("d", 1, 6), 2, u64::MAX).unwrap(),
             UploadOpen::Existing(got, m) if got == id && m.received == 4
         ));
         assert!(matches!(
-            s.open_upload(&[3; UPLOAD_ID_LEN], &meta("d", 1, 7), 2)
+            s.open_upload(&[3; UPLOAD_ID_LEN], &meta("d", 1, 7), 2, u64::MAX)
                 .unwrap(),
             UploadOpen::Conflict(_)
         ));
@@ -403,25 +442,55 @@ mod tests {
         assert_eq!(s.upload_bytes(&id).unwrap().unwrap(), b"abcde");
         let other = [4; UPLOAD_ID_LEN];
         assert_eq!(
-            s.open_upload(&other, &meta("d", 2, 6), 2).unwrap(),
+            s.open_upload(&other, &meta("d", 2, 6), 2, u64::MAX)
+                .unwrap(),
             UploadOpen::Created(other)
         );
         assert_eq!(
-            s.open_upload(&[5; UPLOAD_ID_LEN], &meta("d", 3, 6), 2)
+            s.open_upload(&[5; UPLOAD_ID_LEN], &meta("d", 3, 6), 2, u64::MAX)
                 .unwrap(),
             UploadOpen::TooMany
         );
         assert!(s.remove_upload(&id).unwrap());
         assert!(!s.remove_upload(&id).unwrap());
         assert_eq!(s.upload_bytes(&id).unwrap(), None);
-        assert_eq!(s.remove_uploads_opened_by(99).unwrap(), 0);
-        assert_eq!(s.remove_uploads_opened_by(100).unwrap(), 1);
+        assert_eq!(s.remove_stale_uploads(99, 0).unwrap(), 0);
+        assert_eq!(s.remove_stale_uploads(100, 0).unwrap(), 1);
         assert!(s.uploads().unwrap().is_empty());
         // Removing frees the device's slots and the sequence numbers.
         assert_eq!(
-            s.open_upload(&id, &meta("d", 1, 7), 2).unwrap(),
+            s.open_upload(&id, &meta("d", 1, 7), 2, u64::MAX).unwrap(),
             UploadOpen::Created(id)
         );
+    }
+
+    #[test]
+    fn open_uploads_are_bounded_in_bytes_and_idle_ones_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (a, b, c) = (
+            [1u8; UPLOAD_ID_LEN],
+            [2u8; UPLOAD_ID_LEN],
+            [3u8; UPLOAD_ID_LEN],
+        );
+        s.open_upload(&a, &meta("d", 1, 6), 4, 10).unwrap();
+        assert_eq!(
+            s.open_upload(&b, &meta("e", 1, 5), 4, 10).unwrap(),
+            UploadOpen::StoreFull { open_bytes: 6 }
+        );
+        assert_eq!(
+            s.open_upload(&b, &meta("e", 1, 4), 4, 10).unwrap(),
+            UploadOpen::Created(b)
+        );
+        s.open_upload(&c, &meta("f", 1, 0), 4, 10).unwrap();
+        // `a` sends a chunk now; `b` and `c` stay idle since they opened at 100.
+        assert!(matches!(
+            s.append_chunk(&a, "d", 0, b"ab", 8).unwrap(),
+            Append::Appended(_)
+        ));
+        assert_eq!(s.remove_stale_uploads(0, 100).unwrap(), 2);
+        let left: Vec<UploadId> = s.uploads().unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(left, [a]);
     }
 
     #[test]
@@ -429,7 +498,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let (a, b) = ([1u8; UPLOAD_ID_LEN], [2u8; UPLOAD_ID_LEN]);
-        s.open_upload(&a, &meta("d", 1, 3), 4).unwrap();
+        s.open_upload(&a, &meta("d", 1, 3), 4, u64::MAX).unwrap();
         s.append_chunk(&a, "d", 0, b"abc", 4).unwrap();
         assert_eq!(
             s.insert_uploaded_update(&a, "d", 1, b"abc").unwrap(),
@@ -438,7 +507,7 @@ mod tests {
         assert_eq!(s.upload(&a).unwrap(), None);
         assert_eq!(s.get_update("d", 1).unwrap().unwrap(), b"abc");
         // A conflicting update keeps its upload for the caller to refuse.
-        s.open_upload(&b, &meta("d", 1, 3), 4).unwrap();
+        s.open_upload(&b, &meta("d", 1, 3), 4, u64::MAX).unwrap();
         assert_eq!(
             s.insert_uploaded_update(&b, "d", 1, b"xyz").unwrap(),
             Insert::Conflict

@@ -136,6 +136,39 @@ impl Delta<'_> {
         }
     }
 
+    /// Writes the delta's elements `start..start + out.len()` into `out` (zeros where a
+    /// top-k delta stores nothing, and past the tensor's end), without decoding the rest:
+    /// an aggregator reads many deltas a block at a time instead of expanding each.
+    pub fn read_range(&self, start: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        let end = start.saturating_add(out.len());
+        match self.encoding {
+            Encoding::F16 { values } => {
+                for (i, o) in (start..end.min(values.len() / 2)).zip(out.iter_mut()) {
+                    *o = f16_at(values, i);
+                }
+            }
+            Encoding::Int8 { scales, values } => {
+                let cols = row_len(&self.shape);
+                for (i, o) in (start..end.min(values.len())).zip(out.iter_mut()) {
+                    *o = f32::from(values[i] as i8) * f32_at(scales, i / cols);
+                }
+            }
+            Encoding::TopK { indices, values } => {
+                let k = values.len() / 2;
+                // Indices are strictly ascending (checked when the update was parsed).
+                let first = partition_point(k, |j| (u32_at(indices, j) as usize) < start);
+                for j in first..k {
+                    let i = u32_at(indices, j) as usize;
+                    if i >= end {
+                        break;
+                    }
+                    out[i - start] = f16_at(values, j);
+                }
+            }
+        }
+    }
+
     /// Adds `weight × delta` to `out`, which holds the whole tensor.
     pub fn add_to(&self, out: &mut [f32], weight: f32) -> Result<(), UpdateError> {
         let expected = self.elements();
@@ -159,6 +192,21 @@ impl Delta<'_> {
         self.for_each_value(|_, v| sum += f64::from(v) * f64::from(v));
         sum
     }
+}
+
+/// The first `j` in `0..n` for which `before(j)` is false, where `before` is true on a
+/// prefix of `0..n`.
+fn partition_point(n: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// Checks that array `part` of delta `index` is `expected` bytes long.

@@ -646,3 +646,24 @@ fn key_ids_differ_per_key() {
     assert_ne!(key_id(&[1; 32]), key_id(&[2; 32]));
     assert_eq!(key_id(&[1; 32]), key_id(&[1; 32]));
 }
+
+#[test]
+fn read_range_equals_the_dense_values_for_every_encoding_and_block() {
+    let w = values(35, 4, 0.5);
+    let int8 = EncodedDelta::int8("w", &[5, 7], &w).unwrap();
+    let f16 = EncodedDelta::f16("w", &[5, 7], &w).unwrap();
+    let top = EncodedDelta::top_k("w", &[5, 7], &w, None, 9).unwrap();
+    for delta in [int8.as_delta(), f16.as_delta(), top.delta.as_delta()] {
+        let full = dense(&delta);
+        for block in [1usize, 3, 8, 35, 50] {
+            for start in (0..40).step_by(block) {
+                let mut out = vec![f32::NAN; block];
+                delta.read_range(start, &mut out);
+                for (i, &v) in out.iter().enumerate() {
+                    let want = full.get(start + i).copied().unwrap_or(0.0);
+                    assert_eq!(v, want, "{} at {}", delta.encoding.name(), start + i);
+                }
+            }
+        }
+    }
+}
