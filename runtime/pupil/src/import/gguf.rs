@@ -53,7 +53,7 @@ pub enum MetaValue {
     /// Type 8: UTF-8 text (invalid sequences are replaced).
     Str(String),
     /// Type 9: values of one type.
-    Array(Vec<MetaValue>),
+    Array(MetaArray),
     /// Type 10.
     U64(u64),
     /// Type 11.
@@ -96,12 +96,95 @@ impl MetaValue {
     }
 
     /// The value as an array, if it is one.
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
+    pub fn as_array(&self) -> Option<&MetaArray> {
         match self {
             MetaValue::Array(a) => Some(a),
             _ => None,
         }
     }
+}
+
+/// A metadata array, stored about as compactly as in the file (a GGUF of large arrays
+/// costs about its size in memory, not 32 bytes per byte as an array of [`MetaValue`]s
+/// would).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetaArray {
+    /// Numbers or booleans of GGUF type `ty`, as their little-endian bytes.
+    Scalars {
+        /// The element type (0 to 7, 10 to 12).
+        ty: u32,
+        /// `len × size` bytes.
+        bytes: Vec<u8>,
+    },
+    /// Strings: their UTF-8 text end to end and where each ends.
+    Strings {
+        /// Every string's text, concatenated.
+        text: String,
+        /// The end of each string in `text`.
+        ends: Vec<usize>,
+    },
+    /// Arrays (arrays nest at most a few levels deep).
+    Arrays(Vec<MetaArray>),
+}
+
+impl MetaArray {
+    /// Its number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            MetaArray::Scalars { ty, bytes } => bytes.len() / min_size(*ty) as usize,
+            MetaArray::Strings { ends, .. } => ends.len(),
+            MetaArray::Arrays(a) => a.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as a scalar value, if it is a number or a boolean.
+    pub fn scalar(&self, i: usize) -> Option<MetaValue> {
+        let MetaArray::Scalars { ty, bytes } = self else {
+            return None;
+        };
+        let size = min_size(*ty) as usize;
+        scalar(*ty, bytes.get(i * size..(i + 1) * size)?)
+    }
+
+    /// Element `i` as text, if it is a string.
+    pub fn str(&self, i: usize) -> Option<&str> {
+        let MetaArray::Strings { text, ends } = self else {
+            return None;
+        };
+        let start = if i == 0 { 0 } else { *ends.get(i - 1)? };
+        text.get(start..*ends.get(i)?)
+    }
+
+    /// Every element as text, if it is an array of strings.
+    pub fn strings(&self) -> Option<Vec<&str>> {
+        match self {
+            MetaArray::Strings { .. } => (0..self.len()).map(|i| self.str(i)).collect(),
+            _ => None,
+        }
+    }
+}
+
+/// The scalar of GGUF type `ty` (not a string or an array) in `b`, exactly its size.
+fn scalar(ty: u32, b: &[u8]) -> Option<MetaValue> {
+    Some(match ty {
+        0 => MetaValue::U8(b[0]),
+        1 => MetaValue::I8(b[0] as i8),
+        2 => MetaValue::U16(u16::from_le_bytes(b.try_into().ok()?)),
+        3 => MetaValue::I16(i16::from_le_bytes(b.try_into().ok()?)),
+        4 => MetaValue::U32(u32::from_le_bytes(b.try_into().ok()?)),
+        5 => MetaValue::I32(i32::from_le_bytes(b.try_into().ok()?)),
+        6 => MetaValue::F32(f32::from_le_bytes(b.try_into().ok()?)),
+        7 => MetaValue::Bool(b[0] != 0),
+        10 => MetaValue::U64(u64::from_le_bytes(b.try_into().ok()?)),
+        11 => MetaValue::I64(i64::from_le_bytes(b.try_into().ok()?)),
+        12 => MetaValue::F64(f64::from_le_bytes(b.try_into().ok()?)),
+        _ => return None,
+    })
 }
 
 /// One tensor's description.
@@ -236,6 +319,23 @@ fn locate(
     }
 }
 
+/// The error for metadata type `ty`, which GGUF does not define.
+fn unknown_type(ty: u32) -> ImportError {
+    ImportError::Gguf(format!("unknown metadata type {ty}"))
+}
+
+/// Checks that `bytes` hold scalars of type `ty`: a known type, and booleans 0 or 1.
+fn check_scalars(ty: u32, bytes: &[u8]) -> Result<(), ImportError> {
+    match ty {
+        7 => match bytes.iter().find(|&&b| b > 1) {
+            Some(b) => Err(ImportError::Gguf(format!("boolean byte {b} is not 0 or 1"))),
+            None => Ok(()),
+        },
+        0..=6 | 10..=12 => Ok(()),
+        ty => Err(unknown_type(ty)),
+    }
+}
+
 /// A bounds-checked cursor.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -295,39 +395,53 @@ impl<'a> Reader<'a> {
     }
 
     fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, ImportError> {
-        const W: &str = "metadata value";
-        Ok(match ty {
-            0 => MetaValue::U8(self.array::<1>(W)?[0]),
-            1 => MetaValue::I8(self.array::<1>(W)?[0] as i8),
-            2 => MetaValue::U16(u16::from_le_bytes(self.array(W)?)),
-            3 => MetaValue::I16(i16::from_le_bytes(self.array(W)?)),
-            4 => MetaValue::U32(self.u32(W)?),
-            5 => MetaValue::I32(i32::from_le_bytes(self.array(W)?)),
-            6 => MetaValue::F32(f32::from_le_bytes(self.array(W)?)),
-            7 => match self.array::<1>(W)?[0] {
-                0 => MetaValue::Bool(false),
-                1 => MetaValue::Bool(true),
-                b => return Err(ImportError::Gguf(format!("boolean byte {b} is not 0 or 1"))),
-            },
-            8 => MetaValue::Str(self.string(W)?),
-            9 => {
-                if depth >= MAX_DEPTH {
-                    return Err(ImportError::Gguf(format!(
-                        "metadata arrays nest deeper than {MAX_DEPTH}"
-                    )));
+        match ty {
+            8 => Ok(MetaValue::Str(self.string("metadata value")?)),
+            9 => Ok(MetaValue::Array(self.meta_array(depth)?)),
+            ty => {
+                let b = self.take(min_size(ty), "metadata value")?;
+                check_scalars(ty, b)?;
+                scalar(ty, b).ok_or_else(|| unknown_type(ty))
+            }
+        }
+    }
+
+    /// An array value (after its type tag) at nesting level `depth`.
+    fn meta_array(&mut self, depth: u32) -> Result<MetaArray, ImportError> {
+        if depth >= MAX_DEPTH {
+            return Err(ImportError::Gguf(format!(
+                "metadata arrays nest deeper than {MAX_DEPTH}"
+            )));
+        }
+        let elem = self.u32("array element type")?;
+        let n = self.count("array length", min_size(elem))?;
+        Ok(match elem {
+            8 => {
+                let mut text = String::new();
+                let mut ends = Vec::with_capacity(n.min(PREALLOCATE));
+                for _ in 0..n {
+                    let len = self.u64("metadata value")?;
+                    text.push_str(&String::from_utf8_lossy(self.take(len, "metadata value")?));
+                    ends.push(text.len());
                 }
-                let elem = self.u32("array element type")?;
-                let n = self.count("array length", min_size(elem))?;
+                MetaArray::Strings { text, ends }
+            }
+            9 => {
                 let mut items = Vec::with_capacity(n.min(PREALLOCATE));
                 for _ in 0..n {
-                    items.push(self.value(elem, depth + 1)?);
+                    items.push(self.meta_array(depth + 1)?);
                 }
-                MetaValue::Array(items)
+                MetaArray::Arrays(items)
             }
-            10 => MetaValue::U64(self.u64(W)?),
-            11 => MetaValue::I64(i64::from_le_bytes(self.array(W)?)),
-            12 => MetaValue::F64(f64::from_le_bytes(self.array(W)?)),
-            t => return Err(ImportError::Gguf(format!("unknown metadata type {t}"))),
+            ty => {
+                // `count` checked that `n` elements fit in the file.
+                let bytes = self.take(n as u64 * min_size(ty), "array values")?;
+                check_scalars(ty, bytes)?;
+                MetaArray::Scalars {
+                    ty,
+                    bytes: bytes.to_vec(),
+                }
+            }
         })
     }
 

@@ -42,13 +42,12 @@ pub(crate) fn build(gguf: &Gguf<'_>) -> Result<Result<Vec<u8>, String>, ImportEr
     let merges = strings(gguf, "tokenizer.ggml.merges")?;
     let types = gguf
         .get("tokenizer.ggml.token_type")
-        .and_then(MetaValue::as_array)
-        .unwrap_or_default();
+        .and_then(MetaValue::as_array);
     let mut vocab = Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, token) in tokens.iter().enumerate() {
         vocab.insert((*token).to_owned(), json!(id));
-        let ty = types.get(id).and_then(MetaValue::as_i64);
+        let ty = types.and_then(|t| t.scalar(id)).and_then(|v| v.as_i64());
         if ty == Some(CONTROL) || ty == Some(USER_DEFINED) {
             added.push(json!({"id": id, "content": token, "single_word": false,
                 "lstrip": false, "rstrip": false, "normalized": false,
@@ -82,8 +81,6 @@ fn strings<'a>(gguf: &'a Gguf<'_>, key: &str) -> Result<Vec<&'a str>, ImportErro
     };
     gguf.get(key)
         .and_then(MetaValue::as_array)
-        .ok_or_else(bad)?
-        .iter()
-        .map(|v| v.as_str().ok_or_else(bad))
-        .collect()
+        .and_then(|a| a.strings())
+        .ok_or_else(bad)
 }

@@ -33,7 +33,7 @@ use std::path::Path;
 pub use error::ImportError;
 pub use from_gguf::CHAT_TEMPLATE_TENSOR;
 pub use ggml::GgmlType;
-pub use gguf::{Gguf, GgufTensor, MetaValue};
+pub use gguf::{Gguf, GgufTensor, MetaArray, MetaValue};
 pub use store::Target;
 
 use crate::format::ModelBuilder;

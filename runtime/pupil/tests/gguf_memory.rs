@@ -1,0 +1,93 @@
+//! Parsing GGUF metadata costs about the file's size in memory: a 32 MiB array of bytes and
+//! an 8 MiB array of a million empty strings, with the peak of live heap bytes counted by
+//! the allocator. (When every array element was a 32-byte enum value, a 32 MiB array took
+//! 1.06 GiB.)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pupil::import::{Gguf, MetaValue};
+
+/// The system allocator, counting live bytes and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Appends a GGUF string.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A GGUF file with no tensors and two large arrays.
+fn hostile_gguf(bytes: usize, strings: usize) -> Vec<u8> {
+    let mut f = b"GGUF".to_vec();
+    f.extend_from_slice(&3u32.to_le_bytes());
+    f.extend_from_slice(&0u64.to_le_bytes());
+    f.extend_from_slice(&2u64.to_le_bytes());
+    put_str(&mut f, "junk.bytes");
+    f.extend_from_slice(&9u32.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&(bytes as u64).to_le_bytes());
+    f.resize(f.len() + bytes, 7);
+    put_str(&mut f, "junk.strings");
+    f.extend_from_slice(&9u32.to_le_bytes());
+    f.extend_from_slice(&8u32.to_le_bytes());
+    f.extend_from_slice(&(strings as u64).to_le_bytes());
+    for _ in 0..strings {
+        put_str(&mut f, "");
+    }
+    f
+}
+
+#[test]
+fn large_metadata_arrays_cost_about_their_size() {
+    let file = hostile_gguf(32 << 20, 1 << 20);
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let parsed = Gguf::parse(&file).unwrap();
+    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let bytes = parsed
+        .get("junk.bytes")
+        .and_then(MetaValue::as_array)
+        .unwrap();
+    assert_eq!(
+        (bytes.len(), bytes.scalar(5)),
+        (32 << 20, Some(MetaValue::U8(7)))
+    );
+    let strings = parsed
+        .get("junk.strings")
+        .and_then(MetaValue::as_array)
+        .unwrap();
+    assert_eq!((strings.len(), strings.str(9)), (1 << 20, Some("")));
+    eprintln!(
+        "file {:.1} MiB, peak heap while parsing {:.1} MiB",
+        file.len() as f64 / (1 << 20) as f64,
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak <= 2 * file.len(),
+        "parsing {} bytes took {peak}",
+        file.len()
+    );
+}
