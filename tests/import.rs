@@ -129,3 +129,55 @@ fn smollm2_gguf_keeps_quantized_blocks_and_builds_its_tokenizer() {
         assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
     }
 }
+
+/// A Hugging Face folder with the checkpoint in two shards and its
+/// `model.safetensors.index.json` imports to the same model as the single file.
+#[test]
+fn a_sharded_model_folder_imports_like_the_single_file() {
+    use pupil::import::import_path;
+    use safetensors::tensor::{serialize, TensorView};
+
+    let single = cached("minilm", "model.safetensors");
+    let src = single.parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for side in ["config.json", "tokenizer.json", "sentence_bert_config.json"] {
+        std::fs::copy(src.join(side), dir.path().join(side)).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::copy(
+        src.join("1_Pooling/config.json"),
+        dir.path().join("1_Pooling/config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&single).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, TensorView<'_>)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        std::fs::write(dir.path().join(&file), serialize(views, None).unwrap()).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let from_folder = import_path(dir.path(), "minilm", Target::Keep).unwrap();
+    let from_file = import_file(&single, "minilm", Target::Keep).unwrap();
+    assert_eq!(from_folder.skipped, from_file.skipped);
+    assert_eq!(
+        from_folder.builder.to_bytes().unwrap(),
+        from_file.builder.to_bytes().unwrap(),
+        "the same model, bit for bit"
+    );
+}

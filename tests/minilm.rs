@@ -120,3 +120,51 @@ fn gpu_embeddings_match_sentence_transformers() {
         .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
     check(&backend);
 }
+
+/// `pupil embed --model <the model's folder>`: the sentence-transformers folder as it is,
+/// converted in memory, gives sentence-transformers' embeddings (same bounds).
+#[test]
+fn cli_embeds_from_the_model_folder_like_sentence_transformers() {
+    let folder = fetch::cached("minilm", "model.safetensors")
+        .expect("fetching MiniLM")
+        .parent()
+        .unwrap()
+        .to_owned();
+    let reference = reference();
+    let mut args = vec![
+        "embed".to_owned(),
+        "--model".to_owned(),
+        folder.display().to_string(),
+        "--adapter".to_owned(),
+        "cpu".to_owned(),
+        "--json".to_owned(),
+    ];
+    args.extend(reference.iter().map(|r| r.0.clone()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pupil"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), reference.len());
+    for (item, (text, _, want)) in got.iter().zip(&reference) {
+        assert_eq!(item["text"].as_str(), Some(text.as_str()));
+        let e: Vec<f32> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let diff = e
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff <= 1e-4, "{text:?}: max |diff| {diff}");
+    }
+}

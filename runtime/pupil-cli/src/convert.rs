@@ -1,16 +1,19 @@
-//! `pupil convert <in> <out.pupil>`: import a safetensors or GGUF model into a `.pupil` file.
+//! `pupil convert <in> <out.pupil>`: import a Hugging Face model folder, a safetensors or a
+//! GGUF model into a `.pupil` file.
 
 use std::path::{Path, PathBuf};
 
-use pupil::import::{import_file, Target};
+use pupil::import::{import_path, Target};
 
 use crate::CliResult;
 
 /// Arguments of `pupil convert`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model to import: a `.safetensors` file (its config.json, tokenizer.json and
-    /// sentence-transformers settings are read from the same folder) or a `.gguf` file.
+    /// The model to import: a Hugging Face model folder (config.json, tokenizer.json and
+    /// `model.safetensors`, or shards listed by `model.safetensors.index.json`), a
+    /// `.safetensors` file (its config.json, tokenizer.json and sentence-transformers
+    /// settings are read from the same folder) or a `.gguf` file.
     input: PathBuf,
     /// The `.pupil` file to write (replaced atomically).
     output: PathBuf,
@@ -62,7 +65,7 @@ pub fn run(args: Args) -> CliResult {
         .into());
     }
     crate::output::check_writable("the output", &args.output)?;
-    let imported = import_file(&args.input, &id, args.dtype)?;
+    let imported = import_path(&args.input, &id, args.dtype)?;
     let hash = imported.builder.write_atomic(&args.output)?;
     for s in &imported.skipped {
         eprintln!("skipped: {s}");

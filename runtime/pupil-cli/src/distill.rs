@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil::data::mnist::Mnist;
 use pupil::format::{DType, ModelFile};
+use pupil::import::load_model;
 use pupil::models::classifier::{Arch, ClassifierSpec, Model, Train};
 use pupil::refine::distill::{distill, teacher_logits, DistillConfig, EpochReport};
 use pupil::refine::replay::Anchors;
@@ -136,7 +137,7 @@ pub struct Args {
 
 /// Distil from a classifier or an encoder, whichever the teacher is.
 pub fn run(a: Args) -> CliResult {
-    let teacher = ModelFile::open(&a.teacher)?;
+    let teacher = load_model(&a.teacher)?;
     if teacher.info().arch.as_str() == "bert" {
         return crate::distill_encoder::run(&a, &teacher);
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::format::ModelFile;
+use pupil::import::load_model;
 use pupil::models::bert::SentenceEncoder;
 use pupil::Backend;
 use serde_json::json;
@@ -14,7 +14,8 @@ use crate::CliResult;
 /// Arguments of `pupil embed`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The .pupil model (from `pupil convert` of a sentence-transformers checkpoint).
+    /// The encoder: a `.pupil` file, or a sentence-transformers model folder or
+    /// `.safetensors` file (converted in memory; `pupil convert` saves the conversion).
     #[arg(long)]
     model: PathBuf,
     /// Texts to embed.
@@ -50,7 +51,7 @@ pub fn run(args: Args) -> CliResult {
         return Err("nothing to embed: give texts as arguments or --file with one per line".into());
     }
     let backend = Backend::auto(args.adapter.as_deref())?;
-    let encoder = SentenceEncoder::load(&ModelFile::open(&args.model)?, &backend)?;
+    let encoder = SentenceEncoder::load(&load_model(&args.model)?, &backend)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ids = encoder.tokenize(&refs)?;
     let bar = if args.file.is_some() {

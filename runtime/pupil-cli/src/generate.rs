@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use pupil::format::ModelFile;
+use pupil::import::load_model;
 use pupil::models::llama::sample::{Sampler, Sampling};
 use pupil::models::llama::{chat_prompt, CausalLm, LlamaLora};
 use pupil::Backend;
@@ -15,7 +16,8 @@ use crate::CliResult;
 /// Arguments of `pupil generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The .pupil model (from `pupil convert` of a Llama GGUF, e.g. SmolLM2).
+    /// The model: a `.pupil` file, or a Llama `.gguf` file (e.g. SmolLM2) or Hugging Face
+    /// model folder, converted in memory (`pupil convert` saves the conversion).
     #[arg(long)]
     model: PathBuf,
     /// LoRA adapters to run over the model (an adapter file from `pupil refine-text --out`
@@ -73,7 +75,7 @@ pub fn run(args: Args) -> CliResult {
     };
     let mut sampler = Sampler::new(rule, args.seed)?;
     let backend = Backend::auto(args.adapter.as_deref())?;
-    let base = ModelFile::open(&args.model)?;
+    let base = load_model(&args.model)?;
     let mut lm = CausalLm::load(&base, &backend)?;
     if let Some(path) = &args.lora {
         let cfg = lm.config().clone();

@@ -1,8 +1,10 @@
-//! `pupil inspect <file>`: validate a .pupil file and print its manifest.
+//! `pupil inspect <file>`: validate a .pupil file (or a model folder, safetensors or GGUF
+//! file, converted in memory) and print its manifest.
 
 use std::path::PathBuf;
 
 use pupil::format::{ConfigValue, Hex, ModelFile};
+use pupil::import::load_model;
 use serde_json::{json, Value};
 
 use crate::CliResult;
@@ -10,7 +12,7 @@ use crate::CliResult;
 /// Arguments of `pupil inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The .pupil model file.
+    /// The model: a .pupil file, or a Hugging Face model folder, safetensors or GGUF file.
     file: PathBuf,
     /// Print the manifest as JSON (model fields, config, tensors) instead of a table.
     #[arg(long)]
@@ -18,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    let file = ModelFile::open(&args.file)?;
+    let file = load_model(&args.file)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest_json(&file))?);
     } else {

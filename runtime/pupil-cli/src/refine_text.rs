@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use pupil::format::ModelFile;
+use pupil::import::load_model;
 use pupil::models::llama::{CausalLm, Llama, Target};
 use pupil::refine::generate::{generate_train, GenerateConfig, Judge};
 use pupil::refine::plan::{mib, parse_bytes, Plan};
@@ -29,7 +29,8 @@ use crate::CliResult;
 ///   pupil refine-text --model smollm2.pupil --data hamlet.txt --general news.txt
 #[derive(Parser)]
 pub struct Args {
-    /// The decoder (.pupil, from `pupil convert` of a GGUF).
+    /// The decoder: a .pupil file, or a Llama GGUF or Hugging Face model folder
+    /// (converted in memory).
     #[arg(long)]
     model: PathBuf,
     /// The local text to learn (UTF-8).
@@ -433,7 +434,7 @@ pub fn run(a: Args) -> CliResult {
         seed: a.seed,
     };
     // The file's bytes are dropped after loading: the model holds its own copy.
-    let mut lm = CausalLm::load(&ModelFile::open(&a.model)?, &backend)?;
+    let mut lm = CausalLm::load(&load_model(&a.model)?, &backend)?;
     let texts = Texts::read(&a, &lm)?;
     eprintln!(
         "{} tokens of local text ({} training windows of {}, {} held-out tokens), {} general tokens, on {}",
@@ -458,8 +459,7 @@ pub fn run(a: Args) -> CliResult {
     let after = texts.measure(lm.model(), a.window)?;
     if let Some(out) = &a.out {
         let lora = lm.model().lora().ok_or("no adapters were trained")?;
-        lora.to_builder(&ModelFile::open(&a.model)?)?
-            .write_atomic(out)?;
+        lora.to_builder(&load_model(&a.model)?)?.write_atomic(out)?;
     }
     if let Some(path) = &a.plot {
         plot_losses(&a, path, &trained.losses, (before.0, after.0))?;

@@ -18,5 +18,5 @@ pub use builder::ModelBuilder;
 pub use error::ModelFileError;
 pub use file::{ModelFile, TensorView};
 pub use pupil_wire::{
-    ConfigEntry, ConfigValue, DType, FormatError, Hex, Manifest, ModelInfo, ShapeError,
+    ConfigEntry, ConfigValue, DType, FormatError, Hex, Manifest, ModelInfo, ShapeError, MAGIC,
 };

@@ -21,9 +21,15 @@ pub enum ImportError {
         source: std::io::Error,
     },
     /// The input is neither GGUF nor safetensors.
-    #[error("{}: unknown model file kind; pupil imports `.safetensors` and `.gguf` files", .path.display())]
+    #[error("{}: unknown model file kind; pupil reads `.pupil`, `.safetensors` and `.gguf` files and Hugging Face model folders", .path.display())]
     UnknownKind {
         /// The file.
+        path: PathBuf,
+    },
+    /// A model folder holds no weights pupil reads.
+    #[error("{}: no model weights found; a model folder holds `model.safetensors`, shards listed by `model.safetensors.index.json`, or one `.gguf` file", .path.display())]
+    NoWeights {
+        /// The folder.
         path: PathBuf,
     },
     /// The GGUF bytes end before a structure they announce.

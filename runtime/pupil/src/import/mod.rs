@@ -17,6 +17,7 @@
 //! ```
 
 mod error;
+mod folder;
 mod from_gguf;
 mod ggml;
 mod gguf;
@@ -36,7 +37,7 @@ pub use ggml::GgmlType;
 pub use gguf::{Gguf, GgufTensor, MetaArray, MetaValue};
 pub use store::Target;
 
-use crate::format::ModelBuilder;
+use crate::format::{ModelBuilder, ModelFile};
 
 /// The name of the U8 tensor that holds a Hugging Face `tokenizer.json`.
 pub const TOKENIZER_TENSOR: &str = "tokenizer.json";
@@ -67,6 +68,52 @@ pub fn import_file(path: &Path, model_id: &str, target: Target) -> Result<Import
             path: path.to_path_buf(),
         })
     }
+}
+
+/// Imports the model at `path` as model `model_id`: a Hugging Face model folder
+/// (`config.json`, `tokenizer.json`, `model.safetensors` or its shards with
+/// `model.safetensors.index.json`, or one `.gguf` file), or a safetensors or GGUF file.
+pub fn import_path(path: &Path, model_id: &str, target: Target) -> Result<Imported, ImportError> {
+    if path.is_dir() {
+        folder::import(path, model_id, target)
+    } else {
+        import_file(path, model_id, target)
+    }
+}
+
+/// The model at `path` as a model file: a `.pupil` file as it is; a Hugging Face model
+/// folder, a safetensors or a GGUF file converted in memory ([`Target::Keep`]), named
+/// after the folder or the file. What a user points a command at, whatever it is.
+pub fn load_model(path: &Path) -> Result<ModelFile, ImportError> {
+    if path.is_file() && has_pupil_magic(path)? {
+        return Ok(ModelFile::open(path)?);
+    }
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("model");
+    let imported = import_path(path, name, Target::Keep)?;
+    Ok(ModelFile::from_bytes(imported.builder.to_bytes()?)?)
+}
+
+/// Whether the file at `path` starts with the `.pupil` magic.
+fn has_pupil_magic(path: &Path) -> Result<bool, ImportError> {
+    use std::io::Read;
+    let io = |source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]).map_err(io)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(head[..got].starts_with(&crate::format::MAGIC))
 }
 
 /// Imports GGUF `bytes` as model `model_id`.

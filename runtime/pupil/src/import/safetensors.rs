@@ -24,24 +24,45 @@ fn pupil_dtype(dtype: Dtype) -> Option<DType> {
     })
 }
 
-/// Converts the safetensors `bytes` read from `path` into a model file named `model_id`.
-/// Tensors keep their names; 64-bit integer tensors (such as BERT's `position_ids`, which
-/// are only `0..n`) are skipped and listed in [`Imported::skipped`].
+/// Converts the safetensors `bytes` read from `path` into a model file named `model_id`,
+/// with the settings and tokenizer found beside it.
 pub(crate) fn import(
     path: &Path,
     bytes: &[u8],
     model_id: &str,
     target: Target,
 ) -> Result<Imported, ImportError> {
-    let st =
-        SafeTensors::deserialize(bytes).map_err(|e| ImportError::Safetensors(e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
+    import_shards(dir, &[bytes], model_id, target)
+}
+
+/// Converts the safetensors files `shards` (one, or the shards of a checkpoint) of the
+/// model in folder `dir` into a model file named `model_id`. Tensors keep their names;
+/// 64-bit integer tensors (such as BERT's `position_ids`, which are only `0..n`) are
+/// skipped and listed in [`Imported::skipped`]; a name in two shards is an error.
+pub(crate) fn import_shards(
+    dir: &Path,
+    shards: &[&[u8]],
+    model_id: &str,
+    target: Target,
+) -> Result<Imported, ImportError> {
+    let mut tensors = Vec::new();
+    for bytes in shards {
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| ImportError::Safetensors(e.to_string()))?;
+        tensors.extend(st.tensors());
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = tensors.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(ImportError::Safetensors(format!(
+            "tensor {:?} is in two shards",
+            w[0].0
+        )));
+    }
     let config = hf_config::read(dir)?;
     let mut builder = ModelBuilder::new(model_id, &config.arch)?;
     config.apply(&mut builder)?;
     let mut skipped = Vec::new();
-    let mut tensors = st.tensors();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, view) in tensors {
         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
         match pupil_dtype(view.dtype()) {
