@@ -4,7 +4,6 @@
 //! model version. The client needs only this module, not the server.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use pupil_format::DType;
 use serde::{Deserialize, Serialize};
@@ -331,9 +330,10 @@ pub struct RegisterRequest {
 }
 
 /// Seconds since the Unix epoch.
+#[cfg(any(feature = "http", feature = "server"))]
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 

@@ -39,6 +39,8 @@ pub fn backend_kind(backend: &Backend) -> &'static str {
 /// A classifier read from a `.pupil` file, its parameters on one backend, every parameter
 /// trainable.
 pub struct Classifier {
+    /// The file it was loaded from: the base an update is a delta to.
+    file: pupil::format::ModelFile,
     model: Model,
     /// AdamW's moments, made at the first training step.
     optimizer: Option<Optimizer>,
@@ -51,8 +53,20 @@ impl Classifier {
         let file = pupil::format::ModelFile::from_bytes(bytes)?;
         Ok(Classifier {
             model: Model::open(&file, backend, Train::All)?,
+            file,
             optimizer: None,
         })
+    }
+
+    /// The model file it was loaded from (the base of an update).
+    pub fn file(&self) -> &pupil::format::ModelFile {
+        &self.file
+    }
+
+    /// Every parameter's name, shape and current values: the refined model that an update
+    /// from [`Classifier::file`] carries.
+    pub fn refined(&self) -> Result<Vec<pupil::params::NamedValues>> {
+        self.model.merged()
     }
 
     /// The backend it runs on.

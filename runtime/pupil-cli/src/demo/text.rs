@@ -43,7 +43,7 @@ const GENERAL_WINDOWS: usize = 8;
 /// personal adapter's blend is measured on them.
 const PROBE_WINDOWS: usize = 4;
 /// The personal adapter's scales a device tries, largest first.
-const BLEND_SCALES: [f32; 4] = [0.25, 0.5, 0.75, 1.0];
+const BLEND_SCALES: [f32; 8] = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0];
 /// The projections that are shared; the output projection stays on the device.
 const SHARED: [Target; 2] = [Target::Q, Target::V];
 const TRAINED: [Target; 3] = [Target::Q, Target::V, Target::O];

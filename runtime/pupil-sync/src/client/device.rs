@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use pupil_format::{DType, ModelBuilder, ModelFile};
 
 use super::update::{NamedValues, Queued, UpdateOptions};
-use super::{Client, Outbox, PushReport};
+use super::Outbox;
+#[cfg(feature = "http")]
+use super::{Client, PushReport};
 use crate::error::io_err;
 use crate::keys::KeyPair;
 use crate::{fsutil, hex, SyncError};
@@ -178,6 +180,7 @@ impl DeviceDir {
             .queue_update(&self.key()?, base, refined, &options)
     }
 
+    #[cfg(feature = "http")]
     /// Pushes this device's outbox through `client`, every request signed with
     /// this device's key (see [`Client::push`]).
     pub fn push(&self, client: &Client) -> Result<PushReport, SyncError> {
