@@ -94,9 +94,9 @@ pub struct Args {
     #[arg(long)]
     skip_alone: bool,
     /// Text task: how far a device's personal adapter may raise perplexity on the base's own
-    /// samples over the shared version's (0.05 = 5 %); it is scaled down until it does not
+    /// samples over the shared version's (0.08 = 8 %); it is scaled down until it does not
     /// (WiSE-FT blending).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.08)]
     max_drift: f64,
     /// Adapter (name, backend or cpu); default: the best GPU, else the CPU backend.
     #[arg(long)]
