@@ -14,7 +14,6 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{db, io_err, SyncError};
 
@@ -22,7 +21,7 @@ mod retention;
 mod uploads;
 
 pub use crate::protocol::{Rollback, VersionMeta};
-pub use retention::{Pruned, Retention};
+pub use retention::{Pruned, Retention, UpdateDigest};
 pub use uploads::{Append, UploadId, UploadMeta, UploadOpen, UPLOAD_ID_LEN};
 
 /// Device id → 32-byte Ed25519 public key.
@@ -222,13 +221,13 @@ impl Store {
         Ok(bytes)
     }
 
-    /// The SHA-256 of update `(device, seq)`, whether its bytes are stored or were
+    /// The digest of update `(device, seq)`, whether its bytes are stored or were
     /// pruned ([`Retention`]).
-    pub fn update_digest(&self, device: &str, seq: u64) -> Result<Option<[u8; 32]>, SyncError> {
+    pub fn update_digest(&self, device: &str, seq: u64) -> Result<Option<UpdateDigest>, SyncError> {
         let tx = self.db.begin_read().map_err(db)?;
         let updates = tx.open_table(UPDATES).map_err(db)?;
         if let Some(bytes) = updates.get((device, seq)).map_err(db)? {
-            return Ok(Some(Sha256::digest(bytes.value()).into()));
+            return Ok(Some(UpdateDigest::of(bytes.value())));
         }
         let digests = tx.open_table(retention::UPDATE_DIGESTS).map_err(db)?;
         retention::pruned_digest(&digests, device, seq)
@@ -522,8 +521,8 @@ fn insert_in(
         .map(|v| v.value() == bytes);
     if existing.is_none() {
         let digests = tx.open_table(retention::UPDATE_DIGESTS).map_err(db)?;
-        existing = retention::pruned_digest(&digests, device, seq)?
-            .map(|d| d == <[u8; 32]>::from(Sha256::digest(bytes)));
+        existing =
+            retention::pruned_digest(&digests, device, seq)?.map(|d| d == UpdateDigest::of(bytes));
     }
     Ok(match existing {
         Some(true) => Insert::Duplicate,

@@ -36,12 +36,26 @@ fn spawn(store: &Path, model: &Path, min_updates: u64) -> (Child, String) {
     spawn_server(store, model, &args)
 }
 
-/// Pushes every device's outbox (signed with its key) until `stop`; errors (the
-/// server is gone) are retried.
+/// A client that uploads updates longer than 64 bytes in 64-byte chunks when `chunked`.
+fn client(url: &str, chunked: bool) -> Client {
+    let client = Client::new(url);
+    if chunked {
+        client.with_chunks(ChunkPolicy {
+            threshold: 64,
+            size: 64,
+        })
+    } else {
+        client
+    }
+}
+
+/// Pushes every device's outbox (signed with its key) until `stop`, the first `chunked`
+/// devices in 64-byte chunks; errors (the server is gone) are retried.
 fn pusher(
     url: String,
     keys: Arc<Vec<KeyPair>>,
     outboxes: Arc<Vec<Outbox>>,
+    chunked: usize,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
@@ -50,13 +64,46 @@ fn pusher(
             base: Duration::from_millis(5),
             max: Duration::from_millis(10),
         };
-        let client = Client::new(&url).with_retry(retry);
+        let whole = client(&url, false).with_retry(retry);
+        let chunks = client(&url, true).with_retry(retry);
         while !stop.load(Ordering::Relaxed) {
-            for (k, o) in keys.iter().zip(outboxes.iter()) {
+            for (i, (k, o)) in keys.iter().zip(outboxes.iter()).enumerate() {
+                let client = if i < chunked { &chunks } else { &whole };
                 let _ = client.push(k, o);
             }
         }
     })
+}
+
+/// Waits until the server at `url` has no update pending.
+fn wait_until_aggregated(url: &str) {
+    assert!(wait_for(10, || {
+        let mut resp = agent().get(&format!("{url}/v1/metrics")).call().unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        m["updates_pending"].as_u64() == Some(0)
+    }));
+}
+
+/// Checks that `s` holds updates 1..=`per_device` of devices `dev0`.. `dev{devices-1}`,
+/// each once, and that rounds aggregated each once.
+fn assert_each_update_once(s: &Store, devices: usize, per_device: u64) {
+    let mut expected: Vec<(String, u64)> = (0..devices)
+        .flat_map(|i| (1..=per_device).map(move |seq| (format!("dev{i}"), seq)))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        s.update_keys().unwrap(),
+        expected,
+        "every acknowledged update is stored exactly once"
+    );
+    let [stored, pending, _, _] = s.counts().unwrap();
+    let aggregated: u64 = s.rounds().unwrap().iter().map(|r| r.updates).sum();
+    assert_eq!(
+        aggregated + pending,
+        stored,
+        "each update is aggregated exactly once"
+    );
 }
 
 #[test]
@@ -98,7 +145,7 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
     // Kill the server three times while devices upload and rounds run.
     for kill in 0..3 {
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = pusher(url.clone(), keys.clone(), outboxes.clone(), stop.clone());
+        let handle = pusher(url.clone(), keys.clone(), outboxes.clone(), 0, stop.clone());
         thread::sleep(Duration::from_millis(150 + 100 * kill));
         server.kill().unwrap();
         server.wait().unwrap();
@@ -116,35 +163,13 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
             "{status:?}"
         );
     }
-    assert!(wait_for(10, || {
-        let mut resp = agent().get(&format!("{url}/v1/metrics")).call().unwrap();
-        let m: serde_json::Value =
-            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-        m["updates_pending"].as_u64() == Some(0)
-    }));
+    wait_until_aggregated(&url);
     server.kill().unwrap();
     server.wait().unwrap();
 
     let s = Store::open(&store).unwrap();
-    let keys = s.update_keys().unwrap();
-    let expected: Vec<(String, u64)> = (0..DEVICES)
-        .flat_map(|i| (1..=PER_DEVICE).map(move |seq| (format!("dev{i}"), seq)))
-        .collect();
-    let mut sorted = expected.clone();
-    sorted.sort();
-    assert_eq!(
-        keys, sorted,
-        "every acknowledged update is stored exactly once"
-    );
-    let [stored, pending, versions, _] = s.counts().unwrap();
-    let rounds = s.rounds().unwrap();
-    let aggregated: u64 = rounds.iter().map(|r| r.updates).sum();
-    assert_eq!(
-        aggregated + pending,
-        stored,
-        "each update is aggregated exactly once"
-    );
-    assert!(versions >= 2, "rounds published versions");
+    assert_each_update_once(&s, DEVICES, PER_DEVICE);
+    assert!(s.counts().unwrap()[2] >= 2, "rounds published versions");
     let mut hashes = Vec::new();
     for v in s.versions().unwrap() {
         let bytes = s.version_bytes(v.version).unwrap().unwrap();
@@ -164,37 +189,6 @@ fn sigkill_loses_no_acknowledged_update_and_counts_each_once() {
         }
         hashes.push(v.hash);
     }
-}
-
-/// Pushes each device's outbox, in chunks of 64 bytes for the devices marked in
-/// `chunked`, until `stop`; errors (the server is gone) are retried.
-fn mixed_pusher(
-    url: String,
-    keys: Arc<Vec<KeyPair>>,
-    outboxes: Arc<Vec<Outbox>>,
-    chunked: usize,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let retry = RetryPolicy {
-            attempts: 2,
-            base: Duration::from_millis(5),
-            max: Duration::from_millis(10),
-        };
-        let whole = Client::new(&url).with_retry(retry);
-        let chunks = Client::new(&url)
-            .with_retry(retry)
-            .with_chunks(ChunkPolicy {
-                threshold: 64,
-                size: 64,
-            });
-        while !stop.load(Ordering::Relaxed) {
-            for (i, (k, o)) in keys.iter().zip(outboxes.iter()).enumerate() {
-                let client = if i < chunked { &chunks } else { &whole };
-                let _ = client.push(k, o);
-            }
-        }
-    })
 }
 
 #[test]
@@ -239,7 +233,7 @@ fn many_sigkills_under_whole_and_chunked_pushes_leave_every_device_able_to_uploa
     let mut under_load = 0;
     for kill in 0..KILLS {
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = mixed_pusher(
+        let handle = pusher(
             url.clone(),
             keys.clone(),
             outboxes.clone(),
@@ -262,46 +256,19 @@ fn many_sigkills_under_whole_and_chunked_pushes_leave_every_device_able_to_uploa
     // Every device can still upload: what is queued goes, and so does a new update.
     for (i, (k, o)) in keys.iter().zip(outboxes.iter()).enumerate() {
         enqueue(i, k, o);
-        let mut client = Client::new(&url);
-        if i < MIXED / 2 {
-            client = client.with_chunks(ChunkPolicy {
-                threshold: 64,
-                size: 64,
-            });
-        }
-        let report = client.push(k, o).unwrap();
+        let report = client(&url, i < MIXED / 2).push(k, o).unwrap();
         let status = o.status().unwrap();
         assert!(
             status.queued.is_empty() && status.rejected.is_empty(),
             "device {i}: {status:?} after {report:?}"
         );
     }
-    assert!(wait_for(10, || {
-        let mut resp = agent().get(&format!("{url}/v1/metrics")).call().unwrap();
-        let m: serde_json::Value =
-            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-        m["updates_pending"].as_u64() == Some(0)
-    }));
+    wait_until_aggregated(&url);
     server.kill().unwrap();
     server.wait().unwrap();
 
     let s = Store::open(&store).unwrap();
-    let mut expected: Vec<(String, u64)> = (0..MIXED)
-        .flat_map(|i| (1..=EACH + 1).map(move |seq| (format!("dev{i}"), seq)))
-        .collect();
-    expected.sort();
-    assert_eq!(
-        s.update_keys().unwrap(),
-        expected,
-        "every update stored exactly once"
-    );
-    let [stored, pending, _, _] = s.counts().unwrap();
-    let aggregated: u64 = s.rounds().unwrap().iter().map(|r| r.updates).sum();
-    assert_eq!(
-        aggregated + pending,
-        stored,
-        "each update aggregated exactly once"
-    );
+    assert_each_update_once(&s, MIXED, EACH + 1);
     assert_eq!(
         s.uploads().unwrap(),
         [],
@@ -309,7 +276,7 @@ fn many_sigkills_under_whole_and_chunked_pushes_leave_every_device_able_to_uploa
     );
     eprintln!(
         "{KILLS} SIGKILLs ({under_load} with updates still queued), {} updates ({} chunked) in {:.1} s",
-        expected.len(),
+        MIXED * (EACH as usize + 1),
         (EACH as usize + 1) * MIXED / 2,
         started.elapsed().as_secs_f64()
     );

@@ -44,14 +44,21 @@ fn update(key: &KeyPair, seq: u64, base: [u8; 32], step: f32) -> Vec<u8> {
     )
 }
 
-#[test]
-fn old_versions_and_consumed_update_bytes_are_pruned_and_resent_updates_still_answer() {
-    let t = start_with(config(3, 0), wide_model());
+/// A server with `config` serving the wide model, device `d` registered with its key,
+/// and the model's content hash (the base of every update).
+fn start_registered(config: ServerConfig) -> (TestServer, KeyPair, [u8; 32]) {
+    let t = start_with(config, wide_model());
     let key = KeyPair::from_seed([7; 32]);
     Client::new(&t.url)
         .register("d", &key, Some(TOKEN))
         .unwrap();
     let base = ModelFile::from_bytes(wide_model()).unwrap().content_hash();
+    (t, key, base)
+}
+
+#[test]
+fn old_versions_and_consumed_update_bytes_are_pruned_and_resent_updates_still_answer() {
+    let (t, key, base) = start_registered(config(3, 0));
     let rounds = 30;
     for seq in 1..=rounds {
         let env = update(&key, seq, base, 1e-3);
@@ -126,12 +133,7 @@ fn old_versions_and_consumed_update_bytes_are_pruned_and_resent_updates_still_an
 
 #[test]
 fn consumed_updates_keep_their_bytes_during_the_grace() {
-    let t = start_with(config(32, 3600), wide_model());
-    let key = KeyPair::from_seed([8; 32]);
-    Client::new(&t.url)
-        .register("d", &key, Some(TOKEN))
-        .unwrap();
-    let base = ModelFile::from_bytes(wide_model()).unwrap().content_hash();
+    let (t, key, base) = start_registered(config(32, 3600));
     let env = update(&key, 1, base, 1e-3);
     t.server.submit(&env).unwrap();
     t.server.run_round().unwrap().unwrap();

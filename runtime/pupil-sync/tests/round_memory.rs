@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use common::*;
 use pupil_format::{ModelBuilder, ModelFile};
 use pupil_sync::aggregate::Rule;
@@ -16,30 +13,8 @@ use pupil_sync::server::{finite_gate, Server, ServerConfig, Submitted};
 use pupil_sync::KeyPair;
 use pupil_wire::update::{EncodedDelta, UpdateDraft};
 
-/// The system allocator, counting live bytes and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../../../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const ROWS: u64 = 1024;
 const COLS: u64 = 1024;
@@ -93,12 +68,10 @@ fn round_peak(rule: Rule) -> usize {
         let env = sparse_update(&key, &device, i, base);
         assert_eq!(server.submit(&env).unwrap(), Submitted::Accepted);
     }
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let record = server.run_round().unwrap().unwrap();
+    let (record, peak) = counting_alloc::peak_during(|| server.run_round().unwrap().unwrap());
     assert_eq!(record.updates, UPDATES, "{record:?}");
     assert!(record.published.is_some(), "{record:?}");
-    PEAK.load(Ordering::Relaxed) - before
+    peak
 }
 
 #[test]

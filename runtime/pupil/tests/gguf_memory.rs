@@ -3,35 +3,10 @@
 //! the allocator. (When every array element was a 32-byte enum value, a 32 MiB array took
 //! 1.06 GiB.)
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use pupil::import::{Gguf, MetaValue};
 
-/// The system allocator, counting live bytes and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../../../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 /// Appends a GGUF string.
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -63,10 +38,7 @@ fn hostile_gguf(bytes: usize, strings: usize) -> Vec<u8> {
 #[test]
 fn large_metadata_arrays_cost_about_their_size() {
     let file = hostile_gguf(32 << 20, 1 << 20);
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let parsed = Gguf::parse(&file).unwrap();
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let (parsed, peak) = counting_alloc::peak_during(|| Gguf::parse(&file).unwrap());
     let bytes = parsed
         .get("junk.bytes")
         .and_then(MetaValue::as_array)

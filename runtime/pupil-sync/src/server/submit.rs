@@ -3,13 +3,12 @@
 use axum::http::StatusCode;
 use pupil_format::DType;
 use pupil_wire::{Envelope, Update, UpdateError};
-use sha2::{Digest, Sha256};
 
 use super::api_error::ApiError;
 use super::Server;
 use crate::keys;
 use crate::protocol::{takes_deltas, DATA_TENSOR_PREFIX};
-use crate::store::{Insert, UploadId};
+use crate::store::{Insert, UpdateDigest, UploadId};
 
 /// What happened to an update that was not rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +112,7 @@ impl Server {
             ));
         }
         if let Some(stored) = self.store.update_digest(&device, update.seq)? {
-            return if stored == <[u8; 32]>::from(Sha256::digest(bytes)) {
+            return if stored == UpdateDigest::of(bytes) {
                 // An upload of it that outlived the store (a crash of an older server) goes.
                 self.store.remove_upload_of(&device, update.seq)?;
                 Ok(Submitted::Duplicate)

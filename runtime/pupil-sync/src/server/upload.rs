@@ -80,7 +80,7 @@ impl Server {
             )
         })?;
         if let Some(stored) = self.store.update_digest(device, req.seq)? {
-            if stored == sha {
+            if stored.len == req.length && stored.sha256 == sha {
                 // An upload of it left behind by a crash would hold a slot for a day.
                 self.store.remove_upload_of(device, req.seq)?;
                 self.count("duplicate");

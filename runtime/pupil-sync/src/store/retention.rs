@@ -10,7 +10,7 @@
 //!   inspection), then only its SHA-256 stays, so that a device resending it is still
 //!   answered "duplicate" and a different update under its number is still refused.
 
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use sha2::{Digest, Sha256};
 
 use super::{Store, META, PENDING, STATE, UPDATES, VERSIONS, VERSION_META};
@@ -19,7 +19,7 @@ use crate::error::{db, SyncError};
 /// (seconds since the Unix epoch when a round consumed it, device id, sequence number)
 /// of every update a round consumed or set aside whose bytes are still stored.
 const CONSUMED: TableDefinition<(u64, &str, u64), ()> = TableDefinition::new("consumed");
-/// (device id, sequence number) → SHA-256 of an update whose bytes were pruned.
+/// (device id, sequence number) → [`UpdateDigest`] of an update whose bytes were pruned.
 pub(super) const UPDATE_DIGESTS: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("update_digests");
 
@@ -51,15 +51,20 @@ pub struct Pruned {
     pub updates: u64,
 }
 
-/// Opens the retention tables in `tx` (creating them) and records, as consumed at
-/// `now_unix`, stored updates that are neither pending nor recorded (a store written
-/// before updates were pruned).
+/// The [`META`] entry set once a store's consumed updates are all recorded in [`CONSUMED`].
+const INDEXED: &str = "consumed_indexed";
+
+/// Opens the retention tables in `tx` (creating them) and, once per store, records as
+/// consumed at `now_unix` the stored updates that are not pending (a store written before
+/// updates were pruned).
 pub(super) fn create_tables(tx: &WriteTransaction, now_unix: u64) -> Result<(), SyncError> {
     tx.open_table(UPDATE_DIGESTS).map_err(db)?;
     let mut consumed = tx.open_table(CONSUMED).map_err(db)?;
-    if !consumed.is_empty().map_err(db)? {
+    let mut meta = tx.open_table(META).map_err(db)?;
+    if meta.get(INDEXED).map_err(db)?.is_some() {
         return Ok(());
     }
+    meta.insert(INDEXED, 1).map_err(db)?;
     let pending = tx.open_table(PENDING).map_err(db)?;
     let updates = tx.open_table(UPDATES).map_err(db)?;
     for item in updates.iter().map_err(db)? {
@@ -86,16 +91,52 @@ pub(super) fn mark_consumed(
     Ok(())
 }
 
-/// The SHA-256 recorded within `tx`'s tables for pruned update `(device, seq)`.
+/// What identifies an update's bytes once they are pruned: their SHA-256 and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdateDigest {
+    /// SHA-256 of the signed envelope.
+    pub sha256: [u8; 32],
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+impl UpdateDigest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        UpdateDigest {
+            sha256: Sha256::digest(bytes).into(),
+            len: bytes.len() as u64,
+        }
+    }
+
+    /// As stored: the hash, then the length as u64 little-endian.
+    fn to_bytes(self) -> [u8; 40] {
+        let mut out = [0; 40];
+        out[..32].copy_from_slice(&self.sha256);
+        out[32..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// Reads [`UpdateDigest::to_bytes`]'s 40 bytes.
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        let (sha256, len) = (b.get(..32)?, b.get(32..40)?);
+        Some(UpdateDigest {
+            sha256: sha256.try_into().ok()?,
+            len: u64::from_le_bytes(len.try_into().ok()?),
+        })
+    }
+}
+
+/// The digest recorded in `table` for pruned update `(device, seq)`.
 pub(super) fn pruned_digest(
     table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     device: &str,
     seq: u64,
-) -> Result<Option<[u8; 32]>, SyncError> {
+) -> Result<Option<UpdateDigest>, SyncError> {
     Ok(table
         .get((device, seq))
         .map_err(db)?
-        .and_then(|v| <[u8; 32]>::try_from(v.value()).ok()))
+        .and_then(|v| UpdateDigest::from_bytes(v.value())))
 }
 
 /// Versions to remove under `keep_newest`: every stored one but the newest
@@ -169,7 +210,7 @@ impl Store {
                 let Some(bytes) = updates.remove((device.as_str(), seq)).map_err(db)? else {
                     continue;
                 };
-                let digest = Sha256::digest(bytes.value());
+                let digest = UpdateDigest::of(bytes.value()).to_bytes();
                 drop(bytes);
                 digests
                     .insert((device.as_str(), seq), digest.as_slice())

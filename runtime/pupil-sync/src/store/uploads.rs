@@ -191,18 +191,18 @@ impl Store {
                     }
                 }
                 None if open >= max_per_device => UploadOpen::TooMany,
-                None if open_bytes(&uploads)?.saturating_add(meta.length) > max_total_bytes => {
-                    UploadOpen::StoreFull {
-                        open_bytes: open_bytes(&uploads)?,
-                    }
-                }
                 None => {
-                    uploads
-                        .insert(id.as_slice(), to_json(meta).as_str())
-                        .map_err(db)?;
-                    keys.insert((meta.device.as_str(), meta.seq), id.as_slice())
-                        .map_err(db)?;
-                    UploadOpen::Created(*id)
+                    let open_bytes = open_bytes(&uploads)?;
+                    if open_bytes.saturating_add(meta.length) > max_total_bytes {
+                        UploadOpen::StoreFull { open_bytes }
+                    } else {
+                        uploads
+                            .insert(id.as_slice(), to_json(meta).as_str())
+                            .map_err(db)?;
+                        keys.insert((meta.device.as_str(), meta.seq), id.as_slice())
+                            .map_err(db)?;
+                        UploadOpen::Created(*id)
+                    }
                 }
             }
         };

@@ -10,20 +10,12 @@ use serde_json::Value;
 
 use super::error::ImportError;
 use super::store::Target;
-use super::{from_gguf, safetensors, Imported};
+use super::{from_gguf, read, safetensors, Imported};
 
 /// The single safetensors file a folder holds.
 const SINGLE: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
 const INDEX: &str = "model.safetensors.index.json";
-
-/// Reads the file at `path`.
-fn read(path: &Path) -> Result<Vec<u8>, ImportError> {
-    std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// The shard files `index` (the JSON at `path`) lists, in name order, each once.
 fn shard_names(path: &Path, index: &[u8]) -> Result<Vec<String>, ImportError> {

@@ -398,11 +398,12 @@ impl<'a> Reader<'a> {
         match ty {
             8 => Ok(MetaValue::Str(self.string("metadata value")?)),
             9 => Ok(MetaValue::Array(self.meta_array(depth)?)),
-            ty => {
+            0..=7 | 10..=12 => {
                 let b = self.take(min_size(ty), "metadata value")?;
                 check_scalars(ty, b)?;
                 scalar(ty, b).ok_or_else(|| unknown_type(ty))
             }
+            ty => Err(unknown_type(ty)),
         }
     }
 

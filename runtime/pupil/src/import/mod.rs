@@ -54,10 +54,7 @@ pub struct Imported {
 /// Imports the safetensors or GGUF file at `path` (told apart by their first bytes) as model
 /// `model_id`, storing float tensors as `target` says.
 pub fn import_file(path: &Path, model_id: &str, target: Target) -> Result<Imported, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read(path)?;
     if bytes.starts_with(b"GGUF") {
         from_gguf::import(&bytes, model_id, target)
     } else if path.extension().is_some_and(|e| e == "safetensors") || looks_like_safetensors(&bytes)
@@ -114,6 +111,14 @@ fn has_pupil_magic(path: &Path) -> Result<bool, ImportError> {
         }
     }
     Ok(head[..got].starts_with(&crate::format::MAGIC))
+}
+
+/// The bytes of the file at `path`.
+fn read(path: &Path) -> Result<Vec<u8>, ImportError> {
+    std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Imports GGUF `bytes` as model `model_id`.
