@@ -1,11 +1,22 @@
 // Products with a frozen block-quantized matrix W [rows, cols], dequantized in registers.
-// W is stored as blocks of 32 consecutive elements of a row, each block `wpb` u32 words:
-// word 0 holds the f16 scale d (low half) and, for Q4_1, the f16 minimum m (high half);
-// then the quants, little-endian bytes as in GGML:
+// W is stored as blocks of consecutive elements of a row, each block `wpb` u32 words.
+// 32-element blocks (formats 0..4): word 0 holds the f16 scale d (low half) and, for Q4_1
+// and Q5_1, the f16 minimum m (high half); then the quants, little-endian bytes as in GGML:
 //   Q8_0 (format 0): 8 words, 32 signed bytes q, value d * q;
 //   Q4_0 (format 1): 4 words, 16 bytes, element j < 16 in the low nibble of byte j and
 //                    element j + 16 in its high nibble, value d * (q - 8);
-//   Q4_1 (format 2): the same nibbles, value d * q + m.
+//   Q4_1 (format 2): the same nibbles, value d * q + m;
+//   Q5_0 (format 3): 1 word qh (bit j: the fifth bit of element j), then the nibbles,
+//                    value d * (q - 16);
+//   Q5_1 (format 4): the same, value d * q + m.
+// k-quant super-blocks of 256 elements (formats 5..7) are GGML's bytes padded to words:
+//   Q4_K (format 5): word 0 d | dmin << 16, words 1..3 the 6-bit sub-scales and minima of 8
+//                    sub-blocks of 32, words 4..35 nibbles: sub-block s in the low (s even)
+//                    or high (s odd) nibbles of bytes 32 (s / 2) ..; value d sc q - dmin m;
+//   Q5_K (format 6): as Q4_K, then words 4..11 qh (bit s of byte l: element l of sub-block
+//                    s), words 12..43 the nibbles;
+//   Q6_K (format 7): words 0..31 ql, 32..47 qh, 48..51 16 i8 scales (sub-blocks of 16),
+//                    word 52 d; value d * sc * (q - 32).
 // Entry points:
 //   qmatmul_nt  y[M, N] = x[M, K] W^T      (N = rows, K = cols: a linear layer's forward)
 //   qmatmul_nn  y[M, N] = x[M, K] W        (K = rows, N = cols: its input gradient)
@@ -22,8 +33,78 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-// Elements 8 * part .. 8 * part + 7 of block `blk` of row `row`.
+// Byte `i` (0-based, within the block at word `base`) as an unsigned value.
+fn byte_at(base: u32, i: u32) -> u32 {
+    return extractBits(w[base + i / 4u], 8u * (i % 4u), 8u);
+}
+
+// Scale and minimum of k-quant sub-block j (0..7) from the 12 bytes at word base + 1.
+fn scale_min_k4(base: u32, j: u32) -> vec2<f32> {
+    let b = base * 4u + 4u; // byte offset of the scales, counted from word 0 of W
+    if (j < 4u) {
+        return vec2<f32>(f32(byte_at(0u, b + j) & 63u), f32(byte_at(0u, b + j + 4u) & 63u));
+    }
+    let hi = byte_at(0u, b + j + 4u);
+    let sc = (hi & 15u) | ((byte_at(0u, b + j - 4u) >> 6u) << 4u);
+    let m = (hi >> 4u) | ((byte_at(0u, b + j) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
+}
+
+// Elements 8 * part .. 8 * part + 7 of sub-block s of the Q4_K / Q5_K super-block at base.
+fn dequant8_q45k(base: u32, s: u32, part: u32) -> array<f32, 8> {
+    let hdr = unpack2x16float(w[base]);
+    let sm = scale_min_k4(base, s);
+    let scale = hdr.x * sm.x;
+    let minimum = hdr.y * sm.y;
+    var qs = base + 4u;
+    if (p.format == 6u) { qs = base + 12u; }
+    let w0 = w[qs + 8u * (s / 2u) + 2u * part];
+    let w1 = w[qs + 8u * (s / 2u) + 2u * part + 1u];
+    let shift = (s % 2u) * 4u;
+    var h0 = 0u;
+    var h1 = 0u;
+    if (p.format == 6u) {
+        h0 = w[base + 4u + 2u * part];
+        h1 = w[base + 5u + 2u * part];
+    }
+    var out: array<f32, 8>;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let q0 = extractBits(w0, 8u * j + shift, 4u) | (extractBits(h0, 8u * j + s, 1u) << 4u);
+        let q1 = extractBits(w1, 8u * j + shift, 4u) | (extractBits(h1, 8u * j + s, 1u) << 4u);
+        out[j] = scale * f32(q0) - minimum;
+        out[j + 4u] = scale * f32(q1) - minimum;
+    }
+    return out;
+}
+
+// Elements 8 * part .. 8 * part + 7 of sub-block s (of 32) of the Q6_K super-block at base.
+fn dequant8_q6k(base: u32, s: u32, part: u32) -> array<f32, 8> {
+    let d = unpack2x16float(w[base + 52u]).x;
+    let h = s / 4u;
+    let g = s % 4u;
+    let lo = base + h * 16u + (g % 2u) * 8u + 2u * part;
+    let hi = base + 32u + h * 8u + 2u * part;
+    let sc = f32(bitcast<i32>(byte_at(base + 48u, h * 8u + part / 2u + 2u * g) << 24u) >> 24u);
+    let scale = d * sc;
+    var out: array<f32, 8>;
+    for (var i = 0u; i < 2u; i = i + 1u) {
+        let l = w[lo + i];
+        let hb = w[hi + i];
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let q = extractBits(l, 8u * j + 4u * (g / 2u), 4u) | (extractBits(hb, 8u * j + 2u * g, 2u) << 4u);
+            out[4u * i + j] = scale * (f32(q) - 32.0);
+        }
+    }
+    return out;
+}
+
+// Elements 8 * part .. 8 * part + 7 of block `blk` (of 32 elements) of row `row`.
 fn dequant8(row: u32, blk: u32, part: u32) -> array<f32, 8> {
+    if (p.format >= 5u) {
+        let base = (row * (p.cols / 256u) + blk / 8u) * p.wpb;
+        if (p.format == 7u) { return dequant8_q6k(base, blk % 8u, part); }
+        return dequant8_q45k(base, blk % 8u, part);
+    }
     let base = (row * (p.cols / 32u) + blk) * p.wpb;
     let hdr = unpack2x16float(w[base]);
     var out: array<f32, 8>;
@@ -36,14 +117,24 @@ fn dequant8(row: u32, blk: u32, part: u32) -> array<f32, 8> {
         }
         return out;
     }
-    let w0 = w[base + 1u + 2u * (part % 2u)];
-    let w1 = w[base + 2u + 2u * (part % 2u)];
+    // 4- and 5-bit blocks: nibbles after the header (and qh for Q5_0 / Q5_1).
+    var qs = base + 1u;
+    var qh = 0u;
+    if (p.format >= 3u) {
+        qs = base + 2u;
+        qh = w[base + 1u];
+    }
+    let w0 = w[qs + 2u * (part % 2u)];
+    let w1 = w[qs + 1u + 2u * (part % 2u)];
     let shift = (part / 2u) * 4u;
     var offset = hdr.y;
     if (p.format == 1u) { offset = -8.0 * hdr.x; }
+    if (p.format == 3u) { offset = -16.0 * hdr.x; }
     for (var j = 0u; j < 4u; j = j + 1u) {
-        out[j] = f32(extractBits(w0, 8u * j + shift, 4u)) * hdr.x + offset;
-        out[j + 4u] = f32(extractBits(w1, 8u * j + shift, 4u)) * hdr.x + offset;
+        let q0 = extractBits(w0, 8u * j + shift, 4u) | (extractBits(qh, 8u * part + j, 1u) << 4u);
+        let q1 = extractBits(w1, 8u * j + shift, 4u) | (extractBits(qh, 8u * part + j + 4u, 1u) << 4u);
+        out[j] = f32(q0) * hdr.x + offset;
+        out[j + 4u] = f32(q1) * hdr.x + offset;
     }
     return out;
 }

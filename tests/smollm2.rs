@@ -5,8 +5,14 @@
 //! 30 new tokens within 1e-2. Every prompt runs in full on the CPU reference backend. The GPU
 //! test runs the first prompt's prefill and 4 greedy tokens (3 decode steps through the
 //! cache) only: on lavapipe with 2 cores a decode step of this model takes about 10 s.
+//!
+//! The same checks run on llama.cpp's requantizations of that file (`models/fetch kquants`:
+//! Q4_K_M, Q5_K_M and Q6_K, whose 576-wide rows fall back to Q5_0, Q5_1 and Q8_0) against
+//! transformers loading each of them (tests/reference/smollm2-*.json): every prompt on the
+//! CPU, and on the GPU the Q4_K_M file's first prompt for 2 tokens.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use pupil::format::ModelFile;
 use pupil::import::{import_file, Target};
@@ -21,15 +27,61 @@ mod fetch;
 /// Greatest allowed |pupil - transformers| of a logit.
 const LOGIT_TOLERANCE: f32 = 1e-2;
 
-/// The model, converted from the cached GGUF (fetched first if missing).
+/// A GGUF with its reference generations.
+struct Reference {
+    /// The `models/fetch` name whose folder holds the file.
+    fetch: &'static str,
+    /// The file name.
+    file: &'static str,
+    /// The reference JSON.
+    json: &'static str,
+}
+
+/// The shipped Q4_1 file.
+const Q4_1: Reference = Reference {
+    fetch: "smollm2",
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    json: include_str!("reference/smollm2.json"),
+};
+
+/// llama.cpp's k-quant requantizations of it.
+const K_QUANTS: [Reference; 3] = [
+    Reference {
+        fetch: "kquants",
+        file: "SmolLM2-135M-Instruct.Q4_K_M.gguf",
+        json: include_str!("reference/smollm2-q4_k_m.json"),
+    },
+    Reference {
+        fetch: "kquants",
+        file: "SmolLM2-135M-Instruct.Q5_K_M.gguf",
+        json: include_str!("reference/smollm2-q5_k_m.json"),
+    },
+    Reference {
+        fetch: "kquants",
+        file: "SmolLM2-135M-Instruct.Q6_K.gguf",
+        json: include_str!("reference/smollm2-q6_k.json"),
+    },
+];
+
+/// `r`'s model, converted from the cached GGUF (fetched first if missing) once per test run.
+fn model_of(r: &Reference) -> &'static ModelFile {
+    static MODELS: Mutex<Option<HashMap<&'static str, &'static ModelFile>>> = Mutex::new(None);
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    models
+        .get_or_insert_with(HashMap::new)
+        .entry(r.file)
+        .or_insert_with(|| {
+            let path = fetch::cached(r.fetch, r.file).expect("fetching SmolLM2");
+            let imported = import_file(&path, "smollm2", Target::Keep).expect("importing SmolLM2");
+            Box::leak(Box::new(
+                ModelFile::from_bytes(imported.builder.to_bytes().unwrap()).unwrap(),
+            ))
+        })
+}
+
+/// The shipped Q4_1 model.
 fn model() -> &'static ModelFile {
-    static MODEL: OnceLock<ModelFile> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path =
-            fetch::cached("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf").expect("fetching SmolLM2");
-        let imported = import_file(&path, "smollm2", Target::Keep).expect("importing SmolLM2");
-        ModelFile::from_bytes(imported.builder.to_bytes().unwrap()).unwrap()
-    })
+    model_of(&Q4_1)
 }
 
 /// Top-5 token ids and logits.
@@ -44,8 +96,8 @@ struct Case {
     final_top5: Top5,
 }
 
-fn reference() -> Vec<Case> {
-    let json: Value = serde_json::from_str(include_str!("reference/smollm2.json")).unwrap();
+fn reference(r: &Reference) -> Vec<Case> {
+    let json: Value = serde_json::from_str(r.json).unwrap();
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array()
             .unwrap()
@@ -86,13 +138,13 @@ fn logit_diff(what: &str, logits: &[f32], want: &Top5) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Runs the first `count` reference prompts on `backend` for up to `steps` greedy tokens and
-/// checks them (the final logits only when every reference token ran); returns the worst
-/// logit difference.
-fn check(backend: &Backend, count: usize, steps: usize) -> f32 {
-    let lm = CausalLm::load(model(), backend).unwrap();
+/// Runs the first `count` reference prompts of `r` on `backend` for up to `steps` greedy
+/// tokens and checks them (the final logits only when every reference token ran); returns
+/// the worst logit difference.
+fn check(r: &Reference, backend: &Backend, count: usize, steps: usize) -> f32 {
+    let lm = CausalLm::load(model_of(r), backend).unwrap();
     let mut worst = 0.0f32;
-    for case in reference().iter().take(count) {
+    for case in reference(r).iter().take(count) {
         let full = case.greedy_ids.len();
         let n = steps.min(full);
         let mut cache = lm.new_cache(case.prompt_ids.len() + n).unwrap();
@@ -118,7 +170,8 @@ fn check(backend: &Backend, count: usize, steps: usize) -> f32 {
             String::new()
         };
         eprintln!(
-            "{}: {:?}: {n} greedy ids equal, max |logit diff| prompt {first:.1e}{after}",
+            "{} {}: {:?}: {n} greedy ids equal, max |logit diff| prompt {first:.1e}{after}",
+            r.file,
             backend.describe(),
             case.prompt
         );
@@ -131,7 +184,7 @@ fn check(backend: &Backend, count: usize, steps: usize) -> f32 {
 #[test]
 fn prompt_token_ids_match_transformers() {
     let lm = CausalLm::load(model(), &Backend::Cpu).unwrap();
-    for case in reference() {
+    for case in reference(&Q4_1) {
         let got = lm.tokenizer().encode(&case.prompt).unwrap();
         assert_eq!(got, case.prompt_ids, "{:?}", case.prompt);
     }
@@ -139,18 +192,33 @@ fn prompt_token_ids_match_transformers() {
 
 #[test]
 fn cpu_greedy_generation_matches_transformers() {
-    check(&Backend::Cpu, usize::MAX, usize::MAX);
+    check(&Q4_1, &Backend::Cpu, usize::MAX, usize::MAX);
 }
 
-/// Runs on `PUPIL_ADAPTER` or the best GPU; fails (never falls back to the CPU) without one.
 #[test]
-fn gpu_greedy_generation_matches_transformers() {
+fn cpu_greedy_generation_of_k_quants_matches_transformers() {
+    for r in &K_QUANTS {
+        check(r, &Backend::Cpu, usize::MAX, usize::MAX);
+    }
+}
+
+/// `PUPIL_ADAPTER` or the best GPU; fails (never falls back to the CPU) without one.
+fn gpu() -> Backend {
     let wanted = std::env::var("PUPIL_ADAPTER")
         .ok()
         .filter(|w| !w.eq_ignore_ascii_case("cpu"));
-    let backend = Backend::open(wanted.as_deref())
-        .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-    check(&backend, 1, 4);
+    Backend::open(wanted.as_deref()).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+}
+
+#[test]
+fn gpu_greedy_generation_matches_transformers() {
+    check(&Q4_1, &gpu(), 1, 4);
+}
+
+/// The k-quant and 5-bit kernels on the GPU: the Q4_K_M file (Q4_K, Q6_K, Q5_0, Q8_0).
+#[test]
+fn gpu_greedy_generation_of_q4_k_m_matches_transformers() {
+    check(&K_QUANTS[0], &gpu(), 1, 2);
 }
 
 /// `n` greedy tokens of `lm` after `prompt`, through the KV cache.

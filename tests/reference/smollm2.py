@@ -7,18 +7,22 @@ stop at end-of-text), the top-5 logits (ids and values) at the prompt's last pos
 the top-5 logits at the last position after the 30 new tokens (the step that would give
 token 31) to tests/reference/smollm2.json.
 
+With an argument KIND (Q4_K_M, Q5_K_M or Q6_K) it does the same for the llama.cpp
+requantization `models/fetch kquants` makes, writing tests/reference/smollm2-KIND.json.
+
 Setup (PyPI; a few GB):
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch transformers gguf accelerate
-    models/fetch smollm2
-    HF_HUB_OFFLINE=1 /tmp/refenv/bin/python tests/reference/smollm2.py
+    models/fetch smollm2 kquants
+    HF_HUB_OFFLINE=1 /tmp/refenv/bin/python tests/reference/smollm2.py [KIND]
 
-The model is read from the pupil cache (${PUPIL_CACHE:-~/.cache/pupil}/smollm2); nothing
-is downloaded.
+The model is read from the pupil cache (${PUPIL_CACHE:-~/.cache/pupil}/smollm2, or
+kquants); nothing is downloaded.
 """
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -41,10 +45,12 @@ def top5(logits):
 
 def main():
     cache = Path(os.environ.get("PUPIL_CACHE", Path.home() / ".cache" / "pupil"))
-    folder = cache / "smollm2"
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    kind = sys.argv[1] if len(sys.argv) > 1 else None
+    folder = cache / ("kquants" if kind else "smollm2")
+    gguf = f"SmolLM2-135M-Instruct.{kind}.gguf" if kind else GGUF
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=GGUF, dtype=torch.float32
+        folder, gguf_file=gguf, dtype=torch.float32
     )
     model.eval()
     out = []
@@ -70,8 +76,9 @@ def main():
                 }
             )
             print(repr(prompt), "->", repr(out[-1]["text"]))
-    path = Path(__file__).with_name("smollm2.json")
-    path.write_text(json.dumps({"model": GGUF, "prompts": out}, indent=1) + "\n")
+    name = f"smollm2-{kind.lower()}.json" if kind else "smollm2.json"
+    path = Path(__file__).with_name(name)
+    path.write_text(json.dumps({"model": gguf, "prompts": out}, indent=1) + "\n")
     print("wrote", path)
 
 

@@ -53,6 +53,10 @@ pub struct GenerateArgs {
     /// head Q8_0, dequantized in registers); `f32` stores every matrix as f32.
     #[arg(long, default_value = "q4_1", value_parser = ["q4_1", "f32"])]
     weights: String,
+    /// Time this Llama-architecture model instead (a .pupil file, a GGUF such as a K-quant
+    /// one, or a model folder); --weights is then ignored.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -203,7 +207,20 @@ pub fn generate(a: GenerateArgs) -> CliResult {
     if a.prompt_tokens == 0 {
         return Err("--prompt-tokens must be positive".into());
     }
-    let model = Llama::load(&smollm2_file(a.weights == "q4_1")?, &backend)?;
+    let (file, weights) = match &a.model {
+        Some(path) => (
+            pupil::import::load_model(path)?,
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+        ),
+        None => (
+            smollm2_file(a.weights == "q4_1")?,
+            format!("{} random weights", a.weights),
+        ),
+    };
+    let model = Llama::load(&file, &backend)?;
     let cfg = model.config().clone();
     if let Some(gpu) = backend.gpu() {
         gpu.reset_peak();
@@ -240,13 +257,16 @@ pub fn generate(a: GenerateArgs) -> CliResult {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "adapter": adapter, "weights": a.weights, "weight_bytes": model.weight_bytes(), "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens_per_s": p_rate, "decode_tokens_per_s": d_rate, "peak_gpu_bytes": peak })
+                &json!({ "adapter": adapter, "weights": weights, "weight_bytes": model.weight_bytes(), "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "prefill_tokens_per_s": p_rate, "decode_tokens_per_s": d_rate, "peak_gpu_bytes": peak })
             )?
         );
     } else {
         println!(
-            "generate: SmolLM2-135M-shaped decoder (30 x 576, GQA 9/3, {} random weights, {:.1} MB) on {adapter}",
-            a.weights,
+            "generate: {} layers x {}, GQA {}/{}, {weights}, {:.1} MB, on {adapter}",
+            cfg.layers,
+            cfg.hidden,
+            cfg.heads,
+            cfg.kv_heads,
             model.weight_bytes() as f64 / 1e6
         );
         println!(

@@ -165,7 +165,7 @@ impl ModelBuilder {
     }
 
     /// Adds tensor `name` of f32 `values`, converted to `dtype`: F32, F16,
-    /// BF16, or quantized to Q8_0, Q4_0 or Q4_1.
+    /// BF16, or quantized to Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K.
     pub fn add_f32_as(
         &mut self,
         name: &str,

@@ -3,6 +3,9 @@
 use half::{bf16, f16};
 use pupil_wire::{DType, QK};
 
+mod kquant;
+pub use kquant::QK_K;
+
 /// Elements per block, as a `usize`.
 const BLOCK: usize = QK as usize;
 /// Bytes of packed nibbles in a 4-bit block.
@@ -49,6 +52,33 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
             let (d, m) = (f16_at(b), f16_at(&b[2..]));
             unpack_nibbles(&b[4..], out, |q| f32::from(q) * d + m);
         }),
+        DType::Q5_0 => blocks(bytes, 22, |b, out| {
+            let d = f16_at(b);
+            unpack_fives(&b[2..], out, |q| (f32::from(q) - 16.0) * d);
+        }),
+        DType::Q5_1 => blocks(bytes, 24, |b, out| {
+            let (d, m) = (f16_at(b), f16_at(&b[2..]));
+            unpack_fives(&b[4..], out, |q| f32::from(q) * d + m);
+        }),
+        DType::Q4_K | DType::Q5_K | DType::Q6_K => {
+            let size = dtype.block_bytes() as usize;
+            let mut out = vec![0.0; bytes.len() / size * QK_K];
+            for (b, o) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(QK_K)) {
+                decode_k_block(dtype, b, o);
+            }
+            out
+        }
+    }
+}
+
+/// Decodes one k-quant super-block of `dtype` (its GGML bytes) into 256 values; other
+/// dtypes leave `out` as it is.
+pub fn decode_k_block(dtype: DType, block: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::Q4_K => kquant::decode_q45_k(block, false, out),
+        DType::Q5_K => kquant::decode_q45_k(block, true, out),
+        DType::Q6_K => kquant::decode_q6_k(block, out),
+        _ => {}
     }
 }
 
@@ -59,6 +89,17 @@ fn blocks(bytes: &[u8], size: usize, decode: impl Fn(&[u8], &mut [f32])) -> Vec<
         decode(b, o);
     }
     out
+}
+
+/// A 5-bit block after its scale header: 4 bytes `qh` (bit `j` is the fifth bit of
+/// element `j`), then the nibbles as in [`unpack_nibbles`].
+fn unpack_fives(b: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
+    let qh = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    unpack_nibbles(&b[4..], out, f32::from);
+    for (j, o) in out.iter_mut().enumerate().take(BLOCK) {
+        let fifth = ((qh >> j) & 1) as u8;
+        *o = value(*o as u8 | (fifth << 4));
+    }
 }
 
 /// Element `j` of a 4-bit block is the low nibble of byte `j` for `j < 16`,
@@ -72,7 +113,7 @@ fn unpack_nibbles(qs: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
 }
 
 /// Encodes f32 `values` as `dtype`; `None` for integer dtypes. The value count
-/// must be a multiple of [`QK`] for block formats (the caller checks shapes).
+/// must be a multiple of the dtype's block for block formats (the caller checks shapes).
 pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
     let bytes = match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -87,6 +128,17 @@ pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
         DType::Q8_0 => values.chunks(BLOCK).flat_map(quantize_q8_0).collect(),
         DType::Q4_0 => values.chunks(BLOCK).flat_map(quantize_q4_0).collect(),
         DType::Q4_1 => values.chunks(BLOCK).flat_map(quantize_q4_1).collect(),
+        DType::Q5_0 => values.chunks(BLOCK).flat_map(quantize_q5_0).collect(),
+        DType::Q5_1 => values.chunks(BLOCK).flat_map(quantize_q5_1).collect(),
+        DType::Q4_K => values
+            .chunks(QK_K)
+            .flat_map(|x| kquant::encode_q45_k(x, 15))
+            .collect(),
+        DType::Q5_K => values
+            .chunks(QK_K)
+            .flat_map(|x| kquant::encode_q45_k(x, 31))
+            .collect(),
+        DType::Q6_K => values.chunks(QK_K).flat_map(kquant::encode_q6_k).collect(),
         DType::I8 | DType::I32 | DType::U8 => return None,
     };
     Some(bytes)
@@ -139,6 +191,45 @@ fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
     out
 }
 
+/// One Q5_0 block: scale = (value of largest magnitude) / -16, 5-bit q with
+/// x ≈ (q - 16) × scale.
+fn quantize_q5_0(x: &[f32]) -> Vec<u8> {
+    let max = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -16.0;
+    let id = inverse(d);
+    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
+    out.extend(pack_fives(x, |v| (v * id + 16.5).clamp(0.0, 31.0) as u8));
+    out
+}
+
+/// One Q5_1 block: scale = (max - min) / 31 and min, 5-bit q with x ≈ q × scale + min.
+fn quantize_q5_1(x: &[f32]) -> Vec<u8> {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let d = (max - min) / 31.0;
+    let id = inverse(d);
+    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
+    out.extend(f16::from_f32(min).to_le_bytes());
+    out.extend(pack_fives(x, |v| {
+        ((v - min) * id + 0.5).clamp(0.0, 31.0) as u8
+    }));
+    out
+}
+
+/// Packs a 5-bit block: the fifth bits as a little-endian u32, then the nibbles.
+fn pack_fives(x: &[f32], quantize: impl Fn(f32) -> u8) -> Vec<u8> {
+    let q: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
+    let qh = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &v)| h | (u32::from(v >> 4) << j));
+    let mut out = qh.to_le_bytes().to_vec();
+    out.extend(pack_nibbles(x, |v| quantize(v) & 0x0f));
+    out
+}
+
 /// Packs a block's nibbles: byte `j` holds element `j` low and `j + 16` high.
 fn pack_nibbles(x: &[f32], quantize: impl Fn(f32) -> u8) -> [u8; NIBBLES] {
     let mut qs = [0u8; NIBBLES];
@@ -149,4 +240,37 @@ fn pack_nibbles(x: &[f32], quantize: impl Fn(f32) -> u8) -> [u8; NIBBLES] {
         *q = l | (h << 4);
     }
     qs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element 17 of a Q5_0 block is the high nibble of byte 1 with bit 17 of `qh` on top.
+    #[test]
+    fn q5_0_decodes_ggml_layout() {
+        let mut b = f16::from_f32(0.5).to_le_bytes().to_vec();
+        b.extend((1u32 << 17).to_le_bytes());
+        let mut qs = [0u8; NIBBLES];
+        qs[1] = 0x30;
+        b.extend(qs);
+        let out = to_f32(DType::Q5_0, &b);
+        assert_eq!(out[17], 0.5 * (19.0 - 16.0));
+        assert_eq!(out[1], 0.5 * -16.0);
+    }
+
+    #[test]
+    fn five_bit_blocks_round_trip_within_half_a_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 30.0) / 10.0)
+            .collect();
+        for (dtype, step) in [(DType::Q5_0, 3.3 / 16.0), (DType::Q5_1, 6.3 / 31.0)] {
+            let bytes = from_f32(dtype, &x).unwrap();
+            assert_eq!(bytes.len() as u64, 2 * dtype.block_bytes());
+            let back = to_f32(dtype, &bytes);
+            for (a, b) in x.iter().zip(&back) {
+                assert!((a - b).abs() <= step * 0.5 + 1e-3, "{dtype}: {a} -> {b}");
+            }
+        }
+    }
 }

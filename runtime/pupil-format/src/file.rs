@@ -54,7 +54,7 @@ impl TensorView<'_> {
     }
 
     /// The values as f32: floats convert, integers convert by value, and
-    /// Q8_0/Q4_0/Q4_1 blocks dequantize.
+    /// Block formats (Q8_0 .. Q6_K) dequantize.
     pub fn to_f32(&self) -> Vec<f32> {
         convert::to_f32(self.dtype, self.bytes)
     }

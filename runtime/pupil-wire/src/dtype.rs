@@ -4,15 +4,23 @@ use core::fmt;
 
 use serde::{Serialize, Serializer};
 
-/// Elements per block of the block-quantized dtypes.
+/// Elements per block of the 32-element block dtypes (`Q8_0` .. `Q5_1`).
 pub const QK: u64 = 32;
+/// Elements per super-block of the k-quant dtypes (`Q4_K`, `Q5_K`, `Q6_K`).
+pub const QK_K: u64 = 256;
 
 /// The element type of a tensor.
 ///
 /// Block formats hold [`QK`] elements per block, little-endian:
 /// `Q8_0` = f16 scale + 32 × i8 (34 bytes); `Q4_0` = f16 scale + 16 bytes of
-/// nibbles (18 bytes); `Q4_1` = f16 scale + f16 min + 16 bytes of nibbles (20 bytes).
+/// nibbles (18 bytes); `Q4_1` = f16 scale + f16 min + 16 bytes of nibbles (20 bytes);
+/// `Q5_0` = f16 scale + 4 bytes of fifth bits + 16 bytes of nibbles (22 bytes); `Q5_1` = f16
+/// scale + f16 min + fifth bits + nibbles (24 bytes). The k-quants hold [`QK_K`] elements
+/// per super-block in GGML's layout: `Q4_K` (144 bytes) and `Q5_K` (176 bytes) have an f16
+/// scale and minimum and eight 6-bit sub-scales and sub-minima; `Q6_K` (210 bytes) has 6-bit
+/// quants, sixteen i8 sub-scales and a trailing f16 scale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)] // GGML's names
 pub enum DType {
     /// 32-bit float.
     F32,
@@ -32,6 +40,16 @@ pub enum DType {
     Q4_0,
     /// 4-bit blocks with an f16 scale and an f16 minimum per 32 elements.
     Q4_1,
+    /// 5-bit blocks with one f16 scale per 32 elements.
+    Q5_0,
+    /// 5-bit blocks with an f16 scale and an f16 minimum per 32 elements.
+    Q5_1,
+    /// 4-bit k-quant super-blocks of 256 elements.
+    Q4_K,
+    /// 5-bit k-quant super-blocks of 256 elements.
+    Q5_K,
+    /// 6-bit k-quant super-blocks of 256 elements.
+    Q6_K,
 }
 
 /// Why a shape cannot hold a tensor of some dtype.
@@ -39,10 +57,12 @@ pub enum DType {
 pub enum ShapeError {
     /// The element count or byte size does not fit in 64 bits.
     Overflow,
-    /// A block dtype needs an element count that is a multiple of [`QK`].
+    /// A block dtype needs an element count that is a multiple of its block.
     NotBlockMultiple {
         /// The element count of the shape.
         elements: u64,
+        /// Elements per block of the dtype.
+        block: u64,
     },
 }
 
@@ -50,9 +70,9 @@ impl fmt::Display for ShapeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Overflow => f.write_str("the shape's size overflows 64 bits"),
-            Self::NotBlockMultiple { elements } => write!(
+            Self::NotBlockMultiple { elements, block } => write!(
                 f,
-                "{elements} elements is not a multiple of the {QK}-element quantization block"
+                "{elements} elements is not a multiple of the {block}-element quantization block"
             ),
         }
     }
@@ -60,7 +80,7 @@ impl fmt::Display for ShapeError {
 
 impl DType {
     /// Every dtype, in code order.
-    pub const ALL: [DType; 9] = [
+    pub const ALL: [DType; 14] = [
         Self::F32,
         Self::F16,
         Self::BF16,
@@ -70,6 +90,11 @@ impl DType {
         Self::Q8_0,
         Self::Q4_0,
         Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q4_K,
+        Self::Q5_K,
+        Self::Q6_K,
     ];
 
     /// The code stored in the tensor table.
@@ -94,6 +119,11 @@ impl DType {
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
             Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
+            Self::Q4_K => "q4_k",
+            Self::Q5_K => "q5_k",
+            Self::Q6_K => "q6_k",
         }
     }
 
@@ -102,12 +132,18 @@ impl DType {
         Self::ALL.into_iter().find(|d| d.name() == name)
     }
 
-    /// Elements per block: [`QK`] for quantized dtypes, 1 otherwise.
+    /// Elements per block: [`QK`] or [`QK_K`] for quantized dtypes, 1 otherwise.
     pub const fn block_elems(self) -> u64 {
         match self {
-            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 => QK,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 => QK,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => QK_K,
             _ => 1,
         }
+    }
+
+    /// Whether this is a block-quantized dtype.
+    pub const fn is_quantized(self) -> bool {
+        self.block_elems() > 1
     }
 
     /// Bytes per block (per element for non-block dtypes).
@@ -119,6 +155,11 @@ impl DType {
             Self::Q8_0 => 34,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q4_K => 144,
+            Self::Q5_K => 176,
+            Self::Q6_K => 210,
         }
     }
 
@@ -134,7 +175,10 @@ impl DType {
     pub fn byte_len(self, shape: &[u64]) -> Result<u64, ShapeError> {
         let elements = Self::elements(shape)?;
         if elements % self.block_elems() != 0 {
-            return Err(ShapeError::NotBlockMultiple { elements });
+            return Err(ShapeError::NotBlockMultiple {
+                elements,
+                block: self.block_elems(),
+            });
         }
         (elements / self.block_elems())
             .checked_mul(self.block_bytes())

@@ -65,7 +65,7 @@ mod view;
 pub use config::{
     ConfigEntry, ConfigValue, MAX_CONFIG_ENTRIES, MAX_INTS, MAX_KEY_LEN, MAX_STR_LEN,
 };
-pub use dtype::{DType, ShapeError, QK};
+pub use dtype::{DType, ShapeError, QK, QK_K};
 #[cfg(feature = "alloc")]
 pub use encode::encode_file;
 pub use error::FormatError;

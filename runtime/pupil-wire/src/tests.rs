@@ -133,17 +133,27 @@ fn empty_model() {
 
 #[test]
 fn dtype_sizes() {
-    let sizes = [4, 2, 2, 1, 4, 1, 34, 18, 20];
+    let sizes = [4, 2, 2, 1, 4, 1, 34, 18, 20, 22, 24, 144, 176, 210];
     for (d, size) in DType::ALL.into_iter().zip(sizes) {
         assert_eq!(DType::from_code(d.code()), Some(d));
         assert_eq!(DType::from_name(d.name()), Some(d));
-        assert_eq!(d.byte_len(&[2, 32]).unwrap(), 64 / d.block_elems() * size);
+        assert_eq!(d.byte_len(&[2, 256]).unwrap(), 512 / d.block_elems() * size);
     }
-    assert_eq!(DType::from_code(9), None);
+    assert_eq!(DType::from_code(14), None);
+    assert_eq!(
+        DType::Q4_K.byte_len(&[2, 32]),
+        Err(ShapeError::NotBlockMultiple {
+            elements: 64,
+            block: 256
+        })
+    );
     assert_eq!(DType::F32.byte_len(&[]), Ok(4));
     assert_eq!(
         DType::Q8_0.byte_len(&[3, 5]),
-        Err(ShapeError::NotBlockMultiple { elements: 15 })
+        Err(ShapeError::NotBlockMultiple {
+            elements: 15,
+            block: 32
+        })
     );
     assert_eq!(
         DType::F32.byte_len(&[u64::MAX / 2, 2]),
@@ -300,7 +310,10 @@ fn entry_errors() {
         one(b"a", DType::Q4_0.code(), &[10], 0, 4),
         FormatError::BadShape {
             index: 0,
-            error: ShapeError::NotBlockMultiple { elements: 10 }
+            error: ShapeError::NotBlockMultiple {
+                elements: 10,
+                block: 32
+            }
         }
     );
     assert_eq!(

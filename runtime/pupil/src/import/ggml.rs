@@ -1,6 +1,6 @@
 //! ggml tensor element types: block sizes (to validate GGUF tensor extents) and the mapping
-//! to `.pupil` dtypes. Q8_0, Q4_0 and Q4_1 blocks have the same byte layout in both formats,
-//! so they are carried over bit for bit.
+//! to `.pupil` dtypes. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 blocks and Q4_K, Q5_K, Q6_K super-blocks
+//! have the same byte layout in both formats, so they are carried over bit for bit.
 
 use crate::format::DType;
 
@@ -33,7 +33,8 @@ const TYPES: &[(u32, &str, u64, u64)] = &[
 ];
 
 /// The types [`GgmlType::pupil_dtype`] maps, for error messages.
-pub const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, I8, I32";
+pub const SUPPORTED: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, I8, I32";
 
 impl GgmlType {
     fn entry(self) -> Option<&'static (u32, &'static str, u64, u64)> {
@@ -61,7 +62,12 @@ impl GgmlType {
             1 => DType::F16,
             2 => DType::Q4_0,
             3 => DType::Q4_1,
+            6 => DType::Q5_0,
+            7 => DType::Q5_1,
             8 => DType::Q8_0,
+            12 => DType::Q4_K,
+            13 => DType::Q5_K,
+            14 => DType::Q6_K,
             24 => DType::I8,
             26 => DType::I32,
             30 => DType::BF16,

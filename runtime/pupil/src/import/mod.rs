@@ -2,8 +2,8 @@
 //! the `config.json`, `tokenizer.json` and sentence-transformers settings beside them) and
 //! GGUF files (read by a hand-written, bounds-checked reader).
 //!
-//! Tensors keep their names. Quantized Q8_0, Q4_0 and Q4_1 blocks are carried over bit for
-//! bit with [`Target::Keep`]; [`Target::F32`] and [`Target::F16`] convert. The architecture
+//! Tensors keep their names. Quantized blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the
+//! k-quants Q4_K, Q5_K, Q6_K) are carried over bit for bit with [`Target::Keep`]; [`Target::F32`] and [`Target::F16`] convert. The architecture
 //! settings go into the manifest config under pupil's keys (`hidden_size`, `layers`,
 //! `heads`, `kv_heads`, `ffn_size`, `vocab_size`, `max_positions`, `rope_base`,
 //! `norm_eps`, ...), and the tokenizer is stored as a U8 tensor holding a Hugging Face

@@ -11,7 +11,8 @@ pub enum Target {
     F32,
     /// Float and quantized tensors of rank 2 and more as f16; vectors (norms, biases) as f32.
     F16,
-    /// As stored: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 blocks carried over bit for bit.
+    /// As stored: F32, F16, BF16 and the GGML block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+    /// Q4_K, Q5_K, Q6_K) carried over bit for bit.
     #[default]
     Keep,
 }
