@@ -91,6 +91,10 @@ pub struct Args {
     /// Prompt tokens cut from the text; the rest of a window is generated.
     #[arg(long, default_value_t = 32)]
     prompt_tokens: usize,
+    /// Tokens of the device's other text the model reads before each prompt while sampling
+    /// (left out of what it trains on: context distillation); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    context_tokens: usize,
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
@@ -269,6 +273,7 @@ fn train(
         rounds: a.generate_rounds,
         prompts: a.prompts,
         prompt_tokens: a.prompt_tokens,
+        context_tokens: a.context_tokens,
         temperature: a.temperature,
         top_p: a.top_p,
         keep: a.keep,

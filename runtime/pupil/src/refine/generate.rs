@@ -5,16 +5,19 @@
 //! trained on, alone or beside the local text itself.
 //!
 //! Samples are exactly one training window long (`window + 1` tokens: `prompt_tokens` of
-//! local text, the rest generated), so they batch with the local windows.
+//! local text, the rest generated), so they batch with the local windows. With
+//! `context_tokens`, the model first reads that much of the device's other text before each
+//! prompt (a teacher that knows more than the student: the text in its context), and trains
+//! on the sample without it, so what the context taught is distilled into the adapters.
 
 use std::collections::HashSet;
 
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::plan::Plan;
-use super::text::{personalise, sample, token_losses, StepReport, TextConfig};
+use super::text::{personalise, sample_batch, token_losses, StepReport, TextConfig};
 use crate::error::{Error, Result};
 use crate::models::llama::sample::{Sampler, Sampling};
 use crate::models::llama::Llama;
@@ -53,6 +56,9 @@ pub struct GenerateConfig {
     pub prompts: usize,
     /// Prompt length in tokens; the rest of a training window is generated.
     pub prompt_tokens: usize,
+    /// Local text (from windows other than the prompt's) read before each prompt while
+    /// sampling and left out of the sample trained on; 0 for none.
+    pub context_tokens: usize,
     /// Sampling temperature.
     pub temperature: f32,
     /// Nucleus (top-p) threshold.
@@ -72,6 +78,7 @@ impl Default for GenerateConfig {
             rounds: 3,
             prompts: 16,
             prompt_tokens: 32,
+            context_tokens: 0,
             temperature: 0.8,
             top_p: 0.95,
             keep: 0.5,
@@ -188,11 +195,13 @@ pub fn score(
 }
 
 /// One round's samples: continuations of `prompts` by `lm` (adapters included) to `new`
-/// tokens, scored by `gen.judge`, duplicates dropped, best first; returns them and how many
-/// are kept.
+/// tokens, each read after its `contexts` entry (empty entries for none; all of one
+/// length) and kept without it, scored by `gen.judge`, duplicates dropped, best first;
+/// returns them and how many are kept.
 pub fn generate_round(
     lm: &mut Llama,
     prompts: &[Vec<u32>],
+    contexts: &[Vec<u32>],
     new: usize,
     gen: &GenerateConfig,
     seed: u64,
@@ -205,10 +214,17 @@ pub fn generate_round(
         },
         seed,
     )?;
-    let samples = prompts
+    let read: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| sample(lm, p, new, &mut sampler))
-        .collect::<Result<Vec<_>>>()?;
+        .enumerate()
+        .map(|(i, p)| [contexts.get(i).map_or(&[][..], |c| c), p].concat())
+        .collect();
+    let samples = sample_batch(lm, &read, new, &mut sampler)?
+        .into_iter()
+        .zip(&read)
+        .zip(prompts)
+        .map(|((s, r), p)| s[r.len() - p.len()..].to_vec())
+        .collect();
     let mut scored = score(lm, samples, gen.prompt_tokens, new, gen.judge)?;
     scored.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut seen = HashSet::new();
@@ -217,15 +233,41 @@ pub fn generate_round(
     Ok((scored, keep))
 }
 
-/// `count` prompts of `len` tokens cut from `local` windows at random offsets.
-fn prompts(local: &[Vec<u32>], count: usize, len: usize, rng: &mut StdRng) -> Vec<Vec<u32>> {
+/// `count` prompts of `len` tokens cut from `local` windows at random offsets, each with
+/// the index of its window.
+fn prompts(
+    local: &[Vec<u32>],
+    count: usize,
+    len: usize,
+    rng: &mut StdRng,
+) -> Vec<(usize, Vec<u32>)> {
     (0..count)
         .filter_map(|_| {
-            let w = local.choose(rng)?;
+            let i = rng.random_range(0..local.len().max(1));
+            let w = local.get(i)?;
             let at = rng.random_range(0..=w.len().checked_sub(len)?);
-            Some(w[at..at + len].to_vec())
+            Some((i, w[at..at + len].to_vec()))
         })
         .collect()
+}
+
+/// `len` tokens of local text to read before a prompt from window `skip`: the other
+/// windows in a random order, end to end, the last `len` tokens kept; empty when `len` is
+/// 0 or the other windows hold fewer tokens.
+fn context(local: &[Vec<u32>], skip: usize, len: usize, rng: &mut StdRng) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..local.len()).filter(|&i| i != skip).collect();
+    order.shuffle(rng);
+    let mut text: Vec<u32> = Vec::new();
+    for i in order {
+        if text.len() >= len {
+            break;
+        }
+        text.extend(&local[i]);
+    }
+    if len == 0 || text.len() < len {
+        return Vec::new();
+    }
+    text.split_off(text.len() - len)
 }
 
 /// Rounds of generate, score, train on `lm` (adapters created as [`personalise`] does):
@@ -254,9 +296,20 @@ pub fn generate_train(
     let mut last = None;
     for r in 1..=gen.rounds {
         let picked = prompts(local, gen.prompts, gen.prompt_tokens, &mut rng);
+        let contexts: Vec<Vec<u32>> = picked
+            .iter()
+            .map(|(w, _)| context(local, *w, gen.context_tokens, &mut rng))
+            .collect();
+        if contexts.iter().any(|c| c.len() != gen.context_tokens) {
+            return Err(Error::Invalid(format!(
+                "a context of {} tokens needs more local text than the other windows hold: lower context_tokens",
+                gen.context_tokens
+            )));
+        }
+        let picked: Vec<Vec<u32>> = picked.into_iter().map(|(_, p)| p).collect();
         let new = full - gen.prompt_tokens;
         let seed = cfg.seed.wrapping_add(r as u64);
-        let (scored, keep) = generate_round(lm, &picked, new, gen, seed)?;
+        let (scored, keep) = generate_round(lm, &picked, &contexts, new, gen, seed)?;
         let kept: Vec<&Scored> = scored[..keep]
             .iter()
             .filter(|s| s.tokens.len() == full)
@@ -314,15 +367,35 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let picked = prompts(&local, 50, 4, &mut rng);
         assert_eq!(picked.len(), 50);
-        for p in &picked {
+        for (w, p) in &picked {
+            assert!(local[*w].contains(&p[0]));
             assert_eq!(p.len(), 4);
             // Consecutive tokens of one window.
             assert!(p.windows(2).all(|w| w[1] == w[0] + 1));
             assert!(local.iter().any(|w| w.contains(&p[0]) && w.contains(&p[3])));
         }
         // Offsets vary: not every prompt starts a window.
-        assert!(picked.iter().any(|p| p[0] % 10 != 0));
+        assert!(picked.iter().any(|(_, p)| p[0] % 10 != 0));
         assert!(prompts(&local, 5, 20, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn contexts_come_from_the_other_windows() {
+        let local: Vec<Vec<u32>> = (0..4).map(|w| (w * 10..w * 10 + 9).collect()).collect();
+        let mut rng = StdRng::seed_from_u64(2);
+        for skip in 0..4 {
+            let c = context(&local, skip, 20, &mut rng);
+            assert_eq!(c.len(), 20);
+            assert!(
+                c.iter().all(|&t| t / 10 != skip as u32),
+                "window {skip} in {c:?}"
+            );
+        }
+        assert!(
+            context(&local, 0, 28, &mut rng).is_empty(),
+            "27 other tokens only"
+        );
+        assert!(context(&local, 0, 0, &mut rng).is_empty());
     }
 
     #[test]

@@ -298,23 +298,96 @@ pub fn personalise(
 
 /// Samples a continuation of `prompt` with `lm` (adapters included).
 pub fn sample(lm: &Llama, prompt: &[u32], new: usize, sampler: &mut Sampler) -> Result<Vec<u32>> {
-    let backend = lm.backend();
-    let mut cache = KvCache::new(&backend, lm.config(), 1, prompt.len() + new)?;
-    let mut out = prompt.to_vec();
-    let mut ids = prompt.to_vec();
-    for _ in 0..new {
-        let flat: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-        let mut g = Graph::new(&backend);
-        let idv = g.input(Tensor::from_slice(&backend, &[1, flat.len()], &flat)?);
-        let logits = lm.forward(&mut g, idv, &mut cache)?;
-        let next = sampler.sample(&g.value(logits).to_vec()?)?;
-        if Some(next) == lm.config().eos_id {
-            break;
-        }
-        out.push(next);
-        ids = vec![next];
+    let mut out = sample_batch(lm, &[prompt.to_vec()], new, sampler)?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// Sequences decoded together by [`sample_batch`]: the CPU's matrix-vector product reads
+/// each weight once for up to four rows, so four cost about what one does.
+pub const SAMPLE_BATCH: usize = 4;
+/// Prompt tokens run through the model per prefill pass (bounds the attention scores).
+const PREFILL_CHUNK: usize = 256;
+
+/// Continues each of `prompts` (all the same length) by up to `new` sampled tokens, a
+/// sequence stopping at end-of-text; returns prompt + continuation per prompt. Runs
+/// [`SAMPLE_BATCH`] sequences at a time through one KV cache, prefilling long prompts in
+/// chunks.
+pub fn sample_batch(
+    lm: &Llama,
+    prompts: &[Vec<u32>],
+    new: usize,
+    sampler: &mut Sampler,
+) -> Result<Vec<Vec<u32>>> {
+    sample_in_chunks(lm, prompts, new, sampler, PREFILL_CHUNK)
+}
+
+/// [`sample_batch`] with prompts prefilled `chunk` tokens per pass.
+fn sample_in_chunks(
+    lm: &Llama,
+    prompts: &[Vec<u32>],
+    new: usize,
+    sampler: &mut Sampler,
+    chunk: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let len = prompts.first().map_or(0, Vec::len);
+    if len == 0 || prompts.iter().any(|p| p.len() != len) {
+        return Err(Error::Invalid(
+            "sampling in a batch needs prompts of one length, at least one token".into(),
+        ));
     }
-    Ok(out)
+    let backend = lm.backend();
+    let mut outs = Vec::with_capacity(prompts.len());
+    for group in prompts.chunks(SAMPLE_BATCH) {
+        let b = group.len();
+        let mut cache = KvCache::new(&backend, lm.config(), b, len + new)?;
+        let mut logits = Vec::new();
+        for at in (0..len).step_by(chunk.max(1)) {
+            let end = (at + chunk.max(1)).min(len);
+            let flat: Vec<f32> = group
+                .iter()
+                .flat_map(|p| p[at..end].iter().map(|&i| i as f32))
+                .collect();
+            logits = step(lm, &backend, &mut cache, &flat, [b, end - at])?;
+        }
+        let mut out: Vec<Vec<u32>> = group.to_vec();
+        let mut done = vec![false; b];
+        for t in 0..new {
+            let vocab = logits.len() / b;
+            let mut next = vec![0u32; b];
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                if done[i] {
+                    continue;
+                }
+                next[i] = sampler.sample(row)?;
+                if Some(next[i]) == lm.config().eos_id {
+                    done[i] = true;
+                } else {
+                    out[i].push(next[i]);
+                }
+            }
+            if done.iter().all(|&d| d) || t + 1 == new {
+                break;
+            }
+            let flat: Vec<f32> = next.iter().map(|&i| i as f32).collect();
+            logits = step(lm, &backend, &mut cache, &flat, [b, 1])?;
+        }
+        outs.extend(out);
+    }
+    Ok(outs)
+}
+
+/// Runs ids `[b, t]` after the cache's tokens; the last position's logits `[b, V]`.
+fn step(
+    lm: &Llama,
+    backend: &Backend,
+    cache: &mut KvCache,
+    ids: &[f32],
+    shape: [usize; 2],
+) -> Result<Vec<f32>> {
+    let mut g = Graph::new(backend);
+    let idv = g.input(Tensor::from_slice(backend, &shape, ids)?);
+    let logits = lm.forward(&mut g, idv, cache)?;
+    g.value(logits).to_vec()
 }
 
 #[cfg(test)]
@@ -328,6 +401,26 @@ mod tests {
         assert!(windows(&t, 0).is_empty());
         let (a, b) = split_tail(&t, 0.2);
         assert_eq!((a.len(), b.len()), (8, 2));
+    }
+
+    /// Greedy continuations decoded four at a time, prompts prefilled in chunks of 7, are
+    /// each sequence's own continuation decoded alone in one prefill.
+    #[test]
+    fn batched_sampling_continues_each_prompt_as_alone() {
+        use crate::models::llama::testing::tiny;
+        let lm = Llama::load(&tiny(true), &Backend::Cpu).unwrap();
+        let prompts: Vec<Vec<u32>> = (0..5u32)
+            .map(|p| (0..19).map(|i| (i * 13 + p * 29) % 97).collect())
+            .collect();
+        let mut greedy = Sampler::new(Sampling::Greedy, 0).unwrap();
+        let batched = sample_in_chunks(&lm, &prompts, 9, &mut greedy, 7).unwrap();
+        assert_eq!(batched.len(), 5);
+        for (p, got) in prompts.iter().zip(&batched) {
+            let alone = sample(&lm, p, 9, &mut greedy).unwrap();
+            assert_eq!(got, &alone);
+            assert_eq!(&got[..19], &p[..]);
+        }
+        assert!(sample_batch(&lm, &[vec![1, 2], vec![3]], 2, &mut greedy).is_err());
     }
 
     #[test]
