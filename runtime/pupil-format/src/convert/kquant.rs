@@ -69,14 +69,23 @@ pub fn decode_q45_k(b: &[u8], fifth_bits: bool, out: &mut [f32]) {
 
 /// Decodes one `Q6_K` super-block into 256 values.
 pub fn decode_q6_k(b: &[u8], out: &mut [f32]) {
-    let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
-    for (e, v) in out.iter_mut().enumerate().take(QK_K) {
-        let (h, g, l) = (e / 128, (e % 128) / 32, e % 32);
-        let lo = (ql[h * 64 + (g & 1) * 32 + l] >> (4 * (g / 2))) & 0x0f;
-        let hi = (qh[h * 32 + l] >> (2 * g)) & 3;
-        let q = i32::from(lo | (hi << 4)) - 32;
-        *v = d * f32::from(scales[e / 16] as i8) * q as f32;
+    for h in 0..2 {
+        let ql = &b[64 * h..][..64];
+        let qh = &b[128 + 32 * h..][..32];
+        let sc = &b[192 + 8 * h..][..8];
+        let out = &mut out[128 * h..][..128];
+        for l in 0..32 {
+            // Quarter g: nibbles of ql[l] (g 0, 2) or ql[l + 32] (g 1, 3), 2 bits of qh[l].
+            let value = |g: usize, nibble: u8| {
+                let q = i32::from(nibble | (((qh[l] >> (2 * g)) & 3) << 4)) - 32;
+                d * f32::from(sc[l / 16 + 2 * g] as i8) * q as f32
+            };
+            out[l] = value(0, ql[l] & 0x0f);
+            out[l + 32] = value(1, ql[l + 32] & 0x0f);
+            out[l + 64] = value(2, ql[l] >> 4);
+            out[l + 96] = value(3, ql[l + 32] >> 4);
+        }
     }
 }
 

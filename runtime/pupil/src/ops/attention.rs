@@ -333,6 +333,7 @@ fn reduce_kv(gpu: &Arc<Gpu>, x: &Tensor, d: Dims) -> Result<Tensor> {
 
 /// The CPU reference: plain loops in f64.
 pub(crate) mod cpu {
+    use super::super::parallel::for_each_item;
     use super::Dims;
 
     fn visible(d: Dims, mask: Option<&[f32]>, causal: bool, b: usize, i: usize, j: usize) -> bool {
@@ -343,6 +344,8 @@ pub(crate) mod cpu {
         a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
     }
 
+    /// The forward for every (batch, head) pair, split over the cores (each pair's rows are
+    /// computed exactly as one loop would); `probs` keeps P for the backward.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         q: &[f32],
@@ -355,51 +358,62 @@ pub(crate) mod cpu {
         out: &mut [f32],
         probs: &mut [f32],
     ) {
-        let (g, dh, tk) = (d.group(), d.dh, d.tk);
-        let mut s = vec![0.0f64; tk];
-        for b in 0..d.b {
-            for h in 0..d.h {
+        let (g, dh, tk, tq) = (d.group(), d.dh, d.tk, d.tq);
+        let work = d.b * d.h * tq * tk * dh * 2;
+        let outputs = [(out, tq * dh), (probs, tq * tk)];
+        for_each_item(outputs, work, |first, [out, probs]| {
+            let mut s = vec![0.0f64; tk];
+            let mut acc = vec![0.0f64; dh];
+            let pairs = out
+                .chunks_exact_mut(tq * dh)
+                .zip(probs.chunks_exact_mut(tq * tk));
+            for (bh, (out, probs)) in (first..).zip(pairs) {
+                let (b, h) = (bh / d.h, bh % d.h);
                 let kv = (b * d.hkv + h / g) * tk * dh;
-                for i in 0..d.tq {
-                    let row = (b * d.h + h) * d.tq + i;
-                    let qi = &q[row * dh..(row + 1) * dh];
+                for i in 0..tq {
+                    let qi = &q[(bh * tq + i) * dh..][..dh];
+                    // Keys past the causal bound are never visible: their P is 0.
+                    let seen = if causal {
+                        (i + tk + 1).saturating_sub(tq).min(tk)
+                    } else {
+                        tk
+                    };
                     let mut m = f64::NEG_INFINITY;
-                    for (j, sj) in s.iter_mut().enumerate() {
+                    for (j, sj) in s.iter_mut().enumerate().take(seen) {
                         *sj = if visible(d, mask, causal, b, i, j) {
-                            let kj = &k[kv + j * dh..kv + (j + 1) * dh];
-                            scale as f64 * dot(qi, kj)
+                            scale as f64 * dot(qi, &k[kv + j * dh..][..dh])
                         } else {
                             f64::NEG_INFINITY
                         };
                         m = m.max(*sj);
                     }
-                    let total: f64 = if m == f64::NEG_INFINITY {
-                        0.0
-                    } else {
-                        s.iter().map(|x| (x - m).exp()).sum()
-                    };
-                    let pr = &mut probs[row * tk..(row + 1) * tk];
-                    let o = &mut out[row * dh..(row + 1) * dh];
-                    let mut acc = vec![0.0f64; dh];
-                    for (j, (pj, sj)) in pr.iter_mut().zip(&s).enumerate() {
-                        let p = if total > 0.0 {
-                            (sj - m).exp() / total
-                        } else {
-                            0.0
-                        };
+                    let mut total = 0.0f64;
+                    if m != f64::NEG_INFINITY {
+                        for sj in s.iter_mut().take(seen) {
+                            *sj = (*sj - m).exp();
+                            total += *sj;
+                        }
+                    }
+                    let pr = &mut probs[i * tk..(i + 1) * tk];
+                    pr[seen..].fill(0.0);
+                    acc.fill(0.0);
+                    for (j, (pj, ej)) in pr.iter_mut().zip(&s).enumerate().take(seen) {
+                        let p = if total > 0.0 { ej / total } else { 0.0 };
                         *pj = p as f32;
-                        for (a, x) in acc.iter_mut().zip(&v[kv + j * dh..kv + (j + 1) * dh]) {
+                        for (a, x) in acc.iter_mut().zip(&v[kv + j * dh..][..dh]) {
                             *a += p * *x as f64;
                         }
                     }
-                    for (o, a) in o.iter_mut().zip(&acc) {
+                    for (o, a) in out[i * dh..(i + 1) * dh].iter_mut().zip(&acc) {
                         *o = *a as f32;
                     }
                 }
             }
-        }
+        });
     }
 
+    /// The backward for every (batch, kv head) group of query heads, split over the cores
+    /// (each group's sums run in the order one loop would take).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward(
         q: &[f32],
@@ -411,45 +425,55 @@ pub(crate) mod cpu {
         scale: f32,
         [dq, dk, dv]: [&mut [f32]; 3],
     ) {
-        let (g, dh, tk) = (d.group(), d.dh, d.tk);
-        let mut dk_acc = vec![0.0f64; dk.len()];
-        let mut dv_acc = vec![0.0f64; dv.len()];
-        let mut ds = vec![0.0f64; tk];
-        for b in 0..d.b {
-            for h in 0..d.h {
-                let kv = (b * d.hkv + h / g) * tk * dh;
-                for i in 0..d.tq {
-                    let row = (b * d.h + h) * d.tq + i;
-                    let (qi, gi) = (&q[row * dh..(row + 1) * dh], &dy[row * dh..(row + 1) * dh]);
-                    let pr = &probs[row * tk..(row + 1) * tk];
-                    let mut rowsum = 0.0;
-                    for (j, dsj) in ds.iter_mut().enumerate() {
-                        *dsj = dot(gi, &v[kv + j * dh..kv + (j + 1) * dh]);
-                        rowsum += pr[j] as f64 * *dsj;
-                    }
-                    let mut dqi = vec![0.0f64; dh];
-                    for (j, dsj) in ds.iter_mut().enumerate() {
-                        let p = pr[j] as f64;
-                        *dsj = scale as f64 * p * (*dsj - rowsum);
-                        let at = kv + j * dh;
-                        for e in 0..dh {
-                            dqi[e] += *dsj * k[at + e] as f64;
-                            dk_acc[at + e] += *dsj * qi[e] as f64;
-                            dv_acc[at + e] += p * gi[e] as f64;
+        let (g, dh, tk, tq) = (d.group(), d.dh, d.tk, d.tq);
+        let work = d.b * d.h * tq * tk * dh * 4;
+        let outputs = [(dq, g * tq * dh), (dk, tk * dh), (dv, tk * dh)];
+        for_each_item(outputs, work, |first, [dq, dk, dv]| {
+            let mut ds = vec![0.0f64; tk];
+            let mut dqi = vec![0.0f64; dh];
+            let groups = dq
+                .chunks_exact_mut(g * tq * dh)
+                .zip(dk.chunks_exact_mut(tk * dh))
+                .zip(dv.chunks_exact_mut(tk * dh));
+            for (bk, ((dq, dk), dv)) in (first..).zip(groups) {
+                let kv = bk * tk * dh;
+                let mut dk_acc = vec![0.0f64; tk * dh];
+                let mut dv_acc = vec![0.0f64; tk * dh];
+                for hg in 0..g {
+                    for i in 0..tq {
+                        let row = (bk * g + hg) * tq + i;
+                        let (qi, gi) = (&q[row * dh..][..dh], &dy[row * dh..][..dh]);
+                        let pr = &probs[row * tk..(row + 1) * tk];
+                        let mut rowsum = 0.0;
+                        for (j, dsj) in ds.iter_mut().enumerate() {
+                            *dsj = dot(gi, &v[kv + j * dh..][..dh]);
+                            rowsum += pr[j] as f64 * *dsj;
+                        }
+                        dqi.fill(0.0);
+                        for (j, dsj) in ds.iter_mut().enumerate() {
+                            let p = pr[j] as f64;
+                            *dsj = scale as f64 * p * (*dsj - rowsum);
+                            let at = kv + j * dh;
+                            for e in 0..dh {
+                                dqi[e] += *dsj * k[at + e] as f64;
+                                dk_acc[j * dh + e] += *dsj * qi[e] as f64;
+                                dv_acc[j * dh + e] += p * gi[e] as f64;
+                            }
+                        }
+                        let o = &mut dq[(hg * tq + i) * dh..][..dh];
+                        for (o, a) in o.iter_mut().zip(&dqi) {
+                            *o = *a as f32;
                         }
                     }
-                    for (o, a) in dq[row * dh..(row + 1) * dh].iter_mut().zip(&dqi) {
-                        *o = *a as f32;
-                    }
+                }
+                for (o, a) in dk.iter_mut().zip(&dk_acc) {
+                    *o = *a as f32;
+                }
+                for (o, a) in dv.iter_mut().zip(&dv_acc) {
+                    *o = *a as f32;
                 }
             }
-        }
-        for (o, a) in dk.iter_mut().zip(&dk_acc) {
-            *o = *a as f32;
-        }
-        for (o, a) in dv.iter_mut().zip(&dv_acc) {
-            *o = *a as f32;
-        }
+        });
     }
 }
 

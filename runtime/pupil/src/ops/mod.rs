@@ -15,6 +15,7 @@ pub mod layout;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+mod parallel;
 pub mod pool;
 pub mod qmatmul;
 pub mod reduce;
