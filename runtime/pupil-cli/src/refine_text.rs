@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use pupil::format::ModelFile;
 use pupil::import::load_model;
-use pupil::models::llama::{CausalLm, Llama, Target};
+use pupil::models::llama::{CausalLm, Llama, LlamaLora, Target};
 use pupil::refine::generate::{generate_train, GenerateConfig, Judge};
 use pupil::refine::plan::{mib, parse_bytes, Plan};
 use pupil::refine::text::{
@@ -104,10 +105,17 @@ pub struct Args {
     /// Fraction of scored samples kept for training.
     #[arg(long, default_value_t = 0.5)]
     keep: f32,
-    /// How samples are ranked: base (likelihood under the base model) or gain (how much
-    /// more the current model expects a sample than the base does).
+    /// How samples are ranked: base (likelihood under the base model), gain (how much
+    /// more the current model expects a sample than the base does) or teacher (likelihood
+    /// under --teacher-lora).
     #[arg(long, default_value = "base")]
     judge: String,
+    /// Adapters over the same base that know more (for example a fleet's shared adapter,
+    /// `pupil sync pull`ed or written by `refine-text --out`): they write the generate
+    /// rounds' samples, and `--judge teacher` ranks by them; the device's own adapters are
+    /// what trains.
+    #[arg(long)]
+    teacher_lora: Option<PathBuf>,
     /// Each generate round also trains on the local text (samples augment scarce text).
     #[arg(long)]
     with_text: bool,
@@ -234,6 +242,7 @@ struct Trained {
 fn train(
     a: &Args,
     lm: &mut CausalLm,
+    teacher: Option<LlamaLora>,
     texts: &Texts,
     anchors: &[Vec<u32>],
     cfg: &TextConfig,
@@ -283,6 +292,7 @@ fn train(
     let (mut rounds, mut tokens) = (Vec::new(), 0);
     let plan = generate_train(
         lm.model_mut(),
+        teacher,
         &texts.train,
         anchors,
         &gen,
@@ -439,7 +449,16 @@ pub fn run(a: Args) -> CliResult {
         seed: a.seed,
     };
     // The file's bytes are dropped after loading: the model holds its own copy.
-    let mut lm = CausalLm::load(&load_model(&a.model)?, &backend)?;
+    let base = load_model(&a.model)?;
+    let mut lm = CausalLm::load(&base, &backend)?;
+    let teacher = match &a.teacher_lora {
+        Some(path) => Some(
+            LlamaLora::from_file(&ModelFile::open(path)?, &base, lm.config(), &backend)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    drop(base);
     let texts = Texts::read(&a, &lm)?;
     eprintln!(
         "{} tokens of local text ({} training windows of {}, {} held-out tokens), {} general tokens, on {}",
@@ -459,7 +478,7 @@ pub fn run(a: Args) -> CliResult {
     );
     let anchors = anchors(&a, &lm)?;
     let train_start = Instant::now();
-    let trained = train(&a, &mut lm, &texts, &anchors, &cfg)?;
+    let trained = train(&a, &mut lm, teacher, &texts, &anchors, &cfg)?;
     let train_secs = train_start.elapsed().as_secs_f64();
     let after = texts.measure(lm.model(), a.window)?;
     if let Some(out) = &a.out {

@@ -9,6 +9,9 @@
 //! `context_tokens`, the model first reads that much of the device's other text before each
 //! prompt (a teacher that knows more than the student: the text in its context), and trains
 //! on the sample without it, so what the context taught is distilled into the adapters.
+//! With a teacher (adapters over the same base that know more, such as a fleet's shared
+//! adapter), the teacher writes the samples and [`Judge::Teacher`] ranks them by its
+//! likelihood, while the device's own adapters are what trains.
 
 use std::collections::HashSet;
 
@@ -20,7 +23,7 @@ use super::plan::Plan;
 use super::text::{personalise, sample_batch, token_losses, StepReport, TextConfig};
 use crate::error::{Error, Result};
 use crate::models::llama::sample::{Sampler, Sampling};
-use crate::models::llama::Llama;
+use crate::models::llama::{Llama, LlamaLora};
 
 /// How a round's samples are ranked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +35,9 @@ pub enum Judge {
     /// cross-entropy difference): text that reads like what the device has learned, not
     /// like generic text.
     Gain,
+    /// Mean log-likelihood under the teacher (which also writes the samples): text a model
+    /// that knows more finds plausible.
+    Teacher,
 }
 
 impl Judge {
@@ -40,8 +46,9 @@ impl Judge {
         match name {
             "base" => Ok(Judge::Base),
             "gain" => Ok(Judge::Gain),
+            "teacher" => Ok(Judge::Teacher),
             other => Err(Error::Invalid(format!(
-                "unknown judge {other:?}: use base or gain"
+                "unknown judge {other:?}: use base, gain or teacher"
             ))),
         }
     }
@@ -98,6 +105,8 @@ pub struct Scored {
     /// Mean log-likelihood per generated token under the current model minus
     /// `log_likelihood` (0 when the model has no adapters).
     pub gain: f64,
+    /// Mean log-likelihood per generated token under the teacher (0 without one).
+    pub teacher_log_likelihood: f64,
     /// Fraction of repeated 3-grams among the generated tokens.
     pub repetition: f64,
     /// The combined score (higher is better): the judge's value minus a repetition
@@ -148,14 +157,21 @@ fn continuation_log_likelihood(lm: &Llama, tokens: &[u32], prompt_len: usize) ->
 
 /// Scores `samples` (prompt + continuation, `prompt_len` prompt tokens each, `wanted_new`
 /// tokens asked for) by `judge`; the base likelihood is taken with `lm`'s adapters set
-/// aside, and they are put back after.
+/// aside, and they are put back after. `teacher` holds each sample's likelihood under the
+/// teacher (empty without one; [`Judge::Teacher`] needs it).
 pub fn score(
     lm: &mut Llama,
     samples: Vec<Vec<u32>>,
     prompt_len: usize,
     wanted_new: usize,
     judge: Judge,
+    teacher: &[f64],
 ) -> Result<Vec<Scored>> {
+    if judge == Judge::Teacher && teacher.len() != samples.len() {
+        return Err(Error::Invalid(
+            "the teacher judge needs a teacher (adapters that write and rank the samples)".into(),
+        ));
+    }
     let current = match (judge, lm.lora().is_some()) {
         (Judge::Gain, true) => samples
             .iter()
@@ -179,14 +195,17 @@ pub fn score(
             let new = tokens.len().saturating_sub(prompt_len);
             let rep = repetition(&tokens[prompt_len.min(tokens.len())..]);
             let short = 1.0 - new as f64 / wanted_new.max(1) as f64;
+            let taught = teacher.get(i).copied().unwrap_or(0.0);
             let value = match judge {
                 Judge::Base => ll,
                 Judge::Gain => gain,
+                Judge::Teacher => taught,
             };
             Scored {
                 score: value - 2.0 * rep - short,
                 log_likelihood: ll,
                 gain,
+                teacher_log_likelihood: taught,
                 repetition: rep,
                 tokens,
             }
@@ -194,18 +213,51 @@ pub fn score(
         .collect())
 }
 
-/// One round's samples: continuations of `prompts` by `lm` (adapters included) to `new`
-/// tokens, each read after its `contexts` entry (empty entries for none; all of one
-/// length) and kept without it, scored by `gen.judge`, duplicates dropped, best first;
-/// returns them and how many are kept.
+/// One round's samples: continuations of `prompts` to `new` tokens by `lm` (its adapters
+/// included), or by `lm` with the `teacher`'s adapters in place of its own, each read after
+/// its `contexts` entry (empty entries for none; all of one length) and kept without it,
+/// scored by `gen.judge`, duplicates dropped, best first; returns them and how many are kept.
 pub fn generate_round(
     lm: &mut Llama,
+    teacher: &mut Option<LlamaLora>,
     prompts: &[Vec<u32>],
     contexts: &[Vec<u32>],
     new: usize,
     gen: &GenerateConfig,
     seed: u64,
 ) -> Result<(Vec<Scored>, usize)> {
+    // The teacher's adapters stand in for the student's while it writes and ranks, and the
+    // student's are put back whatever happens.
+    let student = teacher.take().map(|t| {
+        let own = lm.take_lora();
+        lm.set_lora(Some(t));
+        own
+    });
+    let written = write_samples(lm, prompts, contexts, new, gen, seed, student.is_some());
+    if let Some(own) = student {
+        *teacher = lm.take_lora();
+        lm.set_lora(own);
+    }
+    let (samples, taught) = written?;
+    let mut scored = score(lm, samples, gen.prompt_tokens, new, gen.judge, &taught)?;
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut seen = HashSet::new();
+    scored.retain(|s| seen.insert(s.tokens[gen.prompt_tokens.min(s.tokens.len())..].to_vec()));
+    let keep = ((scored.len() as f32 * gen.keep).ceil() as usize).min(scored.len());
+    Ok((scored, keep))
+}
+
+/// The samples `lm` writes (prompt + continuation, contexts cut off) and, when `lm` is the
+/// teacher, each one's likelihood under it.
+fn write_samples(
+    lm: &Llama,
+    prompts: &[Vec<u32>],
+    contexts: &[Vec<u32>],
+    new: usize,
+    gen: &GenerateConfig,
+    seed: u64,
+    is_teacher: bool,
+) -> Result<(Vec<Vec<u32>>, Vec<f64>)> {
     let mut sampler = Sampler::new(
         Sampling::Random {
             temperature: gen.temperature,
@@ -219,18 +271,20 @@ pub fn generate_round(
         .enumerate()
         .map(|(i, p)| [contexts.get(i).map_or(&[][..], |c| c), p].concat())
         .collect();
-    let samples = sample_batch(lm, &read, new, &mut sampler)?
+    let samples: Vec<Vec<u32>> = sample_batch(lm, &read, new, &mut sampler)?
         .into_iter()
         .zip(&read)
         .zip(prompts)
         .map(|((s, r), p)| s[r.len() - p.len()..].to_vec())
         .collect();
-    let mut scored = score(lm, samples, gen.prompt_tokens, new, gen.judge)?;
-    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut seen = HashSet::new();
-    scored.retain(|s| seen.insert(s.tokens[gen.prompt_tokens.min(s.tokens.len())..].to_vec()));
-    let keep = ((scored.len() as f32 * gen.keep).ceil() as usize).min(scored.len());
-    Ok((scored, keep))
+    let taught = match is_teacher {
+        true => samples
+            .iter()
+            .map(|t| continuation_log_likelihood(lm, t, gen.prompt_tokens))
+            .collect::<Result<Vec<_>>>()?,
+        false => Vec::new(),
+    };
+    Ok((samples, taught))
 }
 
 /// `count` prompts of `len` tokens cut from `local` windows at random offsets, each with
@@ -272,12 +326,15 @@ fn context(local: &[Vec<u32>], skip: usize, len: usize, rng: &mut StdRng) -> Vec
 
 /// Rounds of generate, score, train on `lm` (adapters created as [`personalise`] does):
 /// each round samples `gen.prompts` continuations of prompts cut from `local` (windows of
-/// `cfg.window + 1` tokens), keeps the best `gen.keep` by `gen.judge`, and trains one
-/// epoch of `cfg` on them (beside `local` with `gen.with_text`), replaying `anchors`.
+/// `cfg.window + 1` tokens), written by `lm` or by the `teacher`'s adapters over the same
+/// base, keeps the best `gen.keep` by `gen.judge`, and trains one epoch of `cfg` on them
+/// (beside `local` with `gen.with_text`), replaying `anchors`.
 /// `on_step` sees every step with its round number; `on_round` sees each round's report
 /// and the model after it (to measure it). Returns the last round's memory plan.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_train(
     lm: &mut Llama,
+    mut teacher: Option<LlamaLora>,
     local: &[Vec<u32>],
     anchors: &[Vec<u32>],
     gen: &GenerateConfig,
@@ -309,7 +366,7 @@ pub fn generate_train(
         let picked: Vec<Vec<u32>> = picked.into_iter().map(|(_, p)| p).collect();
         let new = full - gen.prompt_tokens;
         let seed = cfg.seed.wrapping_add(r as u64);
-        let (scored, keep) = generate_round(lm, &picked, &contexts, new, gen, seed)?;
+        let (scored, keep) = generate_round(lm, &mut teacher, &picked, &contexts, new, gen, seed)?;
         let kept: Vec<&Scored> = scored[..keep]
             .iter()
             .filter(|s| s.tokens.len() == full)
@@ -398,10 +455,61 @@ mod tests {
         assert!(context(&local, 0, 0, &mut rng).is_empty());
     }
 
+    /// The teacher's adapters write and rank the samples; the student's are back after,
+    /// and the teacher judge without a teacher is refused with the student's kept.
+    #[test]
+    fn a_teacher_writes_and_ranks_and_the_student_keeps_its_adapters() {
+        use crate::backend::Backend;
+        use crate::models::llama::testing::tiny;
+        use crate::models::llama::Target;
+        let backend = Backend::Cpu;
+        let mut lm = Llama::load(&tiny(true), &backend).unwrap();
+        let cfg = lm.config().clone();
+        let student = LlamaLora::new(&cfg, &[Target::Q], 2, 4.0, &backend, 1).unwrap();
+        let student_params = student.params().infos().len();
+        lm.set_lora(Some(student));
+        let teacher = LlamaLora::new(&cfg, &[Target::Q, Target::V], 4, 8.0, &backend, 2).unwrap();
+        for info in teacher.params().infos() {
+            let id = teacher.params().find(&info.name).unwrap();
+            let n = teacher.params().value(id).unwrap().numel();
+            let values: Vec<f32> = (0..n)
+                .map(|j| (j * 37 % 101) as f32 / 101.0 - 0.5)
+                .collect();
+            teacher.params().set(id, &values).unwrap();
+        }
+        let teacher_params = teacher.params().infos().len();
+        let mut teacher = Some(teacher);
+        let gen = GenerateConfig {
+            prompt_tokens: 4,
+            judge: Judge::Teacher,
+            ..GenerateConfig::default()
+        };
+        let prompts: Vec<Vec<u32>> = (0..3u32).map(|p| (p..p + 4).collect()).collect();
+        let (scored, keep) =
+            generate_round(&mut lm, &mut teacher, &prompts, &[], 6, &gen, 5).unwrap();
+        assert_eq!(lm.lora().unwrap().params().infos().len(), student_params);
+        let teacher_back = teacher.take().unwrap();
+        assert_eq!(teacher_back.params().infos().len(), teacher_params);
+        assert!(keep >= 1 && keep <= scored.len());
+        // Each sample's teacher likelihood is its likelihood with the teacher's adapters on.
+        let own = lm.take_lora();
+        lm.set_lora(Some(teacher_back));
+        for s in &scored {
+            let want = continuation_log_likelihood(&lm, &s.tokens, 4).unwrap();
+            assert!((s.teacher_log_likelihood - want).abs() < 1e-9);
+            assert!(s.teacher_log_likelihood < 0.0);
+        }
+        lm.set_lora(own);
+        let refused = generate_round(&mut lm, &mut None, &prompts, &[], 6, &gen, 5);
+        assert!(refused.is_err());
+        assert_eq!(lm.lora().unwrap().params().infos().len(), student_params);
+    }
+
     #[test]
     fn judges_parse_by_name() {
         assert_eq!(Judge::parse("gain").unwrap(), Judge::Gain);
         assert_eq!(Judge::parse("base").unwrap(), Judge::Base);
-        assert!(Judge::parse("teacher").is_err());
+        assert_eq!(Judge::parse("teacher").unwrap(), Judge::Teacher);
+        assert!(Judge::parse("oracle").is_err());
     }
 }
