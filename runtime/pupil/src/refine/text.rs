@@ -305,29 +305,31 @@ pub fn sample(lm: &Llama, prompt: &[u32], new: usize, sampler: &mut Sampler) -> 
 /// Sequences decoded together by [`sample_batch`]: the CPU's matrix-vector product reads
 /// each weight once for up to four rows, so four cost about what one does.
 pub const SAMPLE_BATCH: usize = 4;
-/// Prompt tokens run through the model per prefill pass (bounds the attention scores).
-const PREFILL_CHUNK: usize = 256;
+/// Prompt tokens (over the batch) run through the model per prefill pass: a pass's graph
+/// holds every layer's activations, about 2.4 MB a token for SmolLM2 after 1,000 tokens of
+/// context, so this bounds sampling's memory to about 300 MB.
+const PREFILL_TOKENS: usize = 128;
 
 /// Continues each of `prompts` (all the same length) by up to `new` sampled tokens, a
 /// sequence stopping at end-of-text; returns prompt + continuation per prompt. Runs
 /// [`SAMPLE_BATCH`] sequences at a time through one KV cache, prefilling long prompts in
-/// chunks.
+/// chunks of [`PREFILL_TOKENS`].
 pub fn sample_batch(
     lm: &Llama,
     prompts: &[Vec<u32>],
     new: usize,
     sampler: &mut Sampler,
 ) -> Result<Vec<Vec<u32>>> {
-    sample_in_chunks(lm, prompts, new, sampler, PREFILL_CHUNK)
+    sample_in_chunks(lm, prompts, new, sampler, PREFILL_TOKENS)
 }
 
-/// [`sample_batch`] with prompts prefilled `chunk` tokens per pass.
+/// [`sample_batch`] with `per_pass` prompt tokens (over the batch) prefilled per pass.
 fn sample_in_chunks(
     lm: &Llama,
     prompts: &[Vec<u32>],
     new: usize,
     sampler: &mut Sampler,
-    chunk: usize,
+    per_pass: usize,
 ) -> Result<Vec<Vec<u32>>> {
     let len = prompts.first().map_or(0, Vec::len);
     if len == 0 || prompts.iter().any(|p| p.len() != len) {
@@ -339,10 +341,11 @@ fn sample_in_chunks(
     let mut outs = Vec::with_capacity(prompts.len());
     for group in prompts.chunks(SAMPLE_BATCH) {
         let b = group.len();
+        let chunk = (per_pass / b).max(1);
         let mut cache = KvCache::new(&backend, lm.config(), b, len + new)?;
         let mut logits = Vec::new();
-        for at in (0..len).step_by(chunk.max(1)) {
-            let end = (at + chunk.max(1)).min(len);
+        for at in (0..len).step_by(chunk) {
+            let end = (at + chunk).min(len);
             let flat: Vec<f32> = group
                 .iter()
                 .flat_map(|p| p[at..end].iter().map(|&i| i as f32))
@@ -403,7 +406,8 @@ mod tests {
         assert_eq!((a.len(), b.len()), (8, 2));
     }
 
-    /// Greedy continuations decoded four at a time, prompts prefilled in chunks of 7, are
+    /// Greedy continuations decoded four at a time, prompts prefilled 7 tokens a pass (one
+    /// a sequence for the first four, seven for the fifth), are
     /// each sequence's own continuation decoded alone in one prefill.
     #[test]
     fn batched_sampling_continues_each_prompt_as_alone() {

@@ -1,0 +1,181 @@
+//! The Fleet API calls a SuperNode makes, as Flower 1.42's SuperLink serves them: `POST
+//! /v1/fleet/<rpc in kebab case>` with an `application/protobuf` body, every request
+//! carrying the node's signed identity headers ([`NodeKey::auth_headers`]).
+//! `flwr/supernode/fleet_http_client.py` and `fleet_http_connection.py` are the reference.
+
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::identity::NodeKey;
+use crate::proto;
+
+/// The media type of Fleet requests and answers.
+const PROTOBUF: &str = "application/protobuf";
+/// The longest answer read (a pulled object tree can be large, not unbounded).
+const MAX_ANSWER_LEN: u64 = 512 << 20;
+
+/// Why a Fleet call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The SuperLink could not be reached or the connection broke.
+    #[error("cannot reach the SuperLink at {url}: {detail}; check --superlink and that it runs")]
+    Network {
+        /// The request's URL.
+        url: String,
+        /// What the transport said.
+        detail: String,
+    },
+    /// The SuperLink answered with an error status.
+    #[error("the SuperLink refused {path}: HTTP {status}: {detail}")]
+    Refused {
+        /// The Fleet path.
+        path: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's text (Flower's error detail).
+        detail: String,
+    },
+    /// The answer was not the protobuf message the call returns.
+    #[error("the SuperLink's answer to {path} is not a valid message: {detail}")]
+    BadAnswer {
+        /// The Fleet path.
+        path: &'static str,
+        /// The decoder's error.
+        detail: String,
+    },
+    /// The node's key could not be made, read or encoded.
+    #[error("node key: {0}")]
+    Key(String),
+    /// A file could not be read or written.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// A SuperNode's connection to a SuperLink's Fleet API.
+pub struct FleetClient {
+    base: String,
+    key: NodeKey,
+    agent: ureq::Agent,
+}
+
+impl FleetClient {
+    /// A client of the SuperLink at `address` (`host:port`, plain HTTP as with
+    /// `flower-superlink --insecure`, or a full `http://` / `https://` URL) signing with `key`.
+    pub fn new(address: &str, key: NodeKey) -> FleetClient {
+        let base = if address.contains("://") {
+            address.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{address}")
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        FleetClient { base, key, agent }
+    }
+
+    /// The node's key.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    /// Sends `request` to `path` and decodes the answer.
+    fn call<A: Message + Default>(
+        &self,
+        path: &'static str,
+        request: &impl Message,
+    ) -> Result<A, FleetError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("content-type", PROTOBUF)
+            .header("accept", PROTOBUF);
+        for (name, value) in self.key.auth_headers() {
+            req = req.header(name, value);
+        }
+        let network = |e: ureq::Error| FleetError::Network {
+            url: url.clone(),
+            detail: e.to_string(),
+        };
+        let mut resp = req.send(&request.encode_to_vec()[..]).map_err(network)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_LEN)
+            .read_to_vec()
+            .map_err(network)?;
+        if !(200..300).contains(&status) {
+            let detail = String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned();
+            return Err(FleetError::Refused {
+                path,
+                status,
+                detail,
+            });
+        }
+        A::decode(body.as_slice()).map_err(|e| FleetError::BadAnswer {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Registers this node's public key (a SuperLink run with `--enable-supernode-auth`
+    /// admits listed keys only); returns the node id.
+    pub fn register_node(&self) -> Result<u64, FleetError> {
+        let request = proto::RegisterNodeFleetRequest {
+            public_key: self.key.public_key_pem().to_vec(),
+        };
+        let answer: proto::RegisterNodeFleetResponse =
+            self.call("/v1/fleet/register-node", &request)?;
+        Ok(answer.node_id)
+    }
+
+    /// Marks the node online, promising a heartbeat every `heartbeat_interval` seconds;
+    /// returns its node id.
+    pub fn activate_node(&self, heartbeat_interval: f64) -> Result<u64, FleetError> {
+        let request = proto::ActivateNodeRequest {
+            public_key: self.key.public_key_pem().to_vec(),
+            heartbeat_interval,
+        };
+        let answer: proto::ActivateNodeResponse = self.call("/v1/fleet/activate-node", &request)?;
+        Ok(answer.node_id)
+    }
+
+    /// Tells the SuperLink node `node_id` is alive; whether it accepted the heartbeat.
+    pub fn heartbeat(&self, node_id: u64, heartbeat_interval: f64) -> Result<bool, FleetError> {
+        let request = proto::SendNodeHeartbeatRequest {
+            node: Some(proto::Node { node_id }),
+            heartbeat_interval,
+        };
+        let answer: proto::SendNodeHeartbeatResponse =
+            self.call("/v1/fleet/send-node-heartbeat", &request)?;
+        Ok(answer.success)
+    }
+
+    /// The messages waiting for node `node_id`.
+    pub fn pull_messages(&self, node_id: u64) -> Result<proto::PullMessagesResponse, FleetError> {
+        let request = proto::PullMessagesRequest {
+            node: Some(proto::Node { node_id }),
+            message_ids: Vec::new(),
+        };
+        self.call("/v1/fleet/pull-messages", &request)
+    }
+
+    /// Marks node `node_id` offline.
+    pub fn deactivate_node(&self, node_id: u64) -> Result<(), FleetError> {
+        let request = proto::DeactivateNodeRequest { node_id };
+        let _: proto::DeactivateNodeResponse = self.call("/v1/fleet/deactivate-node", &request)?;
+        Ok(())
+    }
+
+    /// Removes node `node_id` from the federation.
+    pub fn unregister_node(&self, node_id: u64) -> Result<(), FleetError> {
+        let request = proto::UnregisterNodeFleetRequest { node_id };
+        let _: proto::UnregisterNodeFleetResponse =
+            self.call("/v1/fleet/unregister-node", &request)?;
+        Ok(())
+    }
+}

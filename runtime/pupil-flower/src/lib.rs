@@ -1,0 +1,19 @@
+//! pupil devices as Flower SuperNodes: Flower's Fleet API (protobuf over HTTP, `flwr`
+//! 1.42.0) in Rust, each request signed with the node's SECP384R1 identity.
+//!
+//! - [`proto`]: Flower's messages, generated from the descriptors in the flwr wheel.
+//! - [`NodeKey`]: the node's key pair, kept like a device key, and the signed headers.
+//! - [`FleetClient`]: the Fleet calls a SuperNode makes (register, activate, heartbeat,
+//!   deactivate, unregister).
+
+mod fleet;
+mod identity;
+
+pub use fleet::{FleetClient, FleetError};
+pub use identity::{iso8601_utc, NodeKey};
+
+/// Flower's protobuf messages (package `flwr.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/flwr.proto.rs"));
+}
