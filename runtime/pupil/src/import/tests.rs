@@ -364,16 +364,27 @@ fn gguf_rejects_truncated_and_hostile_files() {
         Gguf::parse(&tensor(0, vec![1, 1, 1, 1, 16], 0)).is_err(),
         "rank 5"
     );
-    let q4k = gguf(
+    // Q2_K parses (its extent is known) but is not imported; Q4_K is, bit for bit.
+    let q2k = gguf(
         &[("general.architecture", W::Str("llama"))],
-        &[("t", vec![256], 12, vec![0; 144])],
+        &[("t", vec![256], 10, vec![0; 84])],
         32,
     );
-    assert!(Gguf::parse(&q4k).is_ok());
+    assert!(Gguf::parse(&q2k).is_ok());
     assert!(matches!(
-        import_gguf(&q4k, "t", Target::Keep),
+        import_gguf(&q2k, "t", Target::Keep),
         Err(ImportError::UnsupportedType { .. })
     ));
+    let q4k_bytes: Vec<u8> = (0..144u8).collect();
+    let q4k = gguf(
+        &[("general.architecture", W::Str("llama"))],
+        &[("t", vec![256], 12, q4k_bytes.clone())],
+        32,
+    );
+    let imported = import_gguf(&q4k, "t", Target::Keep).unwrap();
+    let file = ModelFile::from_bytes(imported.builder.to_bytes().unwrap()).unwrap();
+    let t = file.tensor("t").unwrap();
+    assert_eq!((t.dtype, t.bytes), (DType::Q4_K, &q4k_bytes[..]));
     let mut deep = b"GGUF".to_vec();
     deep.extend(3u32.to_le_bytes());
     deep.extend(0u64.to_le_bytes());
