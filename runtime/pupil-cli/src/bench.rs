@@ -22,6 +22,8 @@ pub enum Bench {
     TrainMlp(TrainArgs),
     /// MiniLM-shaped sentence encoder forward (sentences/s), random weights.
     Embed(crate::bench_models::EmbedArgs),
+    /// One AdamW training step of a MiniLM-shaped encoder (ms per step), random weights.
+    TrainEncoder(crate::bench_train_encoder::TrainEncoderArgs),
     /// SmolLM2-shaped decoder prefill and decode (tokens/s, peak GPU memory), random weights.
     Generate(crate::bench_models::GenerateArgs),
 }
@@ -71,6 +73,7 @@ pub fn run(b: Bench) -> CliResult {
         Bench::Matmul(a) => bench_matmul(a),
         Bench::TrainMlp(a) => bench_train(a),
         Bench::Embed(a) => crate::bench_models::embed(a),
+        Bench::TrainEncoder(a) => crate::bench_train_encoder::run(a),
         Bench::Generate(a) => crate::bench_models::generate(a),
     }
 }

@@ -76,7 +76,7 @@ fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// all-MiniLM-L6-v2's shape with `layers` layers (6 in the original).
-fn minilm(layers: usize) -> BertConfig {
+pub(crate) fn minilm(layers: usize) -> BertConfig {
     BertConfig {
         hidden: 384,
         layers,

@@ -15,6 +15,7 @@ macro_rules! println {
 
 mod bench;
 mod bench_models;
+mod bench_train_encoder;
 mod convert;
 mod data;
 mod demo;

@@ -85,9 +85,62 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
             ta,
             tb,
         ),
-        Backend::Gpu(_) => gpu_matmul(a, b, &c, d, ta, tb)?,
+        Backend::Gpu(_) => gpu_matmul(a, b, &c, d, ta, tb, Config::choose(d))?,
     }
     Ok(c)
+}
+
+/// The GPU matmul kernels (entry points of `shaders/matmul.wgsl`); each computes the same
+/// product, and [`Config::choose`] picks one per shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// 64 x 64 tiles of C, 4 x 4 outputs per thread: small and thin products.
+    Tile64,
+    /// 128 x 128 tiles of C, 8 x 8 outputs per thread, double-buffered K steps.
+    Wide128,
+}
+
+impl Config {
+    /// Every configuration, for tests and tuning.
+    pub const ALL: [Config; 2] = [Config::Tile64, Config::Wide128];
+
+    /// `PUPIL_MATMUL` (`tile64` or `wide128`) when set, else the large tiles where the
+    /// product fills them (both sides at least 128) and the small ones otherwise.
+    pub(crate) fn choose(d: Dims) -> Config {
+        static FORCED: std::sync::OnceLock<Option<Config>> = std::sync::OnceLock::new();
+        let forced = FORCED.get_or_init(|| {
+            let name = std::env::var("PUPIL_MATMUL").ok()?;
+            Config::ALL.into_iter().find(|c| c.name() == name)
+        });
+        forced.unwrap_or(if d.m >= 128 && d.n >= 128 {
+            Config::Wide128
+        } else {
+            Config::Tile64
+        })
+    }
+
+    /// The name `PUPIL_MATMUL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Tile64 => "tile64",
+            Config::Wide128 => "wide128",
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            Config::Tile64 => "matmul",
+            Config::Wide128 => "matmul_wide",
+        }
+    }
+
+    /// Rows and columns of C one workgroup computes.
+    fn tile(self) -> usize {
+        match self {
+            Config::Tile64 => 64,
+            Config::Wide128 => 128,
+        }
+    }
 }
 
 /// `C = A B`.
@@ -141,7 +194,15 @@ struct Params {
     _pad: [u32; 4],
 }
 
-fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -> Result<()> {
+fn gpu_matmul(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    d: Dims,
+    ta: bool,
+    tb: bool,
+    config: Config,
+) -> Result<()> {
     let gpu = a.gpu_buffer()?.gpu().clone();
     if a.dtype() != b.dtype() {
         return Err(Error::NotSupported {
@@ -164,12 +225,13 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, c: &Tensor, d: Dims, ta: bool, tb: bool) -
     };
     let kernel = Kernel {
         shader: "matmul",
-        entry: "matmul",
+        entry: config.entry(),
         dtype: Some(a.dtype()),
     };
+    let tile = config.tile();
     let groups = [
-        d.n.div_ceil(64) as u32,
-        d.m.div_ceil(64) as u32,
+        d.n.div_ceil(tile) as u32,
+        d.m.div_ceil(tile) as u32,
         d.batch as u32,
     ];
     gpu.dispatch(
@@ -251,33 +313,45 @@ mod tests {
     use super::*;
     use crate::ops::testing::{assert_close, check_gradient, gpu, pair, probe, random};
 
-    /// GPU and CPU agree to 1e-4 relative (f32 sums of up to 257 products, different order).
+    /// The product on the GPU with one kernel configuration.
+    fn matmul_with(config: Config, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Tensor {
+        let (d, shape) = dims(a.shape(), b.shape(), ta, tb).unwrap();
+        let c = Tensor::uninit(&gpu(), &shape, DType::F32).unwrap();
+        gpu_matmul(a, b, &c, d, ta, tb, config).unwrap();
+        c
+    }
+
+    /// Every configuration agrees with the CPU to 1e-4 relative (f32 sums of up to 257
+    /// products in another order), every transpose, shapes off every tile edge, batched.
     #[test]
     fn gpu_matches_cpu_on_awkward_shapes() {
         let mut seed = 0;
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (7, 33, 5),
-            (33, 7, 65),
-            (64, 64, 64),
-            (65, 257, 31),
-            (130, 17, 129),
+        for &(batch, m, k, n) in &[
+            (1, 1, 1, 1),
+            (1, 7, 33, 5),
+            (1, 33, 7, 65),
+            (1, 64, 64, 64),
+            (1, 65, 257, 31),
+            (1, 130, 17, 129),
+            (1, 257, 9, 200),
+            (3, 129, 33, 131),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 seed += 1;
-                let ash = if ta { [k, m] } else { [m, k] };
-                let bsh = if tb { [n, k] } else { [k, n] };
+                let ash = if ta { [batch, k, m] } else { [batch, m, k] };
+                let bsh = if tb { [batch, n, k] } else { [batch, k, n] };
                 let (ac, ag) = pair(&ash, seed);
                 let (bc, bg) = pair(&bsh, seed + 100);
                 let want = matmul_t(&ac, &bc, ta, tb).unwrap();
-                let got = matmul_t(&ag, &bg, ta, tb).unwrap();
-                assert_close(
-                    &format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"),
-                    &got,
-                    &want,
-                    1e-4,
-                    1e-5,
-                );
+                for config in Config::ALL {
+                    assert_close(
+                        &format!("{config:?} {batch}x{m}x{k}x{n} ta={ta} tb={tb}"),
+                        &matmul_with(config, &ag, &bg, ta, tb),
+                        &want,
+                        1e-4,
+                        1e-5,
+                    );
+                }
             }
         }
     }
@@ -325,7 +399,7 @@ mod tests {
             assert_eq!(x.dtype(), DType::F32);
             return;
         }
-        let (m, k, n) = (33, 65, 17);
+        let (m, k, n) = (133, 65, 257);
         let av = random(m * k, 1, 1.0);
         let bv = random(k * n, 2, 1.0);
         let a16 = Tensor::from_slice_f16(&b, &[m, k], &av).unwrap();
@@ -336,13 +410,15 @@ mod tests {
         )
         .unwrap();
         // Inputs rounded to 11-bit mantissas: relative error per product ~1e-3, sums of 65.
-        assert_close(
-            "f16 matmul",
-            &matmul(&a16, &b16).unwrap(),
-            &want,
-            1e-2,
-            2e-2,
-        );
+        for config in Config::ALL {
+            assert_close(
+                &format!("f16 matmul {config:?}"),
+                &matmul_with(config, &a16, &b16, false, false),
+                &want,
+                1e-2,
+                2e-2,
+            );
+        }
     }
 
     /// Backward against finite differences on the CPU reference, every transpose combination.
