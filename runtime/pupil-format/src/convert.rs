@@ -46,11 +46,11 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
         }),
         DType::Q4_0 => blocks(bytes, 18, |b, out| {
             let d = f16_at(b);
-            unpack_nibbles(&b[2..], out, |q| (f32::from(q) - 8.0) * d);
+            unpack_quants(&b[2..], 0, out, |q| (f32::from(q) - 8.0) * d);
         }),
         DType::Q4_1 => blocks(bytes, 20, |b, out| {
             let (d, m) = (f16_at(b), f16_at(&b[2..]));
-            unpack_nibbles(&b[4..], out, |q| f32::from(q) * d + m);
+            unpack_quants(&b[4..], 0, out, |q| f32::from(q) * d + m);
         }),
         DType::Q5_0 => blocks(bytes, 22, |b, out| {
             let d = f16_at(b);
@@ -91,25 +91,22 @@ fn blocks(bytes: &[u8], size: usize, decode: impl Fn(&[u8], &mut [f32])) -> Vec<
     out
 }
 
-/// A 5-bit block after its scale header: 4 bytes `qh` (bit `j` is the fifth bit of
-/// element `j`), then the nibbles as in [`unpack_nibbles`].
-fn unpack_fives(b: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
-    let qh = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    unpack_nibbles(&b[4..], out, f32::from);
-    for (j, o) in out.iter_mut().enumerate().take(BLOCK) {
-        let fifth = ((qh >> j) & 1) as u8;
-        *o = value(*o as u8 | (fifth << 4));
+/// Decodes a 32-element block's quants: element `j < 16` is the low nibble of byte `j` of
+/// `qs`, element `j + 16` its high nibble, and bit `j` of `qh` is element `j`'s fifth bit
+/// (`qh` 0 for 4-bit formats); `value` turns each quant into `out`'s element.
+pub fn unpack_quants(qs: &[u8], qh: u32, out: &mut [f32], value: impl Fn(u8) -> f32) {
+    let fifth = |j: usize| (((qh >> j) & 1) as u8) << 4;
+    let (lo, hi) = out.split_at_mut(NIBBLES.min(out.len()));
+    for (j, ((&q, l), h)) in qs.iter().zip(lo).zip(hi).enumerate() {
+        *l = value((q & 0x0f) | fifth(j));
+        *h = value((q >> 4) | fifth(j + NIBBLES));
     }
 }
 
-/// Element `j` of a 4-bit block is the low nibble of byte `j` for `j < 16`,
-/// the high nibble of byte `j - 16` otherwise.
-fn unpack_nibbles(qs: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
-    let (lo, hi) = out.split_at_mut(NIBBLES);
-    for ((&q, l), h) in qs.iter().zip(lo).zip(hi) {
-        *l = value(q & 0x0f);
-        *h = value(q >> 4);
-    }
+/// A 5-bit block after its scale header: 4 bytes `qh`, then the nibbles.
+fn unpack_fives(b: &[u8], out: &mut [f32], value: impl Fn(u8) -> f32) {
+    let qh = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    unpack_quants(&b[4..], qh, out, value);
 }
 
 /// Encodes f32 `values` as `dtype`; `None` for integer dtypes. The value count
@@ -126,10 +123,10 @@ pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
             .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
             .collect(),
         DType::Q8_0 => values.chunks(BLOCK).flat_map(quantize_q8_0).collect(),
-        DType::Q4_0 => values.chunks(BLOCK).flat_map(quantize_q4_0).collect(),
-        DType::Q4_1 => values.chunks(BLOCK).flat_map(quantize_q4_1).collect(),
-        DType::Q5_0 => values.chunks(BLOCK).flat_map(quantize_q5_0).collect(),
-        DType::Q5_1 => values.chunks(BLOCK).flat_map(quantize_q5_1).collect(),
+        DType::Q4_0 => blocks_of(values, |x| quantize_symmetric(x, 8.0, pack_nibbles)),
+        DType::Q4_1 => blocks_of(values, |x| quantize_affine(x, 15.0, pack_nibbles)),
+        DType::Q5_0 => blocks_of(values, |x| quantize_symmetric(x, 16.0, pack_fives)),
+        DType::Q5_1 => blocks_of(values, |x| quantize_affine(x, 31.0, pack_fives)),
         DType::Q4_K => values
             .chunks(QK_K)
             .flat_map(|x| kquant::encode_q45_k(x, 15))
@@ -142,6 +139,11 @@ pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
         DType::I8 | DType::I32 | DType::U8 => return None,
     };
     Some(bytes)
+}
+
+/// Each [`BLOCK`]-value chunk of `values` encoded by `encode`, end to end.
+fn blocks_of(values: &[f32], encode: impl Fn(&[f32]) -> Vec<u8>) -> Vec<u8> {
+    values.chunks(BLOCK).flat_map(encode).collect()
 }
 
 /// `1 / d`, or 0 for a zero scale.
@@ -163,83 +165,59 @@ fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// One Q4_0 block: scale = (value of largest magnitude) / -8, nibbles q with
-/// x ≈ (q - 8) × scale.
-fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
+/// A block with one scale: scale = (value of largest magnitude) / -`half`, quants q with
+/// x ≈ (q - `half`) × scale, packed by `pack` (`half` 8 for Q4_0, 16 for Q5_0).
+fn quantize_symmetric(x: &[f32], half: f32, pack: fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let max = x
         .iter()
         .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let d = max / -8.0;
+    let d = max / -half;
     let id = inverse(d);
-    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
-    out.extend(pack_nibbles(x, |v| (v * id + 8.5).clamp(0.0, 15.0) as u8));
-    out
-}
-
-/// One Q4_1 block: scale = (max - min) / 15 and min, nibbles q with
-/// x ≈ q × scale + min.
-fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
-    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let d = (max - min) / 15.0;
-    let id = inverse(d);
-    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
-    out.extend(f16::from_f32(min).to_le_bytes());
-    out.extend(pack_nibbles(x, |v| {
-        ((v - min) * id + 0.5).clamp(0.0, 15.0) as u8
-    }));
-    out
-}
-
-/// One Q5_0 block: scale = (value of largest magnitude) / -16, 5-bit q with
-/// x ≈ (q - 16) × scale.
-fn quantize_q5_0(x: &[f32]) -> Vec<u8> {
-    let max = x
+    let top = 2.0 * half - 1.0;
+    let q: Vec<u8> = x
         .iter()
-        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let d = max / -16.0;
-    let id = inverse(d);
+        .map(|v| (v * id + half + 0.5).clamp(0.0, top) as u8)
+        .collect();
     let mut out = f16::from_f32(d).to_le_bytes().to_vec();
-    out.extend(pack_fives(x, |v| (v * id + 16.5).clamp(0.0, 31.0) as u8));
+    out.extend(pack(&q));
     out
 }
 
-/// One Q5_1 block: scale = (max - min) / 31 and min, 5-bit q with x ≈ q × scale + min.
-fn quantize_q5_1(x: &[f32]) -> Vec<u8> {
+/// A block with a scale and a minimum: scale = (max - min) / `levels`, quants q with
+/// x ≈ q × scale + min, packed by `pack` (`levels` 15 for Q4_1, 31 for Q5_1).
+fn quantize_affine(x: &[f32], levels: f32, pack: fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
     let min = x.iter().copied().fold(f32::INFINITY, f32::min);
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let d = (max - min) / 31.0;
+    let d = (max - min) / levels;
     let id = inverse(d);
+    let q: Vec<u8> = x
+        .iter()
+        .map(|v| ((v - min) * id + 0.5).clamp(0.0, levels) as u8)
+        .collect();
     let mut out = f16::from_f32(d).to_le_bytes().to_vec();
     out.extend(f16::from_f32(min).to_le_bytes());
-    out.extend(pack_fives(x, |v| {
-        ((v - min) * id + 0.5).clamp(0.0, 31.0) as u8
-    }));
+    out.extend(pack(&q));
     out
 }
 
-/// Packs a 5-bit block: the fifth bits as a little-endian u32, then the nibbles.
-fn pack_fives(x: &[f32], quantize: impl Fn(f32) -> u8) -> Vec<u8> {
-    let q: Vec<u8> = x.iter().map(|&v| quantize(v)).collect();
+/// Packs a 5-bit block's quants: the fifth bits as a little-endian u32, then the nibbles.
+fn pack_fives(q: &[u8]) -> Vec<u8> {
     let qh = q
         .iter()
         .enumerate()
         .fold(0u32, |h, (j, &v)| h | (u32::from(v >> 4) << j));
     let mut out = qh.to_le_bytes().to_vec();
-    out.extend(pack_nibbles(x, |v| quantize(v) & 0x0f));
+    out.extend(pack_nibbles(q));
     out
 }
 
-/// Packs a block's nibbles: byte `j` holds element `j` low and `j + 16` high.
-fn pack_nibbles(x: &[f32], quantize: impl Fn(f32) -> u8) -> [u8; NIBBLES] {
-    let mut qs = [0u8; NIBBLES];
-    let (lo, hi) = x.split_at(NIBBLES.min(x.len()));
-    for (j, q) in qs.iter_mut().enumerate() {
-        let l = lo.get(j).map_or(0, |&v| quantize(v));
-        let h = hi.get(j).map_or(0, |&v| quantize(v));
-        *q = l | (h << 4);
-    }
-    qs
+/// Packs a block's quants (their low nibbles): byte `j` holds element `j` low and `j + 16`
+/// high; elements past the end are 0.
+fn pack_nibbles(q: &[u8]) -> Vec<u8> {
+    let at = |j: usize| q.get(j).map_or(0, |v| v & 0x0f);
+    (0..NIBBLES)
+        .map(|j| at(j) | (at(j + NIBBLES) << 4))
+        .collect()
 }
 
 #[cfg(test)]

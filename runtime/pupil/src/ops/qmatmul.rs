@@ -485,6 +485,7 @@ mod graph_ops {
 /// The CPU reference: block decoding, and products through the CPU SGEMM.
 pub(crate) mod cpu {
     use super::*;
+    use crate::format::convert::unpack_quants;
 
     /// Dequantizes consecutive rows from `first` into `out` (a whole number of rows).
     pub(crate) fn dequantize_rows(
@@ -530,7 +531,7 @@ pub(crate) mod cpu {
                 } else {
                     -8.0 * d
                 };
-                unpack(quants, 0, |q| f32::from(q) * d + offset, out);
+                unpack_quants(quants, 0, out, |q| f32::from(q) * d + offset);
             }
             _ => {
                 let offset = if format == QFormat::Q5_1 {
@@ -539,19 +540,8 @@ pub(crate) mod cpu {
                     -16.0 * d
                 };
                 let qh = block[1];
-                unpack(&quants[4..], qh, |q| f32::from(q) * d + offset, out);
+                unpack_quants(&quants[4..], qh, out, |q| f32::from(q) * d + offset);
             }
-        }
-    }
-
-    /// A 32-element block's nibbles (element `j < 16` low in byte `j`, `j + 16` high) with
-    /// bit `j` of `qh` as element `j`'s fifth bit.
-    fn unpack(nibbles: &[u8], qh: u32, value: impl Fn(u8) -> f32, out: &mut [f32]) {
-        let fifth = |j: usize| (((qh >> j) & 1) as u8) << 4;
-        let (lo, hi) = out.split_at_mut(BLOCK / 2);
-        for (j, ((&q, l), h)) in nibbles.iter().zip(lo).zip(hi).enumerate() {
-            *l = value((q & 0x0f) | fifth(j));
-            *h = value((q >> 4) | fifth(j + BLOCK / 2));
         }
     }
 
