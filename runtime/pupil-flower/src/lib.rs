@@ -8,6 +8,8 @@
 
 mod fleet;
 mod identity;
+pub mod npy;
+pub mod objects;
 
 pub use fleet::{FleetClient, FleetError};
 pub use identity::{iso8601_utc, NodeKey};
