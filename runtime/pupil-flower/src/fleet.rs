@@ -44,6 +44,9 @@ pub enum FleetError {
         /// The decoder's error.
         detail: String,
     },
+    /// A message's objects were not what their tree promised.
+    #[error("message objects: {0}")]
+    Objects(#[from] crate::objects::ObjectError),
     /// The node's key could not be made, read or encoded.
     #[error("node key: {0}")]
     Key(String),
@@ -57,6 +60,18 @@ pub struct FleetClient {
     base: String,
     key: NodeKey,
     agent: ureq::Agent,
+}
+
+impl FleetError {
+    /// Whether trying again later can help: the SuperLink unreachable, or answering 502,
+    /// 503 or 504 (a proxy or a restart in between).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FleetError::Network { .. } => true,
+            FleetError::Refused { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
 }
 
 impl FleetClient {
@@ -162,6 +177,94 @@ impl FleetClient {
             message_ids: Vec::new(),
         };
         self.call("/v1/fleet/pull-messages", &request)
+    }
+
+    /// Pulls object `object_id` of run `run_id`: `Ok(None)` while the SuperLink has it
+    /// registered but not yet stored (try again), an error if it does not know it.
+    pub fn pull_object(
+        &self,
+        node_id: u64,
+        run_id: u64,
+        object_id: &str,
+    ) -> Result<Option<Vec<u8>>, FleetError> {
+        let request = proto::PullObjectRequest {
+            node: Some(proto::Node { node_id }),
+            run_id,
+            object_id: object_id.to_owned(),
+        };
+        let answer: proto::PullObjectResponse = self.call("/v1/fleet/pull-object", &request)?;
+        if !answer.object_found {
+            return Err(FleetError::Refused {
+                path: "/v1/fleet/pull-object",
+                status: 404,
+                detail: format!("object {object_id} of run {run_id} is not known"),
+            });
+        }
+        Ok(answer.object_available.then_some(answer.object_content))
+    }
+
+    /// Tells the SuperLink that every object of message `message_id` arrived.
+    pub fn confirm_message_received(
+        &self,
+        node_id: u64,
+        run_id: u64,
+        message_id: &str,
+    ) -> Result<(), FleetError> {
+        let request = proto::ConfirmMessageReceivedRequest {
+            node: Some(proto::Node { node_id }),
+            run_id,
+            message_object_id: message_id.to_owned(),
+        };
+        let _: proto::ConfirmMessageReceivedResponse =
+            self.call("/v1/fleet/confirm-message-received", &request)?;
+        Ok(())
+    }
+
+    /// Pushes one reply (its metadata and, for an error, the error; its content travels
+    /// as objects) with its object tree; returns the ids of the objects the SuperLink
+    /// still needs and the session to push them in.
+    pub fn push_message(
+        &self,
+        node_id: u64,
+        message: proto::Message,
+        tree: proto::ObjectTree,
+        runtime_seconds: f64,
+    ) -> Result<(Vec<String>, String), FleetError> {
+        let request = proto::PushMessagesRequest {
+            node: Some(proto::Node { node_id }),
+            messages_list: vec![message],
+            message_object_trees: vec![tree],
+            clientapp_runtime_list: vec![runtime_seconds],
+        };
+        let answer: proto::PushMessagesResponse = self.call("/v1/fleet/push-messages", &request)?;
+        Ok((answer.objects_to_push, answer.session_id))
+    }
+
+    /// Pushes one object's bytes in `session_id`.
+    pub fn push_object(
+        &self,
+        node_id: u64,
+        run_id: u64,
+        session_id: &str,
+        object_id: &str,
+        content: Vec<u8>,
+    ) -> Result<(), FleetError> {
+        let request = proto::PushObjectRequest {
+            node: Some(proto::Node { node_id }),
+            run_id,
+            object_id: object_id.to_owned(),
+            object_content: content,
+            session_id: session_id.to_owned(),
+        };
+        let answer: proto::PushObjectResponse = self.call("/v1/fleet/push-object", &request)?;
+        if !answer.stored {
+            return Err(FleetError::Refused {
+                path: "/v1/fleet/push-object",
+                status: 200,
+                detail: format!("object {object_id} was not stored"),
+            });
+        }
+        Ok(())
     }
 
     /// Marks node `node_id` offline.

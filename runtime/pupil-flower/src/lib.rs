@@ -6,10 +6,12 @@
 //! - [`FleetClient`]: the Fleet calls a SuperNode makes (register, activate, heartbeat,
 //!   deactivate, unregister).
 
+pub mod classifier;
 mod fleet;
 mod identity;
 pub mod npy;
 pub mod objects;
+pub mod supernode;
 
 pub use fleet::{FleetClient, FleetError};
 pub use identity::{iso8601_utc, NodeKey};

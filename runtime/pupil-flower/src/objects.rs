@@ -133,6 +133,61 @@ pub enum Record {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RecordDict(pub Vec<(String, Record)>);
 
+impl RecordDict {
+    /// The first array record's arrays.
+    pub fn arrays(&self) -> Option<&[(String, Array)]> {
+        self.0.iter().find_map(|(_, r)| match r {
+            Record::Arrays(a) => Some(a.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// The number under `key` in the first config record that has it (a float or an
+    /// integer).
+    pub fn config_number(&self, key: &str) -> Option<f64> {
+        use proto::config_record_value::Value;
+        self.0.iter().find_map(|(_, r)| match r {
+            Record::Config(c) => c.items.iter().find(|i| i.key == key).and_then(|i| {
+                match i.value.as_ref()?.value.as_ref()? {
+                    Value::Double(v) => Some(*v),
+                    Value::Sint64(v) => Some(*v as f64),
+                    Value::Uint64(v) => Some(*v as f64),
+                    _ => None,
+                }
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// A metric record of these values: integers as Flower's `int`, the rest as `float`.
+pub fn metric_record(items: &[(&str, Metric)]) -> Record {
+    use proto::metric_record_value::Value;
+    Record::Metrics(proto::MetricRecord {
+        items: items
+            .iter()
+            .map(|(key, m)| proto::metric_record::Item {
+                key: (*key).to_owned(),
+                value: Some(proto::MetricRecordValue {
+                    value: Some(match m {
+                        Metric::Int(v) => Value::Sint64(*v),
+                        Metric::Float(v) => Value::Double(*v),
+                    }),
+                }),
+            })
+            .collect(),
+    })
+}
+
+/// One metric's value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Metric {
+    /// An integer (`num-examples`).
+    Int(i64),
+    /// A float (loss, accuracy).
+    Float(f64),
+}
+
 /// An object tree ready to send: the root's id, the tree and every object's bytes
 /// (children before parents).
 #[derive(Clone, Debug)]
@@ -270,6 +325,27 @@ pub fn deflate_message(metadata: &proto::Metadata, content: &RecordDict) -> Defl
     }
     .encode_to_vec();
     let tree = b.add("Message", vec![records], &body);
+    Deflated {
+        id: tree.object_id.clone(),
+        tree,
+        objects: b.objects,
+    }
+}
+
+/// An error reply's single object: its metadata (message id left empty) and `error`, no
+/// content.
+pub fn deflate_error_message(metadata: &proto::Metadata, error: proto::Error) -> Deflated {
+    let mut b = Builder::default();
+    let body = proto::Message {
+        metadata: Some(proto::Metadata {
+            message_id: String::new(),
+            ..metadata.clone()
+        }),
+        content: None,
+        error: Some(error),
+    }
+    .encode_to_vec();
+    let tree = b.add("Message", Vec::new(), &body);
     Deflated {
         id: tree.object_id.clone(),
         tree,
