@@ -23,6 +23,7 @@ mod distill;
 mod distill_encoder;
 mod embed;
 mod fetch;
+mod flower;
 mod generate;
 mod info;
 mod inspect;
@@ -83,6 +84,9 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the sync server: device registration, signed updates, rounds, signed versions.
     Serve(pupil_sync::cli::ServeArgs),
+    /// Join a Flower federation as a SuperNode: answer its ServerApp's train, evaluate and
+    /// query messages with a pupil classifier trained on this machine's data.
+    Flower(flower::Args),
     /// Device-side sync: register, push queued updates, pull verified versions, status.
     #[command(subcommand)]
     Sync(sync::Sync),
@@ -106,6 +110,7 @@ fn main() {
         Command::Simulate(a) => simulate::run(a),
         Command::Serve(a) => sync::serve(a),
         Command::Sync(c) => sync::run(c),
+        Command::Flower(a) => flower::run(a),
     };
     if let Err(e) = result {
         eprintln!("pupil: {e}");

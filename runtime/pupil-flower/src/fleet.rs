@@ -63,12 +63,12 @@ pub struct FleetClient {
 }
 
 impl FleetError {
-    /// Whether trying again later can help: the SuperLink unreachable, or answering 502,
+    /// Whether trying again later can help: the SuperLink unreachable, or answering 500 (its store was busy), 502,
     /// 503 or 504 (a proxy or a restart in between).
     pub fn is_transient(&self) -> bool {
         match self {
             FleetError::Network { .. } => true,
-            FleetError::Refused { status, .. } => matches!(status, 502..=504),
+            FleetError::Refused { status, .. } => matches!(status, 500 | 502..=504),
             _ => false,
         }
     }

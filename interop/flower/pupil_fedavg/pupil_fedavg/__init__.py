@@ -1,0 +1,1 @@
+"""Federate a pupil classifier with Flower's FedAvg."""

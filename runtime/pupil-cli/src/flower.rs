@@ -1,0 +1,151 @@
+//! `pupil flower`: this machine as a Flower SuperNode. It joins a SuperLink's Fleet API
+//! with its own key and answers the ServerApp's messages by training the classifier in
+//! `--model` on its shard of `--data` (see `pupil_flower::supernode` and
+//! `pupil_flower::classifier`; `interop/flower/` holds a ServerApp to run against it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pupil::models::classifier::{ClassifierSpec, Model, Train};
+use pupil_flower::classifier::ClassifierApp;
+use pupil_flower::supernode::{self, Event, SuperNodeConfig};
+use pupil_flower::{FleetClient, NodeKey};
+
+use crate::CliResult;
+
+/// Arguments of `pupil flower`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The SuperLink's Fleet API, `HOST:PORT` (plain HTTP, as `flower-superlink --insecure`
+    /// serves it on its `--port`) or an `https://` URL.
+    #[arg(long)]
+    superlink: String,
+    /// The classifier to federate (a .pupil file); the ServerApp's arrays are matched to its
+    /// parameters by name and shape.
+    #[arg(long, default_value = "models/mnist-student.pupil")]
+    model: PathBuf,
+    /// Local examples: mnist, fashion, digits, or a folder of
+    /// `{train,test}-{images,labels}.idx` files.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// This node's part of the data, `I/N`: training and test examples I, I+N, I+2N, ...
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// At most this many training examples (after sharding).
+    #[arg(long, default_value_t = 2000)]
+    examples: usize,
+    /// At most this many held-out examples for `evaluate` (after sharding).
+    #[arg(long, default_value_t = 1000)]
+    eval_examples: usize,
+    /// Start from freshly initialised weights of the model file's architecture (this seed;
+    /// every node given the same seed starts alike) instead of the file's weights.
+    #[arg(long)]
+    fresh: Option<u64>,
+    /// Where the node's key (`node.key`) and unsent replies live.
+    #[arg(long, default_value = "pupil-flower")]
+    state: PathBuf,
+    /// Learning rate when the ServerApp's config sends no `lr`.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// Local epochs when the config sends no `local-epochs`.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Stop after this many seconds without a message (once one came); 0 runs until
+    /// stopped.
+    #[arg(long, default_value_t = 0.0)]
+    exit_after_idle: f64,
+    /// Adapter (name, backend or cpu).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Parses `I/N` with I < N.
+fn shard(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--shard {text:?}: write I/N with 0 <= I < N, e.g. 2/4");
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.parse::<usize>().map_err(|_| bad())?,
+        n.parse::<usize>().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Runs the SuperNode.
+pub fn run(a: Args) -> CliResult {
+    let (i, n) = shard(&a.shard)?;
+    let backend = pupil::Backend::auto(a.adapter.as_deref())?;
+    let file = pupil::format::ModelFile::open(&a.model)
+        .map_err(|e| format!("--model {}: {e}", a.model.display()))?;
+    let model = match a.fresh {
+        Some(seed) => {
+            let spec = ClassifierSpec::from_file(&file)?;
+            Model::new(file.info().model_id.as_str(), &spec, &backend, seed)?
+        }
+        None => Model::open(&file, &backend, Train::All)?,
+    };
+    let data = crate::fetch::dataset(&a.data)?;
+    let part =
+        |count: usize, most: usize| -> Vec<usize> { (i..count).step_by(n).take(most).collect() };
+    let train = data.train.subset(&part(data.train.n, a.examples));
+    let test = data.test.subset(&part(data.test.n, a.eval_examples));
+    let mut app = ClassifierApp::new(model, train, test, i as u64);
+    (app.lr, app.epochs) = (a.lr, a.epochs);
+    std::fs::create_dir_all(&a.state).map_err(|e| {
+        format!(
+            "--state {}: {e}; choose a writable folder",
+            a.state.display()
+        )
+    })?;
+    let key = NodeKey::load_or_create(&a.state.join("node.key"))?;
+    let client = Arc::new(FleetClient::new(&a.superlink, key));
+    match client.register_node() {
+        Ok(id) => eprintln!("pupil flower: registered as node {id}"),
+        // Already registered (a restart), or the SuperLink admits listed keys only.
+        Err(e) => eprintln!("pupil flower: not registering ({e}); activating the known key"),
+    }
+    let mut cfg = SuperNodeConfig::new(&a.state);
+    if a.exit_after_idle > 0.0 {
+        cfg.exit_after_idle = Some(Duration::from_secs_f64(a.exit_after_idle));
+    }
+    let answered = supernode::run(client, &mut app, &cfg, &mut report)?;
+    eprintln!("pupil flower: answered {answered} messages; node offline");
+    Ok(())
+}
+
+/// One line on stderr per event.
+fn report(e: Event) {
+    match e {
+        Event::Online(id) => eprintln!("pupil flower: online as node {id}"),
+        Event::Resent(n) => eprintln!("pupil flower: sent {n} replies kept from before a restart"),
+        Event::Received { kind, run, group } if group.is_empty() => {
+            eprintln!("pupil flower: run {run}: {kind}")
+        }
+        Event::Received { kind, run, group } => {
+            eprintln!("pupil flower: run {run} group {group}: {kind}")
+        }
+        Event::Replied {
+            kind,
+            seconds,
+            error: None,
+        } => {
+            eprintln!("pupil flower: replied to {kind} ({seconds:.2} s)")
+        }
+        Event::Replied {
+            kind,
+            error: Some(e),
+            ..
+        } => {
+            eprintln!("pupil flower: refused {kind}: {e}")
+        }
+        Event::Retrying { what, wait } => {
+            eprintln!(
+                "pupil flower: {what} failed; retrying in {:.1} s",
+                wait.as_secs_f64()
+            )
+        }
+    }
+}
