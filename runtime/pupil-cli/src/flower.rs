@@ -19,8 +19,16 @@ use crate::CliResult;
 pub struct Args {
     /// The SuperLink's Fleet API, `HOST:PORT` (plain HTTP, as `flower-superlink --insecure`
     /// serves it on its `--port`) or an `https://` URL.
+    #[arg(long, required_unless_present = "print_public_key")]
+    superlink: Option<String>,
+    /// Print the node's public key (OpenSSH form, for `flwr supernode register` on a
+    /// SuperLink run with `--enable-supernode-auth`), making the key if needed, and exit.
     #[arg(long)]
-    superlink: String,
+    print_public_key: bool,
+    /// Seconds between the heartbeats the node promises (Flower takes 10 to 1800); a
+    /// crashed node is taken offline after two missed intervals.
+    #[arg(long, default_value_t = 30.0)]
+    heartbeat_interval: f64,
     /// The classifier to federate (a .pupil file); the ServerApp's arrays are matched to its
     /// parameters by name and shape.
     #[arg(long, default_value = "models/mnist-student.pupil")]
@@ -76,6 +84,17 @@ fn shard(text: &str) -> Result<(usize, usize), String> {
 
 /// Runs the SuperNode.
 pub fn run(a: Args) -> CliResult {
+    std::fs::create_dir_all(&a.state).map_err(|e| {
+        format!(
+            "--state {}: {e}; choose a writable folder",
+            a.state.display()
+        )
+    })?;
+    let key = NodeKey::load_or_create(&a.state.join("node.key"))?;
+    let Some(superlink) = a.superlink.as_deref().filter(|_| !a.print_public_key) else {
+        println!("{}", key.public_key_openssh());
+        return Ok(());
+    };
     let (i, n) = shard(&a.shard)?;
     let backend = pupil::Backend::auto(a.adapter.as_deref())?;
     let file = pupil::format::ModelFile::open(&a.model)
@@ -94,20 +113,14 @@ pub fn run(a: Args) -> CliResult {
     let test = data.test.subset(&part(data.test.n, a.eval_examples));
     let mut app = ClassifierApp::new(model, train, test, i as u64);
     (app.lr, app.epochs) = (a.lr, a.epochs);
-    std::fs::create_dir_all(&a.state).map_err(|e| {
-        format!(
-            "--state {}: {e}; choose a writable folder",
-            a.state.display()
-        )
-    })?;
-    let key = NodeKey::load_or_create(&a.state.join("node.key"))?;
-    let client = Arc::new(FleetClient::new(&a.superlink, key));
+    let client = Arc::new(FleetClient::new(superlink, key));
     match client.register_node() {
         Ok(id) => eprintln!("pupil flower: registered as node {id}"),
         // Already registered (a restart), or the SuperLink admits listed keys only.
         Err(e) => eprintln!("pupil flower: not registering ({e}); activating the known key"),
     }
     let mut cfg = SuperNodeConfig::new(&a.state);
+    cfg.heartbeat_interval = a.heartbeat_interval;
     if a.exit_after_idle > 0.0 {
         cfg.exit_after_idle = Some(Duration::from_secs_f64(a.exit_after_idle));
     }

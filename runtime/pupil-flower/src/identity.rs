@@ -75,6 +75,19 @@ impl NodeKey {
         }
     }
 
+    /// The public key in OpenSSH's one-line form (`ecdsa-sha2-nistp384 AAAA...`), as
+    /// `flwr supernode register` reads it to list the node on a SuperLink run with
+    /// `--enable-supernode-auth`.
+    pub fn public_key_openssh(&self) -> String {
+        let point = self.key.verifying_key().to_encoded_point(false);
+        let mut blob = Vec::new();
+        for field in [&b"ecdsa-sha2-nistp384"[..], b"nistp384", point.as_bytes()] {
+            blob.extend((field.len() as u32).to_be_bytes());
+            blob.extend(field);
+        }
+        format!("ecdsa-sha2-nistp384 {}", STANDARD.encode(blob))
+    }
+
     /// The public key as Flower sends it: PEM of the SubjectPublicKeyInfo.
     pub fn public_key_pem(&self) -> &[u8] {
         &self.public_pem

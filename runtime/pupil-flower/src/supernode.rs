@@ -440,8 +440,17 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<usize, FleetError> {
     let pending = Pending::open(&cfg.state_dir)?;
+    // After a crash the SuperLink holds the node online until its heartbeats are missed
+    // (412 until then): activation is retried through that.
     let node_id = retry("activate-node", cfg.max_retry, on_event, || {
-        client.activate_node(cfg.heartbeat_interval)
+        match client.activate_node(cfg.heartbeat_interval) {
+            Err(FleetError::Refused { status: 412, .. }) => Err(FleetError::Refused {
+                path: "/v1/fleet/activate-node",
+                status: 503,
+                detail: "the node is still online from before a restart".into(),
+            }),
+            other => other,
+        }
     })?;
     on_event(Event::Online(node_id));
     let _heartbeat = Heartbeat::start(client.clone(), node_id, cfg.heartbeat_interval);

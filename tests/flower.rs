@@ -1,0 +1,273 @@
+//! pupil devices in a real Flower federation (`flwr==1.42.0` in the venv at
+//! `PUPIL_FLWR_VENV`, default `$PUPIL_CACHE/.flwr`, which tests/run makes): a
+//! `flower-superlink --insecure` on loopback, the ServerApp in `interop/flower/pupil_fedavg`
+//! started with Flower's own `flwr run`, and `pupil flower` SuperNodes training the MNIST
+//! 2NN on their shards. Flower's FedAvg aggregates their replies round by round; the
+//! ServerApp writes the aggregated metrics, which the tests read.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One federation at a time: each starts a SuperLink, a ServerApp and several nodes.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn venv_bin() -> PathBuf {
+    let venv = std::env::var("PUPIL_FLWR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let cache = std::env::var("PUPIL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pupil")
+                });
+            cache.join(".flwr")
+        });
+    let bin = venv.join("bin");
+    assert!(
+        bin.join("flower-superlink").exists(),
+        "flower-superlink is not in {}: python3 -m venv {} && pip install flwr==1.42.0 (tests/run does)",
+        bin.display(),
+        venv.display()
+    );
+    bin
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A process (and its process group) killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A SuperLink with its Flower home (the CLI's connection to it) in a temporary folder.
+struct Federation {
+    dir: tempfile::TempDir,
+    port: u16,
+    _link: Proc,
+}
+
+impl Federation {
+    /// Starts `flower-superlink --insecure` on a free port with a file-backed store (its
+    /// in-memory SQLite fails under concurrent nodes) and waits until it listens.
+    fn start() -> Federation {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let home = dir.path().join("flwr-home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            home.join("config.toml"),
+            format!(
+                "[superlink]\ndefault = \"test\"\n\n[superlink.test]\naddress = \"127.0.0.1:{port}\"\ninsecure = true\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("superlink.log")).unwrap();
+        let link = Proc(
+            Command::new(venv_bin().join("flower-superlink"))
+                .args(["--insecure", "--port", &port.to_string(), "--database"])
+                .arg(dir.path().join("state.db"))
+                .env("PATH", path_with_venv())
+                .env("FLWR_HOME", &home)
+                .process_group(0)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start flower-superlink"),
+        );
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the SuperLink did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Federation {
+            dir,
+            port,
+            _link: link,
+        }
+    }
+
+    /// Starts `pupil flower` for shard `i` of `n` with its state in `node<i>`, logging to
+    /// `node<i>.log`.
+    fn node(&self, i: usize, n: usize) -> Proc {
+        self.node_logging(i, n, &format!("node{i}.log"))
+    }
+
+    fn node_logging(&self, i: usize, n: usize, log: &str) -> Proc {
+        let state = self.dir.path().join(format!("node{i}"));
+        let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_pupil"))
+                .args(["flower", "--superlink", &format!("127.0.0.1:{}", self.port)])
+                .args([
+                    "--fresh",
+                    "7",
+                    "--shard",
+                    &format!("{i}/{n}"),
+                    "--adapter",
+                    "cpu",
+                ])
+                .args(["--examples", "600", "--eval-examples", "300"])
+                .args(["--heartbeat-interval", "10", "--exit-after-idle", "60"])
+                .arg("--model")
+                .arg(root().join("models/mnist-student.pupil"))
+                .arg("--state")
+                .arg(&state)
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start pupil flower"),
+        )
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Submits the ServerApp with `flwr run` and waits for the results it writes.
+    fn run(&self, config: &str) -> serde_json::Value {
+        let results = self.dir.path().join("results.json");
+        let status = Command::new(venv_bin().join("flwr"))
+            .arg("run")
+            .arg(root().join("interop/flower/pupil_fedavg"))
+            .arg("test")
+            .arg("--run-config")
+            .arg(format!("results='{}' {config}", results.display()))
+            .env("PATH", path_with_venv())
+            .env("FLWR_HOME", self.dir.path().join("flwr-home"))
+            .status()
+            .expect("flwr run");
+        assert!(status.success(), "flwr run failed");
+        let start = Instant::now();
+        while !results.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(400),
+                "no results after 400 s; superlink log tail:\n{}\nnode0:\n{}",
+                tail(&self.log("superlink.log")),
+                self.log("node0.log")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap()
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn path_with_venv() -> String {
+    format!(
+        "{}:{}",
+        venv_bin().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Each round's aggregated evaluation accuracy.
+fn accuracies(results: &serde_json::Value) -> Vec<f64> {
+    let evaluate = results["evaluate"].as_object().expect("evaluate metrics");
+    (1..=evaluate.len())
+        .map(|r| evaluate[&r.to_string()]["eval_acc"].as_f64().unwrap())
+        .collect()
+}
+
+/// Four pupil SuperNodes, Flower's FedAvg, three rounds of train and evaluate: every node
+/// takes part and the global model's accuracy on the nodes' held-out digits rises round by
+/// round (from fresh weights: near chance before the first round).
+#[test]
+fn pupil_supernodes_federate_under_flowers_fedavg() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fed = Federation::start();
+    let _nodes: Vec<Proc> = (0..4).map(|i| fed.node(i, 4)).collect();
+    let results = fed.run("num-server-rounds=3 min-nodes=4");
+    assert_eq!(results["nodes"].as_array().unwrap().len(), 4);
+    let acc = accuracies(&results);
+    assert_eq!(acc.len(), 3, "{results}");
+    assert!(
+        acc.windows(2).all(|w| w[1] > w[0]) && acc[2] > 0.5,
+        "accuracy per round {acc:?}"
+    );
+    assert_eq!(
+        results["arrays"]["mlp.0.weight"],
+        serde_json::json!([200, 784])
+    );
+    for i in 0..4 {
+        let log = fed.log(&format!("node{i}.log"));
+        assert_eq!(
+            log.matches("replied to train").count(),
+            3,
+            "node {i}:\n{log}"
+        );
+        assert_eq!(
+            log.matches("replied to evaluate").count(),
+            3,
+            "node {i}:\n{log}"
+        );
+    }
+}
+
+/// A SuperNode killed (SIGKILL) once its first train message arrived comes back with the
+/// same key and id, and the run completes all its rounds.
+#[test]
+fn a_supernode_killed_mid_round_rejoins_and_the_run_completes() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fed = Federation::start();
+    let mut nodes: Vec<Proc> = (0..4).map(|i| fed.node(i, 4)).collect();
+    let watcher = std::thread::scope(|s| {
+        let run = s.spawn(|| fed.run("num-server-rounds=3 min-nodes=4 round-timeout=40.0"));
+        let start = Instant::now();
+        while !fed.log("node0.log").contains(": train") {
+            assert!(
+                start.elapsed() < Duration::from_secs(200),
+                "node 0 got no train message"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(nodes.remove(0));
+        nodes.push(fed.node_logging(0, 4, "node0.restarted.log"));
+        run.join().unwrap()
+    });
+    let acc = accuracies(&watcher);
+    assert_eq!(acc.len(), 3, "{watcher}");
+    assert!(acc[2] > acc[0], "accuracy per round {acc:?}");
+    let log = fed.log("node0.restarted.log");
+    assert!(
+        log.contains("online as node"),
+        "the restarted node did not rejoin:\n{log}"
+    );
+    let first = fed.log("node0.log");
+    let id = |l: &str| {
+        l.lines()
+            .find_map(|x| x.strip_prefix("pupil flower: online as node "))
+            .map(str::to_owned)
+    };
+    assert_eq!(id(&first), id(&log), "the same key is the same node");
+    assert!(
+        log.contains("replied to evaluate"),
+        "the restarted node took part again:\n{log}"
+    );
+}
