@@ -57,13 +57,99 @@ impl Drop for Proc {
 struct Federation {
     dir: tempfile::TempDir,
     port: u16,
+    /// The CA certificate when the SuperLink serves TLS.
+    ca: Option<PathBuf>,
     _link: Proc,
+}
+
+/// A CA and a certificate for 127.0.0.1 that it signed, made with `openssl` in `dir`:
+/// `ca.crt`, `server.pem`, `server.key`.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pupil test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 impl Federation {
     /// Starts `flower-superlink --insecure` on a free port with a file-backed store (its
     /// in-memory SQLite fails under concurrent nodes) and waits until it listens.
     fn start() -> Federation {
+        Federation::start_with(false)
+    }
+
+    /// With `auth`: TLS with a fresh CA (Flower requires it for node authentication) and
+    /// `--enable-supernode-auth`, so only keys listed with `flwr supernode register` join.
+    fn start_with(auth: bool) -> Federation {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -72,17 +158,42 @@ impl Federation {
             .port();
         let home = dir.path().join("flwr-home");
         std::fs::create_dir_all(&home).unwrap();
+        let ca = auth.then(|| {
+            certificates(dir.path());
+            dir.path().join("ca.crt")
+        });
+        let transport = match &ca {
+            Some(ca) => format!("root-certificates = \"{}\"", ca.display()),
+            None => "insecure = true".into(),
+        };
         std::fs::write(
             home.join("config.toml"),
             format!(
-                "[superlink]\ndefault = \"test\"\n\n[superlink.test]\naddress = \"127.0.0.1:{port}\"\ninsecure = true\n"
+                "[superlink]\ndefault = \"test\"\n\n[superlink.test]\naddress = \"127.0.0.1:{port}\"\n{transport}\n"
             ),
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("superlink.log")).unwrap();
+        let mut command = Command::new(venv_bin().join("flower-superlink"));
+        if auth {
+            let at = |f: &str| dir.path().join(f).display().to_string();
+            command.args([
+                "--ssl-certfile",
+                &at("server.pem"),
+                "--ssl-keyfile",
+                &at("server.key"),
+            ]);
+            command.args([
+                "--ssl-ca-certfile",
+                &at("ca.crt"),
+                "--enable-supernode-auth",
+            ]);
+        } else {
+            command.arg("--insecure");
+        }
         let link = Proc(
-            Command::new(venv_bin().join("flower-superlink"))
-                .args(["--insecure", "--port", &port.to_string(), "--database"])
+            command
+                .args(["--port", &port.to_string(), "--database"])
                 .arg(dir.path().join("state.db"))
                 .env("PATH", path_with_venv())
                 .env("FLWR_HOME", &home)
@@ -103,6 +214,7 @@ impl Federation {
         Federation {
             dir,
             port,
+            ca,
             _link: link,
         }
     }
@@ -114,31 +226,66 @@ impl Federation {
     }
 
     fn node_logging(&self, i: usize, n: usize, log: &str) -> Proc {
-        let state = self.dir.path().join(format!("node{i}"));
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         Proc(
-            Command::new(env!("CARGO_BIN_EXE_pupil"))
-                .args(["flower", "--superlink", &format!("127.0.0.1:{}", self.port)])
-                .args([
-                    "--fresh",
-                    "7",
-                    "--shard",
-                    &format!("{i}/{n}"),
-                    "--adapter",
-                    "cpu",
-                ])
-                .args(["--examples", "600", "--eval-examples", "300"])
-                .args(["--heartbeat-interval", "10", "--exit-after-idle", "60"])
-                .arg("--model")
-                .arg(root().join("models/mnist-student.pupil"))
-                .arg("--state")
-                .arg(&state)
+            self.node_command(i, n)
                 .process_group(0)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
                 .expect("start pupil flower"),
         )
+    }
+
+    /// `pupil flower` for shard `i` of `n`, its state in `node<i>`.
+    fn node_command(&self, i: usize, n: usize) -> Command {
+        let state = self.dir.path().join(format!("node{i}"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pupil"));
+        command
+            .args(["flower", "--superlink", &format!("127.0.0.1:{}", self.port)])
+            .args([
+                "--fresh",
+                "7",
+                "--shard",
+                &format!("{i}/{n}"),
+                "--adapter",
+                "cpu",
+            ])
+            .args(["--examples", "600", "--eval-examples", "300"])
+            .args(["--heartbeat-interval", "10", "--exit-after-idle", "60"])
+            .arg("--model")
+            .arg(root().join("models/mnist-student.pupil"))
+            .arg("--state")
+            .arg(&state);
+        if let Some(ca) = &self.ca {
+            command.arg("--root-certificates").arg(ca);
+        }
+        command
+    }
+
+    /// Lists node `i`'s key on the SuperLink with `flwr supernode register`.
+    fn list_key(&self, i: usize) {
+        let key = self
+            .node_command(i, 1)
+            .arg("--print-public-key")
+            .output()
+            .unwrap();
+        assert!(key.status.success());
+        let file = self.dir.path().join(format!("node{i}.pub"));
+        std::fs::write(&file, &key.stdout).unwrap();
+        let out = Command::new(venv_bin().join("flwr"))
+            .args(["supernode", "register"])
+            .arg(&file)
+            .arg("test")
+            .env("PATH", path_with_venv())
+            .env("FLWR_HOME", self.dir.path().join("flwr-home"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "flwr supernode register: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     fn log(&self, name: &str) -> String {
@@ -269,5 +416,31 @@ fn a_supernode_killed_mid_round_rejoins_and_the_run_completes() {
     assert!(
         log.contains("replied to evaluate"),
         "the restarted node took part again:\n{log}"
+    );
+}
+
+/// Over TLS with `--enable-supernode-auth`: the four nodes whose keys were listed with
+/// `flwr supernode register` join and federate; a node with an unlisted key is refused and
+/// says so.
+#[test]
+fn only_listed_keys_join_a_superlink_with_supernode_auth() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fed = Federation::start_with(true);
+    for i in 0..4 {
+        fed.list_key(i);
+    }
+    let _nodes: Vec<Proc> = (0..4).map(|i| fed.node(i, 4)).collect();
+    let stranger = fed.node_command(5, 8).output().unwrap();
+    let said = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        !stranger.status.success() && said.contains("flwr supernode register"),
+        "{said}"
+    );
+    let results = fed.run("num-server-rounds=2 min-nodes=4");
+    assert_eq!(results["nodes"].as_array().unwrap().len(), 4);
+    let acc = accuracies(&results);
+    assert!(
+        acc.len() == 2 && acc[1] > acc[0],
+        "accuracy per round {acc:?}"
     );
 }

@@ -21,6 +21,10 @@ pub struct Args {
     /// serves it on its `--port`) or an `https://` URL.
     #[arg(long, required_unless_present = "print_public_key")]
     superlink: Option<String>,
+    /// The SuperLink's CA certificate (PEM) when it serves TLS (`--ssl-ca-certfile`
+    /// there); `HOST:PORT` is then reached over HTTPS.
+    #[arg(long)]
+    root_certificates: Option<PathBuf>,
     /// Print the node's public key (OpenSSH form, for `flwr supernode register` on a
     /// SuperLink run with `--enable-supernode-auth`), making the key if needed, and exit.
     #[arg(long)]
@@ -113,7 +117,14 @@ pub fn run(a: Args) -> CliResult {
     let test = data.test.subset(&part(data.test.n, a.eval_examples));
     let mut app = ClassifierApp::new(model, train, test, i as u64);
     (app.lr, app.epochs) = (a.lr, a.epochs);
-    let client = Arc::new(FleetClient::new(superlink, key));
+    let client = Arc::new(match &a.root_certificates {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("--root-certificates {}: {e}", path.display()))?;
+            FleetClient::with_root_certificates(superlink, key, &pem)?
+        }
+        None => FleetClient::new(superlink, key),
+    });
     match client.register_node() {
         Ok(id) => eprintln!("pupil flower: registered as node {id}"),
         // Already registered (a restart), or the SuperLink admits listed keys only.

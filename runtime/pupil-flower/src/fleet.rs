@@ -78,16 +78,60 @@ impl FleetClient {
     /// A client of the SuperLink at `address` (`host:port`, plain HTTP as with
     /// `flower-superlink --insecure`, or a full `http://` / `https://` URL) signing with `key`.
     pub fn new(address: &str, key: NodeKey) -> FleetClient {
+        FleetClient::with_agent(address, key, Self::agent(None))
+    }
+
+    /// A client of a SuperLink serving TLS (`https://` is assumed for `host:port`) with a
+    /// certificate issued by one of the PEM `root_certificates` (Flower's
+    /// `--ssl-ca-certfile`); as `flower-supernode --root-certificates` takes them.
+    pub fn with_root_certificates(
+        address: &str,
+        key: NodeKey,
+        root_certificates: &[u8],
+    ) -> Result<FleetClient, FleetError> {
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(root_certificates) {
+            match item.map_err(|e| FleetError::Key(format!("root certificates: {e}")))? {
+                ureq::tls::PemItem::Certificate(c) => roots.push(c),
+                _ => continue,
+            }
+        }
+        if roots.is_empty() {
+            return Err(FleetError::Key(
+                "the root certificates file holds no PEM certificate".into(),
+            ));
+        }
+        let address = if address.contains("://") {
+            address.to_owned()
+        } else {
+            format!("https://{address}")
+        };
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+            .build();
+        Ok(FleetClient::with_agent(
+            &address,
+            key,
+            Self::agent(Some(tls)),
+        ))
+    }
+
+    fn agent(tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
+        let mut config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)));
+        if let Some(tls) = tls {
+            config = config.tls_config(tls);
+        }
+        config.build().into()
+    }
+
+    fn with_agent(address: &str, key: NodeKey, agent: ureq::Agent) -> FleetClient {
         let base = if address.contains("://") {
             address.trim_end_matches('/').to_owned()
         } else {
             format!("http://{address}")
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
         FleetClient { base, key, agent }
     }
 

@@ -440,18 +440,38 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<usize, FleetError> {
     let pending = Pending::open(&cfg.state_dir)?;
-    // After a crash the SuperLink holds the node online until its heartbeats are missed
-    // (412 until then): activation is retried through that.
+    // After a crash the SuperLink holds the node online until its heartbeats are missed,
+    // refusing activation (412) until then: a node whose last run did not end cleanly (the
+    // `online` marker is still there) retries through that. Otherwise a 412 is final: the
+    // SuperLink does not know the key (with `--enable-supernode-auth`, list it with `flwr
+    // supernode register`) or the node is online from another process.
+    let marker = cfg.state_dir.join("online");
+    let crashed = marker.exists();
     let node_id = retry("activate-node", cfg.max_retry, on_event, || {
         match client.activate_node(cfg.heartbeat_interval) {
-            Err(FleetError::Refused { status: 412, .. }) => Err(FleetError::Refused {
+            Err(FleetError::Refused { status: 412, .. }) if crashed => Err(FleetError::Refused {
                 path: "/v1/fleet/activate-node",
                 status: 503,
                 detail: "the node is still online from before a restart".into(),
             }),
+            Err(FleetError::Refused {
+                status: 412,
+                detail,
+                path,
+            }) => Err(FleetError::Refused {
+                path,
+                status: 412,
+                detail: format!(
+                    "{detail}: the SuperLink does not know this node's key (with \
+                     --enable-supernode-auth, list it with `flwr supernode register`) or the \
+                     node is online in another process"
+                ),
+            }),
             other => other,
         }
     })?;
+    std::fs::write(&marker, node_id.to_string())
+        .map_err(|e| FleetError::Io(marker.display().to_string(), e))?;
     on_event(Event::Online(node_id));
     let _heartbeat = Heartbeat::start(client.clone(), node_id, cfg.heartbeat_interval);
     let mut node = Node {
@@ -461,7 +481,9 @@ pub fn run(
         on_event,
     };
     let result = serve(&mut node, app, &pending);
-    let _ = client.deactivate_node(node_id);
+    if client.deactivate_node(node_id).is_ok() {
+        let _ = std::fs::remove_file(&marker);
+    }
     result
 }
 
