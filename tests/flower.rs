@@ -353,6 +353,10 @@ fn pupil_supernodes_federate_under_flowers_fedavg() {
     let results = fed.run("num-server-rounds=3 min-nodes=4");
     assert_eq!(results["nodes"].as_array().unwrap().len(), 4);
     let acc = accuracies(&results);
+    eprintln!(
+        "4 pupil SuperNodes: accuracy per round {acc:?}, {:.1} s",
+        results["seconds"]
+    );
     assert_eq!(acc.len(), 3, "{results}");
     assert!(
         acc.windows(2).all(|w| w[1] > w[0]) && acc[2] > 0.5,
@@ -443,4 +447,70 @@ fn only_listed_keys_join_a_superlink_with_supernode_auth() {
         acc.len() == 2 && acc[1] > acc[0],
         "accuracy per round {acc:?}"
     );
+}
+
+/// Flower's own Python SuperNode (`flower-supernode`, running the NumPy ClientApp of the
+/// same App on the same kind of shard) and three pupil SuperNodes in one run: FedAvg
+/// averages their replies together and the model improves, so pupil speaks Flower's wire
+/// format, not only to itself.
+#[test]
+fn flowers_own_supernode_and_pupil_supernodes_average_together() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fed = Federation::start();
+    let mut nodes: Vec<Proc> = (0..3).map(|i| fed.node(i, 4)).collect();
+    let cache = std::env::var("PUPIL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pupil")
+        });
+    let runtime_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(fed.dir.path().join("flower-node.log")).unwrap();
+    nodes.push(Proc(
+        Command::new(venv_bin().join("flower-supernode"))
+            .args([
+                "--insecure",
+                "--superlink",
+                &format!("127.0.0.1:{}", fed.port),
+            ])
+            .args(["--port", &runtime_port.to_string(), "--node-config"])
+            .arg(format!(
+                "data='{}' partition-id=3 num-partitions=4 examples=600 eval-examples=300",
+                cache.join("mnist").display()
+            ))
+            .env("PATH", path_with_venv())
+            .process_group(0)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start flower-supernode"),
+    ));
+    let results = fed.run("num-server-rounds=3 min-nodes=4");
+    assert_eq!(results["nodes"].as_array().unwrap().len(), 4, "{results}");
+    let acc = accuracies(&results);
+    eprintln!(
+        "3 pupil + 1 Flower SuperNodes: accuracy per round {acc:?}, {:.1} s",
+        results["seconds"]
+    );
+    assert!(
+        acc.len() == 3 && acc.windows(2).all(|w| w[1] > w[0]) && acc[2] > 0.4,
+        "accuracy per round {acc:?}"
+    );
+    let python = fed.log("flower-node.log");
+    assert!(
+        python.matches("Sent successfully").count() >= 6,
+        "Flower's node:\n{}",
+        tail(&python)
+    );
+    for i in 0..3 {
+        let log = fed.log(&format!("node{i}.log"));
+        assert_eq!(
+            log.matches("replied to train").count(),
+            3,
+            "node {i}:\n{log}"
+        );
+    }
 }

@@ -3,6 +3,7 @@ the arrays `mlp.<i>.weight` `[out, in]` and `mlp.<i>.bias`, ReLU between), the s
 (IDX pixels / 255) and the same local update (plain SGD) as `pupil flower`, so their
 replies average together."""
 
+import functools
 import gzip
 import os
 
@@ -23,15 +24,25 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
+@functools.lru_cache(maxsize=4)
+def read_split(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images and labels: `{split}-images.idx` and `{split}-labels.idx`, or the
+    `mnist_{split}.csv` (label, then pixels) that pupil's `models/fetch mnist` caches."""
+    csv = os.path.join(folder, f"mnist_{split}.csv")
+    if os.path.exists(csv):
+        rows = np.loadtxt(csv, delimiter=",", skiprows=1, dtype=np.uint8)
+        return rows[:, 1:], rows[:, 0]
+    x = read_idx(os.path.join(folder, f"{split}-images.idx"))
+    return x.reshape(len(x), -1), read_idx(os.path.join(folder, f"{split}-labels.idx"))
+
+
 def local_data(context: Context, split: str, most: int) -> tuple[np.ndarray, np.ndarray]:
     """This node's shard of the data set in the node config (`data`, `partition-id`,
     `num-partitions`): examples i, i+n, ... as pupil's `--shard i/n` takes them."""
     cfg = context.node_config
-    folder = str(cfg["data"])
     i, n = int(cfg["partition-id"]), int(cfg["num-partitions"])
-    x = read_idx(os.path.join(folder, f"{split}-images.idx"))[i::n][:most]
-    y = read_idx(os.path.join(folder, f"{split}-labels.idx"))[i::n][:most]
-    return x.reshape(len(x), -1).astype(np.float32) / 255.0, y.astype(np.int64)
+    x, y = read_split(str(cfg["data"]), split)
+    return x[i::n][:most].astype(np.float32) / 255.0, y[i::n][:most].astype(np.int64)
 
 
 def layers(arrays: ArrayRecord) -> list[list[np.ndarray]]:
