@@ -3,13 +3,17 @@
 //! `--model` on its shard of `--data` (see `pupil_flower::supernode` and
 //! `pupil_flower::classifier`; `interop/flower/` holds a ServerApp to run against it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pupil::models::classifier::{ClassifierSpec, Model, Train};
+use pupil::models::llama::Llama;
+use pupil::models::tokenizer::TextTokenizer;
+use pupil::refine::text::{split_tail, windows, TextConfig};
 use pupil_flower::classifier::ClassifierApp;
-use pupil_flower::supernode::{self, Event, SuperNodeConfig};
+use pupil_flower::lora::LoraApp;
+use pupil_flower::supernode::{self, App, Event, SuperNodeConfig};
 use pupil_flower::{FleetClient, NodeKey};
 
 use crate::CliResult;
@@ -50,6 +54,21 @@ pub struct Args {
     /// At most this many held-out examples for `evaluate` (after sharding).
     #[arg(long, default_value_t = 1000)]
     eval_examples: usize,
+    /// Federate LoRA adapters of the decoder in `--model` (a .pupil, GGUF or model folder;
+    /// frozen base, A frozen so FedAvg of the factors is exact) trained on this text: the
+    /// node takes windows I, I+N, ... of its first 90 %, and measures perplexity on the rest.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Tokens per training window (with `--text`).
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// At most this many training windows (with `--text`).
+    #[arg(long, default_value_t = 16)]
+    windows: usize,
+    /// Adapter rank (with `--text`); every node of a run takes the same rank and `--fresh`
+    /// seed, so all share A.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
     /// Start from freshly initialised weights of the model file's architecture (this seed;
     /// every node given the same seed starts alike) instead of the file's weights.
     #[arg(long)]
@@ -101,22 +120,10 @@ pub fn run(a: Args) -> CliResult {
     };
     let (i, n) = shard(&a.shard)?;
     let backend = pupil::Backend::auto(a.adapter.as_deref())?;
-    let file = pupil::format::ModelFile::open(&a.model)
-        .map_err(|e| format!("--model {}: {e}", a.model.display()))?;
-    let model = match a.fresh {
-        Some(seed) => {
-            let spec = ClassifierSpec::from_file(&file)?;
-            Model::new(file.info().model_id.as_str(), &spec, &backend, seed)?
-        }
-        None => Model::open(&file, &backend, Train::All)?,
+    let mut app: Box<dyn App> = match &a.text {
+        Some(text) => Box::new(lora_app(&a, text, (i, n), &backend)?),
+        None => Box::new(classifier_app(&a, (i, n), &backend)?),
     };
-    let data = crate::fetch::dataset(&a.data)?;
-    let part =
-        |count: usize, most: usize| -> Vec<usize> { (i..count).step_by(n).take(most).collect() };
-    let train = data.train.subset(&part(data.train.n, a.examples));
-    let test = data.test.subset(&part(data.test.n, a.eval_examples));
-    let mut app = ClassifierApp::new(model, train, test, i as u64);
-    (app.lr, app.epochs) = (a.lr, a.epochs);
     let client = Arc::new(match &a.root_certificates {
         Some(path) => {
             let pem = std::fs::read(path)
@@ -135,9 +142,65 @@ pub fn run(a: Args) -> CliResult {
     if a.exit_after_idle > 0.0 {
         cfg.exit_after_idle = Some(Duration::from_secs_f64(a.exit_after_idle));
     }
-    let answered = supernode::run(client, &mut app, &cfg, &mut report)?;
+    let answered = supernode::run(client, app.as_mut(), &cfg, &mut report)?;
     eprintln!("pupil flower: answered {answered} messages; node offline");
     Ok(())
+}
+
+/// The classifier in `--model` over shard `(i, n)` of `--data`.
+fn classifier_app(
+    a: &Args,
+    (i, n): (usize, usize),
+    backend: &pupil::Backend,
+) -> Result<ClassifierApp, Box<dyn std::error::Error>> {
+    let file = pupil::format::ModelFile::open(&a.model)
+        .map_err(|e| format!("--model {}: {e}", a.model.display()))?;
+    let model = match a.fresh {
+        Some(seed) => {
+            let spec = ClassifierSpec::from_file(&file)?;
+            Model::new(file.info().model_id.as_str(), &spec, backend, seed)?
+        }
+        None => Model::open(&file, backend, Train::All)?,
+    };
+    let data = crate::fetch::dataset(&a.data)?;
+    let part =
+        |count: usize, most: usize| -> Vec<usize> { (i..count).step_by(n).take(most).collect() };
+    let train = data.train.subset(&part(data.train.n, a.examples));
+    let test = data.test.subset(&part(data.test.n, a.eval_examples));
+    let mut app = ClassifierApp::new(model, train, test, i as u64);
+    (app.lr, app.epochs) = (a.lr, a.epochs);
+    Ok(app)
+}
+
+/// LoRA adapters of the decoder in `--model` over shard `(i, n)` of `text`'s windows.
+fn lora_app(
+    a: &Args,
+    text: &Path,
+    (i, n): (usize, usize),
+    backend: &pupil::Backend,
+) -> Result<LoraApp, Box<dyn std::error::Error>> {
+    let file = pupil::import::load_model(&a.model)?;
+    let lm = Llama::load(&file, backend)?;
+    let words =
+        std::fs::read_to_string(text).map_err(|e| format!("--text {}: {e}", text.display()))?;
+    let tokens = TextTokenizer::from_model(&file, None)?.encode(&words)?;
+    let (train, held) = split_tail(&tokens, 0.1);
+    let train: Vec<Vec<u32>> = windows(train, a.window)
+        .into_iter()
+        .skip(i)
+        .step_by(n)
+        .take(a.windows)
+        .collect();
+    let cfg = TextConfig {
+        window: a.window,
+        lr: 1e-3,
+        rank: a.rank,
+        alpha: 2.0 * a.rank as f32,
+        seed: a.fresh.unwrap_or(0),
+        ..TextConfig::default()
+    };
+    let held = held[..held.len().min(8 * (a.window + 1))].to_vec();
+    Ok(LoraApp::new(lm, train, held, cfg)?)
 }
 
 /// One line on stderr per event.

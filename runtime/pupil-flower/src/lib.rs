@@ -9,6 +9,7 @@
 pub mod classifier;
 mod fleet;
 mod identity;
+pub mod lora;
 pub mod npy;
 pub mod objects;
 pub mod supernode;

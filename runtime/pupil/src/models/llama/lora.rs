@@ -116,6 +116,32 @@ impl LlamaLora {
         backend: &Backend,
         seed: u64,
     ) -> Result<LlamaLora> {
+        Self::build(cfg, targets, (rank, alpha), backend, seed, true)
+    }
+
+    /// [`LlamaLora::new`] with every A frozen: only B trains. Devices that share A (drawn
+    /// from one seed, or received from a server) then average their adapters exactly, as
+    /// the mean of `B_i A` is `mean(B_i) A` (Sun et al. 2024, FFA-LoRA), so plain FedAvg of
+    /// the factors is a sound rule for them.
+    pub fn with_frozen_a(
+        cfg: &LlamaConfig,
+        targets: &[Target],
+        rank: usize,
+        alpha: f32,
+        backend: &Backend,
+        seed: u64,
+    ) -> Result<LlamaLora> {
+        Self::build(cfg, targets, (rank, alpha), backend, seed, false)
+    }
+
+    fn build(
+        cfg: &LlamaConfig,
+        targets: &[Target],
+        (rank, alpha): (usize, f32),
+        backend: &Backend,
+        seed: u64,
+        train_a: bool,
+    ) -> Result<LlamaLora> {
         if rank == 0 || targets.is_empty() {
             return Err(Error::Invalid(
                 "LoRA needs a rank above 0 and at least one target".into(),
@@ -134,7 +160,7 @@ impl LlamaLora {
                                 format!("{name}.lora_a"),
                                 &[rank, inp],
                                 Init::Uniform(1.0 / (inp as f32).sqrt()),
-                                true,
+                                train_a,
                             ),
                             b: b.add(format!("{name}.lora_b"), &[out, rank], Init::Zeros, true),
                             scale: alpha / rank as f32,
@@ -168,7 +194,7 @@ impl LlamaLora {
         &self.targets
     }
 
-    /// The adapters' parameters (all trainable).
+    /// The adapters' parameters (all trainable, or only the Bs with frozen As).
     pub fn params(&self) -> &Params {
         &self.params
     }
