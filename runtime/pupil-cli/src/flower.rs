@@ -207,6 +207,7 @@ fn lora_app(
 fn report(e: Event) {
     match e {
         Event::Online(id) => eprintln!("pupil flower: online as node {id}"),
+        Event::Joined { run, app } => eprintln!("pupil flower: joined run {run} of {app}"),
         Event::Resent(n) => eprintln!("pupil flower: sent {n} replies kept from before a restart"),
         Event::Received { kind, run, group } if group.is_empty() => {
             eprintln!("pupil flower: run {run}: {kind}")

@@ -311,6 +311,19 @@ impl FleetClient {
         Ok(())
     }
 
+    /// The run `run_id`: its app (`fab_id`, version, hash) and configuration overrides.
+    pub fn get_run(&self, node_id: u64, run_id: u64) -> Result<proto::Run, FleetError> {
+        let request = proto::GetRunRequest {
+            node: Some(proto::Node { node_id }),
+            run_id,
+        };
+        let answer: proto::GetRunResponse = self.call("/v1/fleet/get-run", &request)?;
+        answer.run.ok_or(FleetError::BadAnswer {
+            path: "/v1/fleet/get-run",
+            detail: "no run in the answer".into(),
+        })
+    }
+
     /// Marks node `node_id` offline.
     pub fn deactivate_node(&self, node_id: u64) -> Result<(), FleetError> {
         let request = proto::DeactivateNodeRequest { node_id };

@@ -3,8 +3,12 @@
 //!
 //! - [`proto`]: Flower's messages, generated from the descriptors in the flwr wheel.
 //! - [`NodeKey`]: the node's key pair, kept like a device key, and the signed headers.
-//! - [`FleetClient`]: the Fleet calls a SuperNode makes (register, activate, heartbeat,
-//!   deactivate, unregister).
+//! - [`FleetClient`]: every Fleet call a SuperNode makes (register, activate, heartbeat,
+//!   pull messages and objects, confirm receipt, push replies and objects, get the run,
+//!   deactivate, unregister), plain HTTP or TLS.
+//! - [`objects`] and [`npy`]: messages as Flower's content-addressed object trees.
+//! - [`supernode`]: the SuperNode loop over an [`supernode::App`]; [`classifier`] and
+//!   [`lora`] are the apps of a pupil classifier and of a decoder's adapters.
 
 pub mod classifier;
 mod fleet;

@@ -221,18 +221,15 @@ struct Builder {
 
 impl Builder {
     /// Adds an object with these children and body; returns its tree.
-    fn add(
-        &mut self,
-        kind: &str,
-        children: Vec<proto::ObjectTree>,
-        body: &[u8],
-    ) -> proto::ObjectTree {
-        let mut ids: Vec<String> = Vec::new();
-        for c in &children {
-            if !ids.contains(&c.object_id) {
-                ids.push(c.object_id.clone());
+    fn add(&mut self, kind: &str, all: Vec<proto::ObjectTree>, body: &[u8]) -> proto::ObjectTree {
+        // Each distinct child once, as Flower keeps them (two equal arrays are one object).
+        let mut children: Vec<proto::ObjectTree> = Vec::new();
+        for c in all {
+            if !children.iter().any(|d| d.object_id == c.object_id) {
+                children.push(c);
             }
         }
+        let ids: Vec<String> = children.iter().map(|c| c.object_id.clone()).collect();
         let content = encode(kind, &ids, body);
         let id = object_id(&content);
         if self.seen.insert(id.clone()) {
@@ -269,14 +266,7 @@ impl Builder {
             dims.join(", "),
             indices.join(", ")
         );
-        // The tree keeps one child per distinct chunk, as Python's does.
-        let mut distinct: Vec<proto::ObjectTree> = Vec::new();
-        for c in chunks {
-            if !distinct.iter().any(|d| d.object_id == c.object_id) {
-                distinct.push(c);
-            }
-        }
-        self.add("Array", distinct, body.as_bytes())
+        self.add("Array", chunks, body.as_bytes())
     }
 
     fn record(&mut self, r: &Record) -> proto::ObjectTree {
@@ -567,6 +557,25 @@ mod tests {
             inflate_message(&d.id, &objects),
             Err(ObjectError::Missing(_))
         ));
+    }
+
+    /// Equal arrays (fresh LoRA Bs are all zero) are one object, one child in the tree:
+    /// the SuperLink refuses a tree with duplicate children.
+    #[test]
+    fn equal_arrays_are_one_child() {
+        let zeros = Array::from_f32(&[4, 2], &[0.0; 8]);
+        let content = RecordDict(vec![(
+            "arrays".into(),
+            Record::Arrays(vec![("b0".into(), zeros.clone()), ("b1".into(), zeros)]),
+        )]);
+        let d = deflate_message(&proto::Metadata::default(), &content);
+        let record = &d.tree.children[0].children[0];
+        assert_eq!(record.children.len(), 1);
+        let ids = tree_ids(&d.tree);
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let objects: HashMap<String, Vec<u8>> = d.objects.into_iter().collect();
+        assert_eq!(inflate_message(&d.id, &objects).unwrap(), content);
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub trait App {
 pub enum Event {
     /// The node is online with this id.
     Online(u64),
+    /// The first message of a run arrived: the run and its app (`publisher/name`).
+    Joined {
+        /// The run.
+        run: u64,
+        /// The Flower App the ServerApp belongs to.
+        app: String,
+    },
     /// Replies kept from before a restart were sent.
     Resent(usize),
     /// A message arrived: its type, run and group (Flower's round).
@@ -321,6 +328,8 @@ impl Pending {
 struct Node<'a> {
     client: &'a FleetClient,
     id: u64,
+    /// The runs seen so far.
+    runs: std::collections::HashSet<u64>,
     cfg: &'a SuperNodeConfig,
     on_event: &'a mut dyn FnMut(Event),
 }
@@ -394,8 +403,15 @@ impl Node<'_> {
         tree: proto::ObjectTree,
     ) -> Result<(), FleetError> {
         let ins = message.metadata.unwrap_or_default();
-        let objects = self.pull_objects(ins.run_id, &tree)?;
         let (client, id) = (self.client, self.id);
+        if self.runs.insert(ins.run_id) {
+            let run = self.retry("get-run", || client.get_run(id, ins.run_id))?;
+            (self.on_event)(Event::Joined {
+                run: ins.run_id,
+                app: format!("{} {}", run.fab_id, run.fab_version),
+            });
+        }
+        let objects = self.pull_objects(ins.run_id, &tree)?;
         self.retry("confirm-message-received", || {
             client.confirm_message_received(id, ins.run_id, &ins.message_id)
         })?;
@@ -477,6 +493,7 @@ pub fn run(
     let mut node = Node {
         client: &client,
         id: node_id,
+        runs: Default::default(),
         cfg,
         on_event,
     };
