@@ -85,7 +85,12 @@ enum Command {
     /// Run the sync server: device registration, signed updates, rounds, signed versions.
     Serve(pupil_sync::cli::ServeArgs),
     /// Join a Flower federation as a SuperNode: answer its ServerApp's train, evaluate and
-    /// query messages with a pupil classifier trained on this machine's data.
+    /// query messages with a pupil classifier trained on this machine's data, or with a
+    /// decoder's LoRA adapters (`--text`). The ServerApp is `interop/flower/pupil_fedavg`;
+    /// docs/flower.md shows a whole run.
+    #[command(
+        after_help = "Example: pupil flower --superlink 127.0.0.1:9095 --fresh 7 --shard 0/4 --state node0"
+    )]
     Flower(flower::Args),
     /// Device-side sync: register, push queued updates, pull verified versions, status.
     #[command(subcommand)]
