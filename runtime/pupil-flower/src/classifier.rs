@@ -9,7 +9,7 @@ use pupil::data::Split;
 use pupil::models::classifier::Model;
 use pupil::train::{logits, sgd_epochs, Examples};
 
-use crate::objects::{metric_record, Array, Metric, Record, RecordDict};
+use crate::objects::{metric_record, Metric, Record, RecordDict};
 use crate::supernode::App;
 
 /// A classifier, its local training and held-out examples, and FedAvg's local settings.
@@ -46,46 +46,12 @@ impl ClassifierApp {
         &self.model
     }
 
-    /// Writes the message's arrays into the parameters of the same names (each shape
-    /// checked); an array the model lacks is refused.
     fn load(&self, content: &RecordDict) -> Result<(), String> {
-        let arrays = content
-            .arrays()
-            .ok_or("the message carries no array record")?;
-        let params = &self.model.params;
-        for (name, array) in arrays {
-            let (id, info) = params
-                .find(name)
-                .zip(params.infos().iter().find(|p| &p.name == name))
-                .ok_or_else(|| format!("array {name:?} is not a parameter of this model"))?;
-            let (shape, values) = array.to_f32().map_err(|e| e.to_string())?;
-            let want = &info.shape;
-            if &shape != want {
-                return Err(format!(
-                    "array {name:?} has shape {shape:?}, the model {want:?}"
-                ));
-            }
-            params.set(id, &values).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        crate::params::load(&self.model.params, content, "a parameter of this model")
     }
 
-    /// Every parameter as a named f32 array.
     fn arrays(&self) -> Result<Record, String> {
-        let params = &self.model.params;
-        let arrays = params
-            .infos()
-            .iter()
-            .map(|info| {
-                let id = params.find(&info.name).ok_or("parameter vanished")?;
-                let values = params
-                    .value(id)
-                    .and_then(|t| t.to_vec())
-                    .map_err(|e| e.to_string())?;
-                Ok((info.name.clone(), Array::from_f32(&info.shape, &values)))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Record::Arrays(arrays))
+        crate::params::record(&self.model.params)
     }
 
     /// Mean cross-entropy and accuracy on the held-out examples.
@@ -163,6 +129,7 @@ impl App for ClassifierApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::Array;
     use pupil::models::classifier::{Arch, ClassifierSpec};
     use pupil::Backend;
 

@@ -16,6 +16,7 @@ mod identity;
 pub mod lora;
 pub mod npy;
 pub mod objects;
+pub mod params;
 pub mod supernode;
 
 pub use fleet::{FleetClient, FleetError};

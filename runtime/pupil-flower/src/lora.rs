@@ -8,7 +8,7 @@
 use pupil::models::llama::{Llama, LlamaLora};
 use pupil::refine::text::{perplexity, personalise, TextConfig};
 
-use crate::objects::{metric_record, Array, Metric, Record, RecordDict};
+use crate::objects::{metric_record, Metric, Record, RecordDict};
 use crate::supernode::App;
 
 /// A decoder with frozen-A adapters, the node's training windows and held-out tokens.
@@ -59,44 +59,12 @@ impl LoraApp {
             .ok_or_else(|| "the adapters are missing".to_owned())
     }
 
-    /// Writes the message's arrays into the adapters of the same names and shapes.
     fn load(&self, content: &RecordDict) -> Result<(), String> {
-        let arrays = content
-            .arrays()
-            .ok_or("the message carries no array record")?;
-        let params = self.adapters()?.params();
-        for (name, array) in arrays {
-            let (id, info) = params
-                .find(name)
-                .zip(params.infos().iter().find(|p| &p.name == name))
-                .ok_or_else(|| format!("array {name:?} is not one of the adapters"))?;
-            let (shape, values) = array.to_f32().map_err(|e| e.to_string())?;
-            if shape != info.shape {
-                return Err(format!(
-                    "array {name:?} has shape {shape:?}, the adapter {:?}",
-                    info.shape
-                ));
-            }
-            params.set(id, &values).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        crate::params::load(self.adapters()?.params(), content, "one of the adapters")
     }
 
     fn arrays(&self) -> Result<Record, String> {
-        let values = self
-            .adapters()?
-            .params()
-            .export_values()
-            .map_err(|e| e.to_string())?;
-        Ok(Record::Arrays(
-            values
-                .into_iter()
-                .map(|(name, shape, values)| {
-                    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                    (name, Array::from_f32(&shape, &values))
-                })
-                .collect(),
-        ))
+        crate::params::record(self.adapters()?.params())
     }
 
     /// Perplexity of the held-out tokens under the decoder with its adapters.
