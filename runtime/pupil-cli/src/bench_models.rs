@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use pupil::format::{DType, ModelBuilder, ModelFile};
-use pupil::graph::Graph;
+use pupil::graph::{Graph, Var};
 use pupil::models::bert::{Bert, BertConfig};
 use pupil::models::llama::{KvCache, Llama};
 use pupil::params::ParamsBuilder;
@@ -76,7 +76,7 @@ fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// all-MiniLM-L6-v2's shape with `layers` layers (6 in the original).
-pub(crate) fn minilm(layers: usize) -> BertConfig {
+fn minilm(layers: usize) -> BertConfig {
     BertConfig {
         hidden: 384,
         layers,
@@ -90,31 +90,68 @@ pub(crate) fn minilm(layers: usize) -> BertConfig {
     }
 }
 
+/// A MiniLM-shaped encoder of `layers` layers with random weights and a batch of
+/// `batch` x `seq` token ids under an all-ones mask: what the encoder benches run.
+pub(crate) struct RandomEncoder {
+    pub(crate) cfg: BertConfig,
+    pub(crate) bert: Bert,
+    pub(crate) params: pupil::params::Params,
+    pub(crate) ids: Vec<f32>,
+    pub(crate) mask: Vec<f32>,
+    batch: usize,
+    seq: usize,
+}
+
+impl RandomEncoder {
+    /// The encoder on `backend`; refuses sizes the shape cannot take.
+    pub(crate) fn new(
+        backend: &Backend,
+        layers: usize,
+        batch: usize,
+        seq: usize,
+    ) -> Result<RandomEncoder, Box<dyn std::error::Error>> {
+        let cfg = minilm(layers);
+        if seq == 0 || seq > cfg.max_positions || batch == 0 || layers == 0 {
+            return Err(format!(
+                "--seq must be 1 to {} and --batch and --layers positive",
+                cfg.max_positions
+            )
+            .into());
+        }
+        let mut b = ParamsBuilder::new(1);
+        let bert = Bert::new(&mut b, &cfg)?;
+        let params = b.build(backend)?;
+        let ids = (0..batch * seq)
+            .map(|i| (i * 7919 % cfg.vocab) as f32)
+            .collect();
+        Ok(RandomEncoder {
+            cfg,
+            bert,
+            params,
+            ids,
+            mask: vec![1.0; batch * seq],
+            batch,
+            seq,
+        })
+    }
+
+    /// The mask-weighted sum of the hidden states, `[batch, 1, hidden]`.
+    pub(crate) fn pooled(&self, g: &mut Graph, ids: Var, mask: Var) -> pupil::Result<Var> {
+        let hidden = self.bert.forward(g, &self.params, ids, mask)?;
+        let weights = g.reshape(mask, &[self.batch, 1, self.seq])?;
+        g.matmul(weights, hidden)
+    }
+}
+
 /// Sentences per second of a MiniLM-shaped encoder forward with mean pooling.
 pub fn embed(a: EmbedArgs) -> CliResult {
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let cfg = minilm(a.layers);
-    if a.seq == 0 || a.seq > cfg.max_positions || a.batch == 0 || a.layers == 0 {
-        return Err(format!(
-            "--seq must be 1 to {} and --batch and --layers positive",
-            cfg.max_positions
-        )
-        .into());
-    }
-    let mut b = ParamsBuilder::new(1);
-    let bert = Bert::new(&mut b, &cfg)?;
-    let params = b.build(&backend)?;
-    let ids: Vec<f32> = (0..a.batch * a.seq)
-        .map(|i| (i * 7919 % cfg.vocab) as f32)
-        .collect();
-    let mask = vec![1.0f32; a.batch * a.seq];
+    let enc = RandomEncoder::new(&backend, a.layers, a.batch, a.seq)?;
     let pass = || -> pupil::Result<()> {
         let mut g = Graph::new(&backend);
-        let idv = g.input(Tensor::from_slice(&backend, &[a.batch, a.seq], &ids)?);
-        let maskv = g.input(Tensor::from_slice(&backend, &[a.batch, a.seq], &mask)?);
-        let hidden = bert.forward(&mut g, &params, idv, maskv)?;
-        let weights = g.reshape(maskv, &[a.batch, 1, a.seq])?;
-        let pooled = g.matmul(weights, hidden)?;
+        let idv = g.input(Tensor::from_slice(&backend, &[a.batch, a.seq], &enc.ids)?);
+        let maskv = g.input(Tensor::from_slice(&backend, &[a.batch, a.seq], &enc.mask)?);
+        let pooled = enc.pooled(&mut g, idv, maskv)?;
         g.value(pooled).to_vec().map(drop)
     };
     pass()?;

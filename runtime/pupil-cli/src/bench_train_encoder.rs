@@ -4,12 +4,11 @@
 use std::time::Instant;
 
 use pupil::graph::Graph;
-use pupil::models::bert::Bert;
 use pupil::optim::{AdamWConfig, Optimizer, Rule};
-use pupil::params::ParamsBuilder;
 use pupil::{Backend, Tensor};
 use serde_json::json;
 
+use crate::bench_models::RandomEncoder;
 use crate::CliResult;
 
 /// Arguments of `pupil bench train-encoder`.
@@ -39,38 +38,24 @@ pub struct TrainEncoderArgs {
 /// components read as logits against fixed labels, backward, AdamW.
 pub fn run(a: TrainEncoderArgs) -> CliResult {
     let backend = Backend::auto(a.adapter.as_deref())?;
-    let cfg = crate::bench_models::minilm(a.layers);
-    if a.seq == 0 || a.seq > cfg.max_positions || a.batch == 0 || a.layers == 0 {
-        return Err(format!(
-            "--seq must be 1 to {} and --batch and --layers positive",
-            cfg.max_positions
-        )
-        .into());
-    }
-    let mut b = ParamsBuilder::new(1);
-    let bert = Bert::new(&mut b, &cfg)?;
-    let params = b.build(&backend)?;
-    let mut opt = Optimizer::new(&params, Rule::AdamW(AdamWConfig::default()))?;
-    let ids: Vec<f32> = (0..a.batch * a.seq)
-        .map(|i| (i * 7919 % cfg.vocab) as f32)
-        .collect();
-    let ids = Tensor::from_slice(&backend, &[a.batch, a.seq], &ids)?;
-    let mask = Tensor::from_slice(&backend, &[a.batch, a.seq], &vec![1.0; a.batch * a.seq])?;
-    let labels: Vec<f32> = (0..a.batch).map(|i| (i * 37 % cfg.hidden) as f32).collect();
+    let enc = RandomEncoder::new(&backend, a.layers, a.batch, a.seq)?;
+    let hidden = enc.cfg.hidden;
+    let mut opt = Optimizer::new(&enc.params, Rule::AdamW(AdamWConfig::default()))?;
+    let ids = Tensor::from_slice(&backend, &[a.batch, a.seq], &enc.ids)?;
+    let mask = Tensor::from_slice(&backend, &[a.batch, a.seq], &enc.mask)?;
+    let labels: Vec<f32> = (0..a.batch).map(|i| (i * 37 % hidden) as f32).collect();
     let labels = Tensor::from_slice(&backend, &[a.batch], &labels)?;
     let mut step = || -> pupil::Result<f32> {
         let mut g = Graph::new(&backend);
         let idv = g.input(ids.clone());
         let maskv = g.input(mask.clone());
         let yv = g.input(labels.clone());
-        let hidden = bert.forward(&mut g, &params, idv, maskv)?;
-        let weights = g.reshape(maskv, &[a.batch, 1, a.seq])?;
-        let pooled = g.matmul(weights, hidden)?;
-        let pooled = g.reshape(pooled, &[a.batch, cfg.hidden])?;
+        let pooled = enc.pooled(&mut g, idv, maskv)?;
+        let pooled = g.reshape(pooled, &[a.batch, hidden])?;
         let loss = g.cross_entropy(pooled, yv)?;
-        params.zero_grad()?;
+        enc.params.zero_grad()?;
         g.backward(loss)?;
-        opt.step(&params)?;
+        opt.step(&enc.params)?;
         Ok(g.value(loss).to_vec()?[0])
     };
     step()?;
