@@ -5,52 +5,21 @@
 //! 2NN on their shards. Flower's FedAvg aggregates their replies round by round; the
 //! ServerApp writes the aggregated metrics, which the tests read.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+#[path = "support/flwr.rs"]
+mod flwr;
+use flwr::{free_port, path_with_venv, venv_bin, wait_for_port, Proc};
 
 /// One federation at a time: each starts a SuperLink, a ServerApp and several nodes.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn venv_bin() -> PathBuf {
-    let venv = std::env::var("PUPIL_FLWR_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let cache = std::env::var("PUPIL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pupil")
-                });
-            cache.join(".flwr")
-        });
-    let bin = venv.join("bin");
-    assert!(
-        bin.join("flower-superlink").exists(),
-        "flower-superlink is not in {}: python3 -m venv {} && pip install flwr==1.42.0 (tests/run does)",
-        bin.display(),
-        venv.display()
-    );
-    bin
-}
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A process (and its process group) killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A SuperLink with its Flower home (the CLI's connection to it) in a temporary folder.
@@ -151,11 +120,7 @@ impl Federation {
     /// `--enable-supernode-auth`, so only keys listed with `flwr supernode register` join.
     fn start_with(auth: bool) -> Federation {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let home = dir.path().join("flwr-home");
         std::fs::create_dir_all(&home).unwrap();
         let ca = auth.then(|| {
@@ -203,14 +168,7 @@ impl Federation {
                 .spawn()
                 .expect("start flower-superlink"),
         );
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the SuperLink did not start"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_port(port);
         Federation {
             dir,
             port,
@@ -324,14 +282,6 @@ impl Federation {
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-fn path_with_venv() -> String {
-    format!(
-        "{}:{}",
-        venv_bin().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
 }
 
 /// Each round's aggregated evaluation accuracy.
@@ -463,11 +413,7 @@ fn flowers_own_supernode_and_pupil_supernodes_average_together() {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pupil")
         });
-    let runtime_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let runtime_port = free_port();
     let log = std::fs::File::create(fed.dir.path().join("flower-node.log")).unwrap();
     nodes.push(Proc(
         Command::new(venv_bin().join("flower-supernode"))

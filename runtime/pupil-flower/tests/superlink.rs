@@ -5,67 +5,26 @@
 //! unregisters; a heartbeat signed by another key is refused with 401, and a second node
 //! gets another id.
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use pupil_flower::{FleetClient, FleetError, NodeKey};
 
-/// The venv holding flwr.
-fn venv() -> PathBuf {
-    if let Ok(v) = std::env::var("PUPIL_FLWR_VENV") {
-        return PathBuf::from(v);
-    }
-    let cache = std::env::var("PUPIL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pupil")
-        });
-    cache.join(".flwr")
-}
+#[path = "../../../tests/support/flwr.rs"]
+mod flwr;
+use flwr::{free_port, path_with_venv, venv_bin, wait_for_port, Proc};
 
-/// A running SuperLink, killed when dropped.
+/// A running SuperLink (killed with its SuperExec when dropped) and its port.
 struct SuperLink {
-    child: Child,
+    _proc: Proc,
     port: u16,
-}
-
-impl Drop for SuperLink {
-    /// Kills its process group: the SuperLink and the SuperExec it started.
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-9", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `flower-superlink --insecure` on a free port with an in-memory state and waits
 /// until it accepts connections.
 fn superlink() -> SuperLink {
-    let bin = venv().join("bin");
-    assert!(
-        bin.join("flower-superlink").exists(),
-        "flower-superlink is not in {}: python3 -m venv {0}/.. && pip install flwr==1.42.0 (tests/run does)",
-        bin.display()
-    );
     let port = free_port();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = Command::new(bin.join("flower-superlink"))
+    let child = Command::new(venv_bin().join("flower-superlink"))
         .args([
             "--insecure",
             "--database",
@@ -73,21 +32,17 @@ fn superlink() -> SuperLink {
             "--port",
             &port.to_string(),
         ])
-        .env("PATH", path)
+        .env("PATH", path_with_venv())
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting flower-superlink");
-    let link = SuperLink { child, port };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the SuperLink did not start"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let link = SuperLink {
+        _proc: Proc(child),
+        port,
+    };
+    wait_for_port(port);
     link
 }
 
